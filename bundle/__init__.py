@@ -1,0 +1,1 @@
+"""SegOne bundle components."""

@@ -1,0 +1,27 @@
+"""SegOne networks: only kernel-size-1 (channel) convolutions, spatial context from data movement."""
+
+from bundle.networks.blocks import (
+    ChannelMixBlock,
+    ConditionEmbedding,
+    FiLM,
+    GlobalContext,
+    ShuffleUp,
+    SpatialShift,
+    UnshuffleDown,
+    conv1x1,
+    pixel_unshuffle,
+)
+from bundle.networks.segone import SegOne
+
+__all__ = [
+    "SegOne",
+    "ChannelMixBlock",
+    "ConditionEmbedding",
+    "FiLM",
+    "GlobalContext",
+    "ShuffleUp",
+    "SpatialShift",
+    "UnshuffleDown",
+    "conv1x1",
+    "pixel_unshuffle",
+]

@@ -1,0 +1,332 @@
+"""Building blocks of SegOne, in which every learned operator acts on the channel axis only.
+
+Spatial context is produced by parameter-free data movement:
+
+- :func:`pixel_unshuffle` / :func:`monai.networks.utils.pixelshuffle` move ``r**D`` neighbouring voxels into
+  channels and back (down- and upsampling);
+- :class:`SpatialShift` moves channel groups by one position along each spatial axis, so that a following
+  kernel-size-1 convolution mixes a voxel with its face neighbours (Wu et al., 2018, "Shift: A Zero FLOP, Zero
+  Parameter Alternative to Spatial Convolutions");
+- :class:`GlobalContext` averages over all positions, so that every output depends on the whole input.
+
+The learned operators are kernel-size-1 convolutions (``Conv[CONV, spatial_dims](..., kernel_size=1)``) and
+linear maps of conditioning vectors (timestep and text embeddings), which have no spatial extent.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Union
+
+import torch
+import torch.nn as nn
+from monai.networks.layers.factories import Conv
+from monai.networks.layers.utils import get_act_layer, get_norm_layer
+from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
+from monai.networks.utils import pixelshuffle
+
+__all__ = [
+    "pixel_unshuffle",
+    "conv1x1",
+    "SpatialShift",
+    "ChannelMixBlock",
+    "UnshuffleDown",
+    "ShuffleUp",
+    "GlobalContext",
+    "FiLM",
+    "ConditionEmbedding",
+]
+
+
+def pixel_unshuffle(x: torch.Tensor, spatial_dims: int, scale_factor: int) -> torch.Tensor:
+    """Move each ``r**D`` block of voxels into channels (space-to-depth); the inverse of MONAI's ``pixelshuffle``.
+
+    Same result and channel order as :func:`monai.networks.utils.pixelunshuffle`, written so that TorchScript can
+    compile it (MONAI's builds its shape with ``sum(list, [])``, which ``torch.jit.script`` rejects).
+
+    Args:
+        x: tensor of shape ``[B, C, *S]`` with ``len(S) == spatial_dims``.
+        spatial_dims: number of spatial dimensions, 2 or 3.
+        scale_factor: block edge ``r``; every size in ``S`` must be divisible by it.
+
+    Returns:
+        Tensor of shape ``[B, C * r**D, *(s // r for s in S)]``.
+    """
+    size = x.shape
+    r = scale_factor
+    # int() because TorchScript types ``int ** int`` as a number, not an int
+    reshaped: List[int] = [size[0], size[1]]
+    reduced: List[int] = [size[0], size[1] * int(r**spatial_dims)]
+    for i in range(spatial_dims):
+        s = size[2 + i]
+        if s % r != 0:
+            raise ValueError(f"pixel_unshuffle: spatial size {s} (dim {2 + i}) is not divisible by {r}.")
+        reshaped += [s // r, r]
+        reduced.append(s // r)
+    # [B, C, s0/r, r, s1/r, r, ...] -> [B, C, r, r, ..., s0/r, s1/r, ...]
+    perm: List[int] = [0, 1]
+    for i in range(spatial_dims):
+        perm.append(2 * i + 3)
+    for i in range(spatial_dims):
+        perm.append(2 * i + 2)
+    return x.reshape(reshaped).permute(perm).reshape(reduced)
+
+
+def conv1x1(spatial_dims: int, in_channels: int, out_channels: int, bias: bool = True) -> nn.Module:
+    """A kernel-size-1 convolution: a linear map of the channel vector at every position, shared over positions."""
+    return Conv[Conv.CONV, spatial_dims](in_channels, out_channels, kernel_size=1, bias=bias)
+
+
+def _shift(x: torch.Tensor, dim: int, offset: int) -> torch.Tensor:
+    """Move ``x`` by ``offset`` (+1 or -1) positions along ``dim``, filling the vacated slice with zeros.
+
+    Zero fill, not ``torch.roll``: a roll would wrap voxels from one border of the patch to the opposite one.
+    """
+    n = x.shape[dim]
+    if n < 2:
+        return torch.zeros_like(x)
+    if offset > 0:
+        return torch.cat([torch.zeros_like(x.narrow(dim, 0, 1)), x.narrow(dim, 0, n - 1)], dim=dim)
+    return torch.cat([x.narrow(dim, 1, n - 1), torch.zeros_like(x.narrow(dim, 0, 1))], dim=dim)
+
+
+class SpatialShift(nn.Module):
+    """Parameter-free shift of channel groups by one position along every spatial axis, in both directions.
+
+    The channels are split into ``2 * spatial_dims`` shifted groups of ``channels // (2 * spatial_dims + 1)`` each
+    and one unshifted group with the rest. After the shift, position ``p`` holds features of ``p`` and of its
+    ``2 * spatial_dims`` face neighbours, and a kernel-size-1 convolution mixes them: together they act like a
+    sparse 3^D convolution with no multiply-adds spent on the spatial part.
+
+    Args:
+        spatial_dims: number of spatial dimensions.
+        channels: number of channels; at least ``2 * spatial_dims + 1``.
+
+    Shapes:
+        ``[B, channels, *S] -> [B, channels, *S]``.
+    """
+
+    def __init__(self, spatial_dims: int, channels: int) -> None:
+        super().__init__()
+        directions = 2 * spatial_dims
+        if channels < directions + 1:
+            raise ValueError(f"SpatialShift needs at least {directions + 1} channels, got {channels}.")
+        self.spatial_dims = spatial_dims
+        self.group = channels // (directions + 1)
+        self.directions = directions
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.group
+        parts: List[torch.Tensor] = []
+        for i in range(self.directions):
+            dim = 2 + i // 2
+            offset = 1 if i % 2 == 0 else -1
+            parts.append(_shift(x[:, i * g : (i + 1) * g], dim, offset))
+        parts.append(x[:, self.directions * g :])
+        return torch.cat(parts, dim=1)
+
+
+class ChannelMixBlock(nn.Module):
+    """Residual block of two kernel-size-1 convolutions, optionally after a :class:`SpatialShift`.
+
+    ``y = act(x + norm(W2 act(norm(W1 shift(x)))))``. With ``shift=False`` it sees a single position, which is what
+    an unshuffle pyramid alone offers.
+
+    Args:
+        spatial_dims: number of spatial dimensions.
+        channels: input and output channels.
+        expansion: hidden width as a multiple of ``channels``.
+        act: activation type and arguments (MONAI ``get_act_layer`` format).
+        norm: normalisation type and arguments (MONAI ``get_norm_layer`` format).
+        shift: whether to shift channel groups to the neighbours before mixing.
+
+    Shapes:
+        ``[B, channels, *S] -> [B, channels, *S]``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        channels: int,
+        expansion: float = 2.0,
+        act: Union[str, tuple] = ("leakyrelu", {"negative_slope": 0.1, "inplace": True}),
+        norm: Union[str, tuple] = ("instance", {"affine": True}),
+        shift: bool = True,
+    ) -> None:
+        super().__init__()
+        hidden = max(1, int(round(channels * expansion)))
+        self.shift = SpatialShift(spatial_dims, channels) if shift else nn.Identity()
+        self.conv1 = conv1x1(spatial_dims, channels, hidden)
+        self.norm1 = get_norm_layer(norm, spatial_dims=spatial_dims, channels=hidden)
+        self.act1 = get_act_layer(act)
+        self.conv2 = conv1x1(spatial_dims, hidden, channels)
+        self.norm2 = get_norm_layer(norm, spatial_dims=spatial_dims, channels=channels)
+        self.act2 = get_act_layer(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act1(self.norm1(self.conv1(self.shift(x))))
+        h = self.norm2(self.conv2(h))
+        return self.act2(x + h)
+
+
+class UnshuffleDown(nn.Module):
+    """Downsampling by pixel-unshuffle (factor 2) followed by a kernel-size-1 projection.
+
+    Equivalent in reach to a stride-2, kernel-2 convolution: the ``2**D`` voxels of each aligned block are stacked
+    in channels and mixed by ``W``.
+
+    Shapes:
+        ``[B, in_channels, *S] -> [B, out_channels, *(s // 2 for s in S)]``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        act: Union[str, tuple] = ("leakyrelu", {"negative_slope": 0.1, "inplace": True}),
+        norm: Union[str, tuple] = ("instance", {"affine": True}),
+    ) -> None:
+        super().__init__()
+        self.spatial_dims = spatial_dims
+        self.proj = conv1x1(spatial_dims, in_channels * 2**spatial_dims, out_channels)
+        self.norm = get_norm_layer(norm, spatial_dims=spatial_dims, channels=out_channels)
+        self.act = get_act_layer(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.proj(pixel_unshuffle(x, self.spatial_dims, 2))))
+
+
+class ShuffleUp(nn.Module):
+    """Upsampling by a kernel-size-1 projection to ``out_channels * 2**D`` channels, then pixel-shuffle (factor 2).
+
+    Equivalent in reach to a stride-2, kernel-2 transposed convolution, without its learned spatial kernel.
+
+    Shapes:
+        ``[B, in_channels, *S] -> [B, out_channels, *(2 * s for s in S)]``.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.spatial_dims = spatial_dims
+        self.proj = conv1x1(spatial_dims, in_channels, out_channels * 2**spatial_dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pixelshuffle(self.proj(x), self.spatial_dims, 2)
+
+
+class GlobalContext(nn.Module):
+    """Adds a transform of the global mean feature to every position, so each output sees the whole input.
+
+    ``y = x + W2 act(W1 mean_S(x))``: the mean is parameter-free pooling, ``W1``/``W2`` are kernel-size-1 convolutions
+    applied to the ``[B, C, 1, ..., 1]`` pooled tensor. ``W2`` starts at zero, so the block starts as the identity.
+
+    Shapes:
+        ``[B, channels, *S] -> [B, channels, *S]``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        channels: int,
+        act: Union[str, tuple] = ("leakyrelu", {"negative_slope": 0.1, "inplace": True}),
+    ) -> None:
+        super().__init__()
+        self.reduce_dims: List[int] = list(range(2, 2 + spatial_dims))
+        self.conv1 = conv1x1(spatial_dims, channels, channels)
+        self.act = get_act_layer(act)
+        self.conv2 = conv1x1(spatial_dims, channels, channels)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = x.mean(dim=self.reduce_dims, keepdim=True)
+        return x + self.conv2(self.act(self.conv1(g)))
+
+
+class FiLM(nn.Module):
+    """Feature-wise linear modulation: per-channel scale and shift predicted from a conditioning vector.
+
+    ``y = x * (1 + gamma(c)) + beta(c)``. The projection starts at zero, so the block starts as the identity and the
+    unconditioned network is recovered at initialisation.
+
+    Args:
+        spatial_dims: number of spatial dimensions of ``x``.
+        channels: channels of ``x``.
+        cond_channels: length of the conditioning vector ``c``.
+
+    Shapes:
+        ``x [B, channels, *S]``, ``c [B, cond_channels]`` ``-> [B, channels, *S]``.
+    """
+
+    def __init__(self, spatial_dims: int, channels: int, cond_channels: int) -> None:
+        super().__init__()
+        self.spatial_dims = spatial_dims
+        self.proj = nn.Linear(cond_channels, 2 * channels)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor, cond: Optional[torch.Tensor]) -> torch.Tensor:
+        if cond is None:
+            raise ValueError("FiLM needs a conditioning vector; got None.")
+        params = self.proj(cond)
+        for _ in range(self.spatial_dims):
+            params = params.unsqueeze(-1)
+        gamma, beta = params.chunk(2, dim=1)
+        return x * (1.0 + gamma) + beta
+
+
+class ConditionEmbedding(nn.Module):
+    """Turns a diffusion timestep and/or a text embedding into one conditioning vector.
+
+    The timestep gets MONAI's sinusoidal embedding followed by a two-layer MLP (as in Ho et al., 2020); the text
+    embedding (e.g. a CLIP text-tower output) gets a linear projection; the two are summed.
+
+    Args:
+        cond_channels: length of the output vector.
+        use_timestep: whether a timestep is expected.
+        text_dim: length of the text embedding, or ``None`` for no text conditioning.
+        act: activation of the timestep MLP.
+
+    Shapes:
+        ``timesteps [B]`` (int or float), ``text [B, text_dim]`` or ``[B, 1, text_dim]`` ``-> [B, cond_channels]``.
+    """
+
+    def __init__(
+        self,
+        cond_channels: int,
+        use_timestep: bool = True,
+        text_dim: Optional[int] = None,
+        act: Union[str, tuple] = "swish",
+    ) -> None:
+        super().__init__()
+        if not use_timestep and text_dim is None:
+            raise ValueError("ConditionEmbedding needs a timestep, a text embedding, or both.")
+        self.cond_channels = cond_channels
+        self.use_timestep = use_timestep
+        self.use_text = text_dim is not None
+        self.time_mlp = (
+            nn.Sequential(
+                nn.Linear(cond_channels, cond_channels), get_act_layer(act), nn.Linear(cond_channels, cond_channels)
+            )
+            if use_timestep
+            else nn.Identity()
+        )
+        self.text_proj = nn.Linear(text_dim, cond_channels) if text_dim is not None else nn.Identity()
+
+    def forward(self, timesteps: Optional[torch.Tensor], text: Optional[torch.Tensor]) -> torch.Tensor:
+        cond: Optional[torch.Tensor] = None
+        if self.use_timestep:
+            if timesteps is None:
+                raise ValueError("this network is timestep-conditioned: pass `timesteps` of shape [B].")
+            t = timesteps.reshape(-1)
+            cond = self.time_mlp(get_timestep_embedding(t, self.cond_channels))
+        if self.use_text:
+            if text is None:
+                raise ValueError("this network is text-conditioned: pass `context` of shape [B, text_dim].")
+            if text.dim() == 3:
+                text = text.squeeze(1)
+            emb = self.text_proj(text)
+            cond = emb if cond is None else cond + emb
+        assert cond is not None
+        return cond
+

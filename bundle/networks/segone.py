@@ -1,0 +1,224 @@
+"""SegOne: a U-Net whose only learned operators are kernel-size-1 (channel) convolutions.
+
+See ``docs/architecture.md`` for the design and the measurements behind it.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+from monai.networks.layers.utils import get_act_layer, get_norm_layer
+from monai.utils import ensure_tuple_rep
+
+from bundle.networks.blocks import (
+    ChannelMixBlock,
+    ConditionEmbedding,
+    FiLM,
+    GlobalContext,
+    ShuffleUp,
+    UnshuffleDown,
+    conv1x1,
+)
+
+__all__ = ["SegOne", "Unconditioned"]
+
+_ACT = ("leakyrelu", {"negative_slope": 0.1, "inplace": True})
+_NORM = ("instance", {"affine": True})
+
+
+class Unconditioned(nn.Module):
+    """Stands where a :class:`FiLM` would, in a network built without conditioning: returns ``x`` unchanged."""
+
+    def forward(self, x: torch.Tensor, cond: Optional[torch.Tensor]) -> torch.Tensor:
+        return x
+
+
+class _EncoderStage(nn.Module):
+    """One resolution level of the encoder: optional unshuffle-downsampling, then channel-mix blocks."""
+
+    def __init__(self, down: nn.Module, blocks: nn.Module) -> None:
+        super().__init__()
+        self.down = down
+        self.blocks = blocks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.down(x))
+
+
+class _DecoderStage(nn.Module):
+    """One resolution level of the decoder: shuffle-upsample, FiLM the skip, fuse by concatenation, mix."""
+
+    def __init__(self, up: nn.Module, skip_film: nn.Module, fuse: nn.Module, blocks: nn.Module) -> None:
+        super().__init__()
+        self.up = up
+        self.skip_film = skip_film
+        self.fuse = fuse
+        self.blocks = blocks
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor, cond: Optional[torch.Tensor]) -> torch.Tensor:
+        x = self.up(x)
+        x = self.fuse(torch.cat([x, self.skip_film(skip, cond)], dim=1))
+        return self.blocks(x)
+
+
+class SegOne(nn.Module):
+    """A U-Net built only from kernel-size-1 convolutions and parameter-free data movement.
+
+    Downsampling is pixel-unshuffle (factor 2) followed by a 1x1 projection, upsampling is a 1x1 projection followed
+    by pixel-shuffle, and skip connections are concatenated and fused by a 1x1 convolution, as in a U-Net. An
+    unshuffle pyramid alone lets an output voxel see only the aligned ``2**L`` block it lives in; SegOne widens that
+    with two parameter-free mechanisms (see ``docs/architecture.md``):
+
+    - a :class:`~bundle.networks.blocks.SpatialShift` before every channel-mix block moves channel groups to the
+      face neighbours, so at level ``l`` each block reaches ``2**l`` voxels further, across block borders;
+    - a :class:`~bundle.networks.blocks.GlobalContext` at the bottleneck adds a transform of the global mean feature,
+      so every output depends on every input voxel.
+
+    Optional conditioning, for use as a diffusion denoiser: a timestep and/or a text-embedding vector are turned into
+    one vector that modulates (FiLM: per-channel scale and shift) the bottleneck latent and every decoder skip.
+
+    Args:
+        spatial_dims: number of spatial dimensions, 2 or 3.
+        in_channels: number of input channels.
+        out_channels: number of output channels.
+        features: channels at each resolution level, full resolution first; ``len(features) - 1`` downsamplings.
+        encoder_blocks: channel-mix blocks at each encoder level (the last is the bottleneck); an int for all.
+        decoder_blocks: channel-mix blocks at each decoder level, ``len(features) - 1`` values indexed like
+            ``features`` (full resolution first); an int for all.
+        expansion: hidden width of a channel-mix block as a multiple of its channels.
+        act: activation type and arguments (MONAI ``get_act_layer`` format).
+        norm: normalisation type and arguments (MONAI ``get_norm_layer`` format).
+        spatial_shift: shift channel groups to neighbours before each block (False: aligned-block pyramid only).
+        global_context: add the global-mean context at the bottleneck.
+        with_timestep: expect a diffusion timestep in ``forward``.
+        text_dim: length of the text embedding expected in ``forward`` (``None``: no text conditioning).
+        cond_channels: length of the internal conditioning vector.
+
+    Shapes:
+        ``x [B, in_channels, *S] -> [B, out_channels, *S]``, where every size in ``S`` is a multiple of
+        ``2 ** (len(features) - 1)`` (see :attr:`size_divisor`). ``timesteps [B]``, ``context [B, text_dim]`` or
+        ``[B, 1, text_dim]`` when the network was built with them.
+
+    Example::
+
+        net = SegOne(spatial_dims=3, in_channels=1, out_channels=3)
+        y = net(torch.rand(1, 1, 48, 64, 48))  # [1, 3, 48, 64, 48]
+    """
+
+    # a TorchScript constant, so the unconditioned network compiles without the conditioning branch
+    __constants__ = ["conditioned"]
+
+    def __init__(
+        self,
+        spatial_dims: int = 3,
+        in_channels: int = 1,
+        out_channels: int = 2,
+        features: Sequence[int] = (16, 32, 64, 128, 256),
+        encoder_blocks: Union[int, Sequence[int]] = (1, 1, 2, 2, 2),
+        decoder_blocks: Union[int, Sequence[int]] = 1,
+        expansion: float = 2.0,
+        act: Union[str, tuple] = _ACT,
+        norm: Union[str, tuple] = _NORM,
+        spatial_shift: bool = True,
+        global_context: bool = True,
+        with_timestep: bool = False,
+        text_dim: Optional[int] = None,
+        cond_channels: int = 128,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        features = tuple(int(f) for f in features)
+        if len(features) < 2:
+            raise ValueError(f"features needs at least two levels, got {features}.")
+        levels = len(features)
+        enc_blocks = ensure_tuple_rep(encoder_blocks, levels)
+        dec_blocks = ensure_tuple_rep(decoder_blocks, levels - 1)
+
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.features = features
+        self.size_divisor = 2 ** (levels - 1)
+        self.conditioned = with_timestep or text_dim is not None
+
+        def mix(channels: int, count: int) -> nn.Module:
+            return nn.Sequential(
+                *[
+                    ChannelMixBlock(spatial_dims, channels, expansion, act=act, norm=norm, shift=spatial_shift)
+                    for _ in range(count)
+                ]
+            )
+
+        def film(channels: int) -> nn.Module:
+            return FiLM(spatial_dims, channels, cond_channels) if self.conditioned else Unconditioned()
+
+        self.cond_embed: nn.Module = (
+            ConditionEmbedding(cond_channels, use_timestep=with_timestep, text_dim=text_dim)
+            if self.conditioned
+            else nn.Identity()
+        )
+
+        stem = nn.Sequential(
+            conv1x1(spatial_dims, in_channels, features[0]), _norm_act(spatial_dims, features[0], norm, act)
+        )
+        encoder: List[nn.Module] = [_EncoderStage(stem, mix(features[0], enc_blocks[0]))]
+        for level in range(1, levels):
+            down = UnshuffleDown(spatial_dims, features[level - 1], features[level], act=act, norm=norm)
+            encoder.append(_EncoderStage(down, mix(features[level], enc_blocks[level])))
+        self.encoder = nn.ModuleList(encoder)
+
+        self.context: nn.Module = GlobalContext(spatial_dims, features[-1], act=act) if global_context else nn.Identity()
+        self.latent_film = film(features[-1])
+
+        decoder: List[nn.Module] = []
+        for level in range(levels - 2, -1, -1):
+            c = features[level]
+            fuse = nn.Sequential(conv1x1(spatial_dims, 2 * c, c), _norm_act(spatial_dims, c, norm, act))
+            decoder.append(
+                _DecoderStage(ShuffleUp(spatial_dims, features[level + 1], c), film(c), fuse, mix(c, dec_blocks[level]))
+            )
+        self.decoder = nn.ModuleList(decoder)
+        self.head = conv1x1(spatial_dims, features[0], out_channels)
+
+    def forward(
+        self, x: torch.Tensor, timesteps: Optional[torch.Tensor] = None, context: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """
+        Args:
+            x: image (and, for diffusion, the noisy mask) ``[B, in_channels, *S]``.
+            timesteps: diffusion timesteps ``[B]``; required when built with ``with_timestep=True``.
+            context: text embeddings ``[B, text_dim]`` or ``[B, 1, text_dim]``; required when built with ``text_dim``.
+
+        Returns:
+            Logits ``[B, out_channels, *S]``.
+        """
+        if x.dim() != self.spatial_dims + 2:
+            raise ValueError(
+                f"SegOne({self.spatial_dims}D) expects input [B, C, *S] with {self.spatial_dims} spatial dims, "
+                f"got shape {list(x.shape)}."
+            )
+        for s in x.shape[2:]:
+            if s % self.size_divisor != 0:
+                raise ValueError(
+                    f"SegOne with {len(self.features) - 1} unshuffle levels needs every spatial size to be a multiple "
+                    f"of {self.size_divisor}; got spatial shape {list(x.shape[2:])} (pad, e.g. with DivisiblePad)."
+                )
+        cond: Optional[torch.Tensor] = None
+        if self.conditioned:
+            cond = self.cond_embed(timesteps, context)
+
+        skips: List[torch.Tensor] = []
+        for stage in self.encoder:
+            x = stage(x)
+            skips.append(x)
+        x = self.latent_film(self.context(x), cond)
+        for i, stage in enumerate(self.decoder):
+            x = stage(x, skips[-(i + 2)], cond)
+        return self.head(x)
+
+
+def _norm_act(spatial_dims: int, channels: int, norm: Union[str, tuple], act: Union[str, tuple]) -> nn.Module:
+    return nn.Sequential(get_norm_layer(norm, spatial_dims=spatial_dims, channels=channels), get_act_layer(act))

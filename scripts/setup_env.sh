@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Creates (or refreshes) the project's virtual environment in .venv from requirements.lock.
+# Quick when nothing changed: a stamp holds the hash of the inputs that decide the environment.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+venv=${SEGONE_VENV:-$root/.venv}
+python_bin=${PYTHON:-python3.11}
+command -v "$python_bin" >/dev/null 2>&1 || python_bin=python3
+uv_version=0.13.8
+sam2_version=1.1.0
+
+inputs_hash=$(cat requirements.lock pyproject.toml scripts/setup_env.sh | sha256sum | cut -d' ' -f1)
+stamp="$venv/.segone-env"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$inputs_hash" ] && [ -x "$venv/bin/python" ]; then
+    exit 0
+fi
+
+echo "[setup] creating the environment in $venv (python: $("$python_bin" --version))"
+[ -x "$venv/bin/python" ] || "$python_bin" -m venv "$venv"
+# uv installs the locked set in seconds; it is bootstrapped with pip and then kept by the lock itself.
+[ -x "$venv/bin/uv" ] || "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "uv==$uv_version"
+uv="$venv/bin/uv"
+export VIRTUAL_ENV="$venv"
+# uv does not read pip's configuration, so the PyPI builds of torch/torchvision (which load together) are taken.
+"$uv" pip sync --python "$venv/bin/python" requirements.lock
+# sam2 is an sdist whose build must see the installed torch (with isolation it would pull the newest torch);
+# SAM2_BUILD_CUDA=0 skips its optional CUDA extension, which CPU inference does not need.
+SAM2_BUILD_CUDA=0 "$uv" pip install --python "$venv/bin/python" --no-build-isolation --no-deps "sam2==$sam2_version"
+"$uv" pip install --python "$venv/bin/python" --no-build-isolation --no-deps -e .
+"$venv/bin/python" - <<'PY'
+import importlib
+for name in ("torch", "torchvision", "monai", "open_clip", "sam2", "highdicom", "monailabel", "onnxruntime", "bundle"):
+    importlib.import_module(name)
+import torch, torchvision.ops
+torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)  # fails when torch and torchvision builds disagree
+print("[setup] imports ok: torch", torch.__version__)
+PY
+echo "$inputs_hash" > "$stamp"
