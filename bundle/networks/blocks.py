@@ -82,8 +82,7 @@ def _shift(x: torch.Tensor, dim: int, offset: int) -> torch.Tensor:
     Zero fill, not ``torch.roll``: a roll would wrap voxels from one border of the patch to the opposite one.
     """
     n = x.shape[dim]
-    if n < 2:
-        return torch.zeros_like(x)
+    # for n == 1 the kept slice is empty and the result is all zeros, with no shape-dependent branch (ONNX export)
     if offset > 0:
         return torch.cat([torch.zeros_like(x.narrow(dim, 0, 1)), x.narrow(dim, 0, n - 1)], dim=dim)
     return torch.cat([x.narrow(dim, 1, n - 1), torch.zeros_like(x.narrow(dim, 0, 1))], dim=dim)

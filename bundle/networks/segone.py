@@ -85,6 +85,7 @@ class SegOne(nn.Module):
         out_channels: number of output channels.
         features: channels at each resolution level, full resolution first; ``len(features) - 1`` downsamplings.
         encoder_blocks: channel-mix blocks at each encoder level (the last is the bottleneck); an int for all.
+            Default: 1 at the two finest levels, where positions are many and blocks costly, 2 below.
         decoder_blocks: channel-mix blocks at each decoder level, ``len(features) - 1`` values indexed like
             ``features`` (full resolution first); an int for all.
         expansion: hidden width of a channel-mix block as a multiple of its channels.
@@ -116,7 +117,7 @@ class SegOne(nn.Module):
         in_channels: int = 1,
         out_channels: int = 2,
         features: Sequence[int] = (16, 32, 64, 128, 256),
-        encoder_blocks: Union[int, Sequence[int]] = (1, 1, 2, 2, 2),
+        encoder_blocks: Union[None, int, Sequence[int]] = None,
         decoder_blocks: Union[int, Sequence[int]] = 1,
         expansion: float = 2.0,
         act: Union[str, tuple] = _ACT,
@@ -134,6 +135,8 @@ class SegOne(nn.Module):
         if len(features) < 2:
             raise ValueError(f"features needs at least two levels, got {features}.")
         levels = len(features)
+        if encoder_blocks is None:
+            encoder_blocks = [1 if level < 2 else 2 for level in range(levels)]
         enc_blocks = ensure_tuple_rep(encoder_blocks, levels)
         dec_blocks = ensure_tuple_rep(decoder_blocks, levels - 1)
 

@@ -1,0 +1,72 @@
+"""SegOne building blocks: data movement is exact, learned blocks keep shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.networks.utils import pixelshuffle, pixelunshuffle
+
+from bundle.networks.blocks import FiLM, GlobalContext, ShuffleUp, SpatialShift, UnshuffleDown, pixel_unshuffle
+
+
+@pytest.mark.parametrize("spatial_dims,shape", [(2, (2, 3, 8, 6)), (3, (1, 2, 4, 6, 8))])
+def test_pixel_unshuffle_matches_monai_and_inverts_pixelshuffle(spatial_dims, shape):
+    x = torch.randn(*shape)
+    y = pixel_unshuffle(x, spatial_dims, 2)
+    assert torch.equal(y, pixelunshuffle(x, spatial_dims, 2))
+    assert torch.equal(pixelshuffle(y, spatial_dims, 2), x)
+
+
+def test_pixel_unshuffle_rejects_indivisible():
+    with pytest.raises(ValueError, match="not divisible by 2"):
+        pixel_unshuffle(torch.zeros(1, 1, 5, 4), 2, 2)
+
+
+def test_spatial_shift_moves_groups_with_zero_fill():
+    shift = SpatialShift(2, 5)  # 4 shifted groups of one channel, one unshifted
+    x = torch.arange(1.0, 10.0).reshape(1, 1, 3, 3).repeat(1, 5, 1, 1)
+    y = shift(x)
+    img = x[0, 0]
+    assert torch.equal(y[0, 0, 1:], img[:-1]) and not y[0, 0, 0].any()  # +1 along H
+    assert torch.equal(y[0, 1, :-1], img[1:]) and not y[0, 1, -1].any()  # -1 along H
+    assert torch.equal(y[0, 2, :, 1:], img[:, :-1]) and not y[0, 2, :, 0].any()  # +1 along W
+    assert torch.equal(y[0, 3, :, :-1], img[:, 1:]) and not y[0, 3, :, -1].any()  # -1 along W
+    assert torch.equal(y[0, 4], img)
+
+
+def test_spatial_shift_3d_keeps_shape_and_needs_enough_channels():
+    assert SpatialShift(3, 16)(torch.rand(2, 16, 4, 5, 6)).shape == (2, 16, 4, 5, 6)
+    with pytest.raises(ValueError, match="at least 7 channels"):
+        SpatialShift(3, 6)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_down_and_up_shapes(spatial_dims):
+    x = torch.rand(2, 4, *([8] * spatial_dims))
+    down = UnshuffleDown(spatial_dims, 4, 6)(x)
+    assert down.shape == (2, 6, *([4] * spatial_dims))
+    assert ShuffleUp(spatial_dims, 6, 4)(down).shape == x.shape
+
+
+def test_global_context_is_identity_at_init_and_global_after():
+    block = GlobalContext(2, 4)
+    x = torch.rand(1, 4, 8, 8)
+    assert torch.equal(block(x), x)
+    torch.nn.init.normal_(block.conv2.weight)
+    x2 = x.clone()
+    x2[0, :, 7, 7] += 5.0  # change a single far-away position
+    assert not torch.allclose(block(x)[0, :, 0, 0] - x[0, :, 0, 0], block(x2)[0, :, 0, 0] - x2[0, :, 0, 0])
+
+
+def test_film_modulates_per_channel():
+    film = FiLM(3, 4, 6)
+    x = torch.rand(2, 4, 2, 3, 2)
+    c = torch.randn(2, 6)
+    assert torch.equal(film(x, c), x)
+    torch.nn.init.normal_(film.proj.weight)
+    y = film(x, c)
+    ratio = (y - film.proj(c)[:, 4:, None, None, None]) / x
+    # scale is constant over positions within each (sample, channel)
+    torch.testing.assert_close(ratio, ratio[..., :1, :1, :1].expand_as(ratio))
+    with pytest.raises(ValueError, match="conditioning vector"):
+        film(x, None)

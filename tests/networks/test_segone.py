@@ -1,0 +1,193 @@
+"""SegOne network: the 1D-channel-convolution invariant, shapes, conditioning, receptive field, config use."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+from monai.bundle import ConfigParser
+
+from bundle.networks import SegOne
+
+SMALL = {"features": (8, 16, 32), "encoder_blocks": 1, "decoder_blocks": 1}
+
+
+def _activate_zero_init(net: nn.Module, std: float = 0.1) -> nn.Module:
+    """FiLM and GlobalContext start as identities (zero weights); give them weights as after some training."""
+    torch.manual_seed(1)
+    for m in net.modules():
+        w = getattr(m, "weight", None)
+        if isinstance(w, torch.Tensor) and w.numel() and not w.any():
+            nn.init.normal_(w, std=std)
+    return net
+
+
+def _learned_operators(net: nn.Module):
+    return [(name, m) for name, m in net.named_modules() if any(p.numel() for p in m.parameters(recurse=False))]
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("conditioned", [False, True])
+def test_every_learned_operator_acts_on_channels_only(spatial_dims, conditioned):
+    kwargs = {"with_timestep": True, "text_dim": 16} if conditioned else {}
+    net = SegOne(spatial_dims, 2, 3, **kwargs)
+    allowed = (nn.Conv2d, nn.Conv3d, nn.Linear, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.BatchNorm2d, nn.BatchNorm3d)
+    convs = 0
+    for name, module in _learned_operators(net):
+        assert isinstance(module, allowed), f"{name}: {type(module).__name__} is not a channel-only operator"
+        if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+            convs += 1
+            assert all(k == 1 for k in module.kernel_size), f"{name}: kernel {module.kernel_size}"
+            assert all(s == 1 for s in module.stride) and all(d == 1 for d in module.dilation), name
+            assert module.groups == 1, name
+        if isinstance(module, nn.Linear):
+            # Linear layers may only map conditioning vectors (timestep/text), never image features.
+            assert name.startswith("cond_embed") or name.endswith(".proj") and "film" in name, name
+        for pname, p in module.named_parameters(recurse=False):
+            assert all(s == 1 for s in p.shape[2:]), f"{name}.{pname} has spatial extent {tuple(p.shape)}"
+    assert convs > 10
+    for name, module in net.named_modules():
+        assert not isinstance(module, (nn.ConvTranspose2d, nn.ConvTranspose3d, nn.MultiheadAttention, nn.Unfold))
+
+
+@pytest.mark.parametrize(
+    "spatial_dims,in_channels,out_channels,shape",
+    [(2, 1, 2, (64, 48)), (2, 3, 5, (32, 32)), (3, 1, 3, (32, 48, 16)), (3, 2, 1, (16, 16, 32))],
+)
+@pytest.mark.parametrize("conditioned", [False, True])
+def test_output_shape(spatial_dims, in_channels, out_channels, shape, conditioned):
+    kwargs = {"with_timestep": True, "text_dim": 12} if conditioned else {}
+    net = SegOne(spatial_dims, in_channels, out_channels, features=(8, 16, 24, 32, 48), **kwargs).eval()
+    x = torch.rand(2, in_channels, *shape)
+    extra = (torch.tensor([1, 900]), torch.randn(2, 12)) if conditioned else ()
+    with torch.no_grad():
+        y = net(x, *extra)
+    assert y.shape == (2, out_channels, *shape)
+    assert torch.isfinite(y).all()
+
+
+def test_default_3d_config_on_hippocampus_patch():
+    net = SegOne(spatial_dims=3, in_channels=1, out_channels=3).eval()
+    with torch.no_grad():
+        assert net(torch.rand(1, 1, 48, 64, 48)).shape == (1, 3, 48, 64, 48)
+    assert net.size_divisor == 16
+
+
+def test_text_context_accepts_sequence_axis():
+    net = _activate_zero_init(SegOne(2, 1, 1, text_dim=8, **SMALL)).eval()
+    x, e = torch.rand(1, 1, 16, 16), torch.randn(1, 8)
+    with torch.no_grad():
+        assert torch.equal(net(x, context=e), net(x, context=e[:, None]))
+
+
+def test_film_starts_as_identity():
+    """Zero-initialised FiLM: a fresh conditioned network computes what the unconditioned one does."""
+    torch.manual_seed(0)
+    plain = SegOne(2, 1, 2, **SMALL).eval()
+    cond = SegOne(2, 1, 2, with_timestep=True, text_dim=8, **SMALL).eval()
+    missing, unexpected = cond.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("cond_embed") or "film" in k for k in missing)
+    x = torch.rand(1, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(cond(x, torch.tensor([5]), torch.randn(1, 8)), plain(x))
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_conditioning_changes_output(spatial_dims):
+    net = _activate_zero_init(SegOne(spatial_dims, 2, 1, with_timestep=True, text_dim=8, **SMALL)).eval()
+    x = torch.rand(1, 2, *([16] * spatial_dims))
+    t = torch.tensor([10])
+    e1, e2 = torch.randn(1, 8), torch.randn(1, 8)
+    with torch.no_grad():
+        base = net(x, t, e1)
+        assert not torch.allclose(base, net(x, t, e2), atol=1e-4), "text embedding has no effect"
+        assert not torch.allclose(base, net(x, torch.tensor([700]), e1), atol=1e-4), "timestep has no effect"
+        torch.testing.assert_close(base, net(x, t, e1))
+
+
+def test_conditioned_network_requires_its_inputs():
+    net = SegOne(2, 1, 1, with_timestep=True, text_dim=8, **SMALL)
+    x = torch.rand(1, 1, 16, 16)
+    with pytest.raises(ValueError, match="timesteps"):
+        net(x, context=torch.randn(1, 8))
+    with pytest.raises(ValueError, match="context"):
+        net(x, timesteps=torch.tensor([1]))
+
+
+def test_indivisible_size_names_the_required_multiple():
+    net = SegOne(3, 1, 2)
+    with pytest.raises(ValueError, match=r"multiple of 16.*\[40, 64, 48\]"):
+        net(torch.rand(1, 1, 40, 64, 48))
+    with pytest.raises(ValueError, match="spatial dims"):
+        net(torch.rand(1, 1, 48, 64))
+
+
+def test_invalid_configuration():
+    with pytest.raises(ValueError, match="spatial_dims"):
+        SegOne(1, 1, 1)
+    with pytest.raises(ValueError, match="two levels"):
+        SegOne(2, 1, 1, features=(8,))
+
+
+def _input_gradient_support(net: nn.Module, shape, point) -> torch.Tensor:
+    """Boolean map of the input voxels that the output voxel ``point`` (channel 0) depends on."""
+    net.eval()
+    x = torch.rand(1, 1, *shape, requires_grad=True)
+    net(x)[(0, 0) + tuple(point)].backward()
+    return x.grad[0, 0] != 0
+
+
+# InstanceNorm takes statistics over the whole patch, so every output depends (weakly) on every input and a gradient
+# test could not fail. Eval-mode BatchNorm is a fixed per-channel affine map: the support then shows only what the
+# architecture's data movement (unshuffle, shifts, global pooling) provides.
+RF_NORM = "batch"
+
+
+def test_aligned_unshuffle_pyramid_sees_only_its_block():
+    """Negative control: without shifts and global context an output sees exactly its aligned 2**L block."""
+    net = _activate_zero_init(SegOne(3, 1, 1, norm=RF_NORM, spatial_shift=False, global_context=False))
+    support = _input_gradient_support(net, (48, 64, 48), (15, 15, 15))
+    expected = torch.zeros_like(support)
+    expected[0:16, 0:16, 0:16] = True
+    assert torch.equal(support, expected)
+
+
+def test_shifts_cross_block_borders():
+    net = _activate_zero_init(SegOne(3, 1, 1, norm=RF_NORM, global_context=False))
+    support = _input_gradient_support(net, (48, 64, 48), (15, 15, 15))
+    # the voxel diagonally across the corner of its 16^3 block, and voxels well into the neighbouring blocks
+    assert support[16, 16, 16] and support[16, 15, 15] and support[15, 16, 15] and support[15, 15, 16]
+    assert support[31, 15, 15] and support[15, 31, 15] and support[0, 0, 0]
+    assert support.float().mean() > 0.5
+
+
+def test_default_3d_receptive_field_covers_the_whole_patch():
+    net = _activate_zero_init(SegOne(3, 1, 3, norm=RF_NORM))
+    for point in [(0, 0, 0), (24, 32, 24), (47, 63, 47)]:
+        support = _input_gradient_support(net, (48, 64, 48), point)
+        assert support.all(), f"output {point} misses {int((~support).sum())} input voxels"
+
+
+def test_default_2d_receptive_field_crosses_blocks():
+    net = _activate_zero_init(SegOne(2, 1, 2, norm=RF_NORM, global_context=False))
+    support = _input_gradient_support(net, (128, 128), (64, 64))
+    assert support[63, 63] and support[32, 96] and support.float().mean() > 0.3
+
+
+def test_instantiable_from_bundle_config():
+    parser = ConfigParser(
+        {
+            "imports": ["$import bundle"],
+            "network_def": {
+                "_target_": "bundle.networks.SegOne",
+                "spatial_dims": 3,
+                "in_channels": 1,
+                "out_channels": 3,
+                "features": [8, 16, 32],
+            },
+        }
+    )
+    net = parser.get_parsed_content("network_def")
+    assert isinstance(net, SegOne)
+    with torch.no_grad():
+        assert net(torch.rand(1, 1, 16, 16, 16)).shape == (1, 3, 16, 16, 16)

@@ -1,0 +1,64 @@
+"""Export: TorchScript (script and trace) and ONNX (dynamic spatial sizes), checked against PyTorch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bundle.export import compare_onnx, export_onnx, export_torchscript
+from bundle.networks import SegOne
+
+
+def _conditioned(spatial_dims: int) -> SegOne:
+    torch.manual_seed(0)
+    net = SegOne(spatial_dims, 2, 2, features=(8, 16, 32), with_timestep=True, text_dim=8)
+    for m in net.modules():  # FiLM and global context start at zero; export must carry them, so make them non-zero
+        w = getattr(m, "weight", None)
+        if isinstance(w, torch.Tensor) and w.numel() and not w.any():
+            torch.nn.init.normal_(w, std=0.1)
+    return net.eval()
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_torchscript_script_matches_eager(tmp_path, spatial_dims):
+    net = _conditioned(spatial_dims)
+    path = export_torchscript(net, tmp_path / "segone.ts")
+    loaded = torch.jit.load(str(path))
+    for size in (16, 32):
+        x = torch.rand(2, 2, *([size] * spatial_dims))
+        t, c = torch.tensor([0, 999]), torch.randn(2, 8)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x, t, c), net(x, t, c), rtol=1e-5, atol=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["segone.ts"], "temporary files left behind"
+
+
+def test_torchscript_keeps_input_checks(tmp_path):
+    loaded = torch.jit.load(str(export_torchscript(SegOne(3, 1, 2, features=(8, 16)), tmp_path / "m.ts")))
+    with pytest.raises(torch.jit.Error, match="multiple of 2"):
+        loaded(torch.rand(1, 1, 3, 4, 4))
+
+
+def test_torchscript_trace_of_default_network(tmp_path):
+    net = SegOne(3, 1, 3).eval()
+    x = torch.rand(1, 1, 48, 64, 48)
+    loaded = torch.jit.load(str(export_torchscript(net, tmp_path / "traced.ts", trace_inputs=(x,))))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("spatial_dims,sizes", [(2, [(32, 32), (64, 48), (4, 8)]), (3, [(16, 16, 16), (32, 16, 48)])])
+def test_onnx_matches_pytorch_at_several_sizes(tmp_path, spatial_dims, sizes):
+    net = _conditioned(spatial_dims)
+    example = (torch.rand(1, 2, *sizes[0]), torch.tensor([7]), torch.randn(1, 8))
+    path = export_onnx(net, tmp_path / "segone.onnx", example, input_names=("image", "timesteps", "context"))
+    for size in sizes:
+        inputs = (torch.rand(1, 2, *size), torch.tensor([500]), torch.randn(1, 8))
+        assert compare_onnx(net, path, inputs) < 1e-4, f"ONNX differs from PyTorch at {size}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["segone.onnx"]
+
+
+def test_onnx_plain_network(tmp_path):
+    torch.manual_seed(0)
+    net = SegOne(3, 1, 3, features=(8, 16, 32)).eval()
+    path = export_onnx(net, tmp_path / "plain.onnx", (torch.rand(1, 1, 16, 16, 16),))
+    assert compare_onnx(net, path, (torch.rand(1, 1, 32, 16, 16),)) < 1e-4
