@@ -7,16 +7,14 @@ import torch
 
 from bundle.export import compare_onnx, export_onnx, export_torchscript
 from bundle.networks import SegOne
+from bundle.networks.receptive_field import activate_zero_init
 
 
 def _conditioned(spatial_dims: int) -> SegOne:
     torch.manual_seed(0)
     net = SegOne(spatial_dims, 2, 2, features=(8, 16, 32), with_timestep=True, text_dim=8)
-    for m in net.modules():  # FiLM and global context start at zero; export must carry them, so make them non-zero
-        w = getattr(m, "weight", None)
-        if isinstance(w, torch.Tensor) and w.numel() and not w.any():
-            torch.nn.init.normal_(w, std=0.1)
-    return net.eval()
+    # FiLM and global context start at zero; the export must carry them, so give them weights
+    return activate_zero_init(net).eval()
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])

@@ -19,6 +19,7 @@ from typing import List, Optional, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from monai.networks.layers.factories import Conv
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
@@ -80,12 +81,20 @@ def _shift(x: torch.Tensor, dim: int, offset: int) -> torch.Tensor:
     """Move ``x`` by ``offset`` (+1 or -1) positions along ``dim``, filling the vacated slice with zeros.
 
     Zero fill, not ``torch.roll``: a roll would wrap voxels from one border of the patch to the opposite one.
+    Written as narrow + constant pad so that the backward pass only touches this group's own voxels.
     """
     n = x.shape[dim]
-    # for n == 1 the kept slice is empty and the result is all zeros, with no shape-dependent branch (ONNX export)
+    # F.pad lists (before, after) pairs from the last dim backwards
+    pad: List[int] = [0] * (2 * (x.dim() - 2))
+    slot = 2 * (x.dim() - 1 - dim)
     if offset > 0:
-        return torch.cat([torch.zeros_like(x.narrow(dim, 0, 1)), x.narrow(dim, 0, n - 1)], dim=dim)
-    return torch.cat([x.narrow(dim, 1, n - 1), torch.zeros_like(x.narrow(dim, 0, 1))], dim=dim)
+        pad[slot] = 1
+        kept = x.narrow(dim, 0, n - 1)
+    else:
+        pad[slot + 1] = 1
+        kept = x.narrow(dim, 1, n - 1)
+    # for n == 1 the kept slice is empty and the result is all zeros, with no shape-dependent branch (ONNX export)
+    return F.pad(kept, pad)
 
 
 class SpatialShift(nn.Module):
@@ -115,12 +124,13 @@ class SpatialShift(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = self.group
+        sizes: List[int] = [g] * self.directions + [x.shape[1] - g * self.directions]
+        # split (not slicing): its backward is a single concatenation instead of one full-size buffer per group
+        groups = torch.split(x, sizes, dim=1)
         parts: List[torch.Tensor] = []
         for i in range(self.directions):
-            dim = 2 + i // 2
-            offset = 1 if i % 2 == 0 else -1
-            parts.append(_shift(x[:, i * g : (i + 1) * g], dim, offset))
-        parts.append(x[:, self.directions * g :])
+            parts.append(_shift(groups[i], 2 + i // 2, 1 if i % 2 == 0 else -1))
+        parts.append(groups[self.directions])
         return torch.cat(parts, dim=1)
 
 

@@ -8,18 +8,9 @@ import torch.nn as nn
 from monai.bundle import ConfigParser
 
 from bundle.networks import SegOne
+from bundle.networks.receptive_field import activate_zero_init, input_support
 
 SMALL = {"features": (8, 16, 32), "encoder_blocks": 1, "decoder_blocks": 1}
-
-
-def _activate_zero_init(net: nn.Module, std: float = 0.1) -> nn.Module:
-    """FiLM and GlobalContext start as identities (zero weights); give them weights as after some training."""
-    torch.manual_seed(1)
-    for m in net.modules():
-        w = getattr(m, "weight", None)
-        if isinstance(w, torch.Tensor) and w.numel() and not w.any():
-            nn.init.normal_(w, std=std)
-    return net
 
 
 def _learned_operators(net: nn.Module):
@@ -74,7 +65,7 @@ def test_default_3d_config_on_hippocampus_patch():
 
 
 def test_text_context_accepts_sequence_axis():
-    net = _activate_zero_init(SegOne(2, 1, 1, text_dim=8, **SMALL)).eval()
+    net = activate_zero_init(SegOne(2, 1, 1, text_dim=8, **SMALL)).eval()
     x, e = torch.rand(1, 1, 16, 16), torch.randn(1, 8)
     with torch.no_grad():
         assert torch.equal(net(x, context=e), net(x, context=e[:, None]))
@@ -94,7 +85,7 @@ def test_film_starts_as_identity():
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_conditioning_changes_output(spatial_dims):
-    net = _activate_zero_init(SegOne(spatial_dims, 2, 1, with_timestep=True, text_dim=8, **SMALL)).eval()
+    net = activate_zero_init(SegOne(spatial_dims, 2, 1, with_timestep=True, text_dim=8, **SMALL)).eval()
     x = torch.rand(1, 2, *([16] * spatial_dims))
     t = torch.tensor([10])
     e1, e2 = torch.randn(1, 8), torch.randn(1, 8)
@@ -129,14 +120,6 @@ def test_invalid_configuration():
         SegOne(2, 1, 1, features=(8,))
 
 
-def _input_gradient_support(net: nn.Module, shape, point) -> torch.Tensor:
-    """Boolean map of the input voxels that the output voxel ``point`` (channel 0) depends on."""
-    net.eval()
-    x = torch.rand(1, 1, *shape, requires_grad=True)
-    net(x)[(0, 0) + tuple(point)].backward()
-    return x.grad[0, 0] != 0
-
-
 # InstanceNorm takes statistics over the whole patch, so every output depends (weakly) on every input and a gradient
 # test could not fail. Eval-mode BatchNorm is a fixed per-channel affine map: the support then shows only what the
 # architecture's data movement (unshuffle, shifts, global pooling) provides.
@@ -145,16 +128,16 @@ RF_NORM = "batch"
 
 def test_aligned_unshuffle_pyramid_sees_only_its_block():
     """Negative control: without shifts and global context an output sees exactly its aligned 2**L block."""
-    net = _activate_zero_init(SegOne(3, 1, 1, norm=RF_NORM, spatial_shift=False, global_context=False))
-    support = _input_gradient_support(net, (48, 64, 48), (15, 15, 15))
+    net = activate_zero_init(SegOne(3, 1, 1, norm=RF_NORM, spatial_shift=False, global_context=False))
+    support = input_support(net, (48, 64, 48), (15, 15, 15))
     expected = torch.zeros_like(support)
     expected[0:16, 0:16, 0:16] = True
     assert torch.equal(support, expected)
 
 
 def test_shifts_cross_block_borders():
-    net = _activate_zero_init(SegOne(3, 1, 1, norm=RF_NORM, global_context=False))
-    support = _input_gradient_support(net, (48, 64, 48), (15, 15, 15))
+    net = activate_zero_init(SegOne(3, 1, 1, norm=RF_NORM, global_context=False))
+    support = input_support(net, (48, 64, 48), (15, 15, 15))
     # the voxel diagonally across the corner of its 16^3 block, and voxels well into the neighbouring blocks
     assert support[16, 16, 16] and support[16, 15, 15] and support[15, 16, 15] and support[15, 15, 16]
     assert support[31, 15, 15] and support[15, 31, 15] and support[0, 0, 0]
@@ -162,15 +145,15 @@ def test_shifts_cross_block_borders():
 
 
 def test_default_3d_receptive_field_covers_the_whole_patch():
-    net = _activate_zero_init(SegOne(3, 1, 3, norm=RF_NORM))
+    net = activate_zero_init(SegOne(3, 1, 3, norm=RF_NORM))
     for point in [(0, 0, 0), (24, 32, 24), (47, 63, 47)]:
-        support = _input_gradient_support(net, (48, 64, 48), point)
+        support = input_support(net, (48, 64, 48), point)
         assert support.all(), f"output {point} misses {int((~support).sum())} input voxels"
 
 
 def test_default_2d_receptive_field_crosses_blocks():
-    net = _activate_zero_init(SegOne(2, 1, 2, norm=RF_NORM, global_context=False))
-    support = _input_gradient_support(net, (128, 128), (64, 64))
+    net = activate_zero_init(SegOne(2, 1, 2, norm=RF_NORM, global_context=False))
+    support = input_support(net, (128, 128), (64, 64))
     assert support[63, 63] and support[32, 96] and support.float().mean() > 0.3
 
 
