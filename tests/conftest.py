@@ -1,0 +1,37 @@
+"""Shared fixtures: a tiny open_clip architecture registered for the tests, paths to ../shared data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+TINY_CLIP = "segone-test-tiny-clip"
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> str:
+    """Registers a small open_clip architecture (CLIP BPE tokenizer, 1-layer towers) and returns its name."""
+    import open_clip
+
+    if open_clip.get_model_config(TINY_CLIP) is None:
+        config = {
+            "embed_dim": 32,
+            "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+        }
+        path = tmp_path_factory.mktemp("open_clip") / f"{TINY_CLIP}.json"
+        path.write_text(json.dumps(config))
+        open_clip.add_model_config(path)
+    return TINY_CLIP
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared/data, or a skip with the reason when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs the shared data at {path} (absent on this machine)")
+    return path
