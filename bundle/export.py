@@ -36,7 +36,8 @@ def export_torchscript(net: torch.nn.Module, filepath: PathLike, trace_inputs: O
         The path written.
     """
     net = net.eval()
-    module = torch.jit.trace(net, trace_inputs) if trace_inputs is not None else torch.jit.script(net)
+    with torch.no_grad():  # records the networks' inference paths (convolutions, not training-time matmuls)
+        module = torch.jit.trace(net, trace_inputs) if trace_inputs is not None else torch.jit.script(net)
     path, tmp = _atomic_target(filepath)
     try:
         torch.jit.save(module, str(tmp))
@@ -88,7 +89,7 @@ def export_onnx(
         dynamic_shapes = tuple([dims] + [None] * (len(example_inputs) - 1))
     path, tmp = _atomic_target(filepath)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 net,

@@ -29,18 +29,21 @@ PATCH = (48, 64, 48)
 
 
 def variants() -> Dict[str, Callable[[], torch.nn.Module]]:
+    """The default SegOne, each context mechanism removed from it, and design alternatives; MONAI UNet for scale."""
     from monai.networks.nets import UNet
 
     from bundle.networks import SegOne
 
+    def segone(**kwargs) -> Callable[[], torch.nn.Module]:
+        return lambda: SegOne(3, 1, 3, **kwargs)
+
     return {
-        "SegOne (shift + global context)": lambda: SegOne(3, 1, 3),
-        "SegOne, global context only": lambda: SegOne(3, 1, 3, spatial_shift=False),
-        "SegOne, aligned pyramid only": lambda: SegOne(3, 1, 3, spatial_shift=False, global_context=False),
-        "SegOne, no full-resolution blocks": lambda: SegOne(
-            3, 1, 3, encoder_blocks=(0, 1, 2, 2, 2), decoder_blocks=(0, 1, 1, 1)
-        ),
-        "SegOne, BatchNorm": lambda: SegOne(3, 1, 3, norm="batch"),
+        "SegOne default (shifts + global context)": segone(),
+        "without global context": segone(global_context=False),
+        "without shifts (global context only)": segone(spatial_shift=False),
+        "aligned unshuffle pyramid only": segone(spatial_shift=False, global_context=False),
+        "with full-resolution blocks": segone(encoder_blocks=(1, 1, 2, 2, 2), decoder_blocks=(1, 1, 1, 1)),
+        "BatchNorm instead of InstanceNorm": segone(norm="batch"),
         "MONAI UNet (reference)": lambda: UNet(3, 1, 3, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2),
     }
 

@@ -9,7 +9,7 @@ Spatial context is produced by parameter-free data movement:
   Parameter Alternative to Spatial Convolutions");
 - :class:`GlobalContext` averages over all positions, so that every output depends on the whole input.
 
-The learned operators are kernel-size-1 convolutions (``Conv[CONV, spatial_dims](..., kernel_size=1)``) and
+The learned operators are kernel-size-1 convolutions (:class:`PointwiseConv2d` / :class:`PointwiseConv3d`) and
 linear maps of conditioning vectors (timestep and text embeddings), which have no spatial extent.
 """
 
@@ -20,7 +20,6 @@ from typing import List, Optional, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.networks.layers.factories import Conv
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 from monai.networks.utils import pixelshuffle
@@ -28,6 +27,8 @@ from monai.networks.utils import pixelshuffle
 __all__ = [
     "pixel_unshuffle",
     "conv1x1",
+    "PointwiseConv2d",
+    "PointwiseConv3d",
     "SpatialShift",
     "ChannelMixBlock",
     "UnshuffleDown",
@@ -72,9 +73,49 @@ def pixel_unshuffle(x: torch.Tensor, spatial_dims: int, scale_factor: int) -> to
     return x.reshape(reshaped).permute(perm).reshape(reduced)
 
 
+class _PointwiseForward:
+    """Forward of a kernel-size-1 convolution as one batched matrix product while autograd records.
+
+    Same weights, same result as the convolution. CPU convolution backends handle 1x1 kernels on large volumes
+    poorly, especially in the backward pass; ``baddbmm`` over the flattened positions trains about twice as fast.
+    With gradients off (inference, export) the regular convolution runs, which export formats and edge runtimes
+    know as a Conv.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting() or not torch.is_grad_enabled():
+            return self._conv_forward(x, self.weight, self.bias)  # type: ignore[attr-defined]
+        b, c = x.shape[0], x.shape[1]
+        w = self.weight.reshape(1, self.out_channels, c).expand(b, -1, -1)
+        flat = x.reshape(b, c, -1)
+        if self.bias is None:
+            y = torch.bmm(w, flat)
+        else:
+            y = torch.baddbmm(self.bias.reshape(1, -1, 1), w, flat)
+        return y.reshape([b, self.out_channels] + list(x.shape[2:]))
+
+
+class PointwiseConv2d(_PointwiseForward, nn.Conv2d):
+    """``nn.Conv2d`` with ``kernel_size=1``, trained through a batched matrix product (see ``_PointwiseForward``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size=1, bias=bias)
+
+
+class PointwiseConv3d(_PointwiseForward, nn.Conv3d):
+    """``nn.Conv3d`` with ``kernel_size=1``, trained through a batched matrix product (see ``_PointwiseForward``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        nn.Conv3d.__init__(self, in_channels, out_channels, kernel_size=1, bias=bias)
+
+
 def conv1x1(spatial_dims: int, in_channels: int, out_channels: int, bias: bool = True) -> nn.Module:
     """A kernel-size-1 convolution: a linear map of the channel vector at every position, shared over positions."""
-    return Conv[Conv.CONV, spatial_dims](in_channels, out_channels, kernel_size=1, bias=bias)
+    if spatial_dims == 2:
+        return PointwiseConv2d(in_channels, out_channels, bias=bias)
+    if spatial_dims == 3:
+        return PointwiseConv3d(in_channels, out_channels, bias=bias)
+    raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
 
 
 def _shift(x: torch.Tensor, dim: int, offset: int) -> torch.Tensor:

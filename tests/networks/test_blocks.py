@@ -6,7 +6,15 @@ import pytest
 import torch
 from monai.networks.utils import pixelshuffle, pixelunshuffle
 
-from bundle.networks.blocks import FiLM, GlobalContext, ShuffleUp, SpatialShift, UnshuffleDown, pixel_unshuffle
+from bundle.networks.blocks import (
+    FiLM,
+    GlobalContext,
+    ShuffleUp,
+    SpatialShift,
+    UnshuffleDown,
+    conv1x1,
+    pixel_unshuffle,
+)
 
 
 @pytest.mark.parametrize("spatial_dims,shape", [(2, (2, 3, 8, 6)), (3, (1, 2, 4, 6, 8))])
@@ -70,3 +78,23 @@ def test_film_modulates_per_channel():
     torch.testing.assert_close(film(x, c), expected)
     with pytest.raises(ValueError, match="conditioning vector"):
         film(x, None)
+
+
+@pytest.mark.parametrize("spatial_dims,bias", [(2, True), (3, True), (3, False)])
+def test_pointwise_conv_equals_conv_in_value_and_gradient(spatial_dims, bias):
+    torch.manual_seed(0)
+    conv = conv1x1(spatial_dims, 5, 7, bias=bias)
+    reference = (torch.nn.Conv2d if spatial_dims == 2 else torch.nn.Conv3d)(5, 7, 1, bias=bias)
+    reference.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 5, *([6] * spatial_dims), requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    y, y_ref = conv(x), reference(x_ref)  # grad enabled: the batched-matmul path
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    y.square().sum().backward()
+    y_ref.square().sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(conv.weight.grad, reference.weight.grad, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():  # the convolution path
+        torch.testing.assert_close(conv(x), y_ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="spatial_dims"):
+        conv1x1(1, 2, 2)
