@@ -25,6 +25,8 @@ from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 from monai.networks.utils import pixelshuffle
 
 __all__ = [
+    "DEFAULT_ACT",
+    "DEFAULT_NORM",
     "pixel_unshuffle",
     "conv1x1",
     "PointwiseConv2d",
@@ -37,6 +39,11 @@ __all__ = [
     "FiLM",
     "ConditionEmbedding",
 ]
+
+# MONAI ``get_act_layer`` / ``get_norm_layer`` arguments shared by all SegOne blocks (BasicUNet's activation, and
+# InstanceNorm as in MONAI's UNet and nnU-Net)
+DEFAULT_ACT = ("leakyrelu", {"negative_slope": 0.1, "inplace": True})
+DEFAULT_NORM = ("instance", {"affine": True})
 
 
 def pixel_unshuffle(x: torch.Tensor, spatial_dims: int, scale_factor: int) -> torch.Tensor:
@@ -199,8 +206,8 @@ class ChannelMixBlock(nn.Module):
         spatial_dims: int,
         channels: int,
         expansion: float = 2.0,
-        act: Union[str, tuple] = ("leakyrelu", {"negative_slope": 0.1, "inplace": True}),
-        norm: Union[str, tuple] = ("instance", {"affine": True}),
+        act: Union[str, tuple] = DEFAULT_ACT,
+        norm: Union[str, tuple] = DEFAULT_NORM,
         shift: bool = True,
     ) -> None:
         super().__init__()
@@ -234,8 +241,8 @@ class UnshuffleDown(nn.Module):
         spatial_dims: int,
         in_channels: int,
         out_channels: int,
-        act: Union[str, tuple] = ("leakyrelu", {"negative_slope": 0.1, "inplace": True}),
-        norm: Union[str, tuple] = ("instance", {"affine": True}),
+        act: Union[str, tuple] = DEFAULT_ACT,
+        norm: Union[str, tuple] = DEFAULT_NORM,
     ) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
@@ -279,7 +286,7 @@ class GlobalContext(nn.Module):
         self,
         spatial_dims: int,
         channels: int,
-        act: Union[str, tuple] = ("leakyrelu", {"negative_slope": 0.1, "inplace": True}),
+        act: Union[str, tuple] = DEFAULT_ACT,
     ) -> None:
         super().__init__()
         self.reduce_dims: List[int] = list(range(2, 2 + spatial_dims))

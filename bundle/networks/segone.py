@@ -13,6 +13,8 @@ from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from monai.utils import ensure_tuple_rep
 
 from bundle.networks.blocks import (
+    DEFAULT_ACT,
+    DEFAULT_NORM,
     ChannelMixBlock,
     ConditionEmbedding,
     FiLM,
@@ -23,9 +25,6 @@ from bundle.networks.blocks import (
 )
 
 __all__ = ["SegOne", "Unconditioned"]
-
-_ACT = ("leakyrelu", {"negative_slope": 0.1, "inplace": True})
-_NORM = ("instance", {"affine": True})
 
 
 class Unconditioned(nn.Module):
@@ -121,8 +120,8 @@ class SegOne(nn.Module):
         encoder_blocks: Union[None, int, Sequence[int]] = None,
         decoder_blocks: Union[None, int, Sequence[int]] = None,
         expansion: float = 2.0,
-        act: Union[str, tuple] = _ACT,
-        norm: Union[str, tuple] = _NORM,
+        act: Union[str, tuple] = DEFAULT_ACT,
+        norm: Union[str, tuple] = DEFAULT_NORM,
         spatial_shift: bool = True,
         global_context: bool = True,
         with_timestep: bool = False,
