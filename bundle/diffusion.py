@@ -7,21 +7,49 @@ predicts the clean mask (``prediction_type="sample"``) or the noise (``"epsilon"
 that prediction (as in the SegOne proposal) plus a soft Dice term on the implied clean mask.
 
 Sampling (:meth:`MaskDiffusion.sample`): DDIM (MONAI's :class:`~monai.networks.schedulers.DDIMScheduler`,
-``eta=0``) from seeded Gaussian noise for a configurable number of steps: the same seed gives the same mask.
+``eta=0``) from seeded Gaussian noise (:func:`seeded_normal`) for a configurable number of steps: the same seed
+gives the same mask, in eager mode and in exported graphs.
 ``num_samples > 1`` returns the mean probability and the per-voxel variance over samples (uncertainty).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
-__all__ = ["MaskDiffusion", "soft_dice_loss"]
+__all__ = ["MaskDiffusion", "PromptedSegmenter", "seeded_normal", "soft_dice_loss"]
 
 PREDICTION_TYPES = ("sample", "epsilon")
+
+
+_M31 = 2147483647  # 2^31 - 1: products of two residues stay below 2^62, exact in int64 everywhere
+
+
+def _seeded_uniform(index: torch.Tensor, seed: int, stream: int) -> torch.Tensor:
+    """Uniform (0, 1) values from a counter-based integer hash of ``index`` (int64), ``seed`` and ``stream``."""
+    x = (index * 48271 + (seed * 2 + stream) * 2654435 + 12345) % _M31
+    x = (x * x + 1013904223) % _M31
+    x = (x * 16807 + 7) % _M31
+    x = (x * x + 744152805) % _M31
+    return (x.double() + 0.5) / _M31
+
+
+def seeded_normal(reference: torch.Tensor, seed: int) -> torch.Tensor:
+    """Standard normal noise shaped like ``reference``, a pure function of the voxel index and ``seed``.
+
+    ``torch.randn`` with a generator is deterministic in eager mode only: a TorchScript trace or an ONNX graph
+    re-draws it. This noise is built from exact int64 arithmetic (Box-Muller on a counter-based hash), so eager
+    PyTorch, a trace and onnxruntime produce the same values (to float rounding) and the exported sampler stays
+    deterministic.
+    """
+    index = torch.arange(reference.numel(), dtype=torch.int64, device=reference.device)
+    u1, u2 = _seeded_uniform(index, seed, 0), _seeded_uniform(index, seed, 1)
+    z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
+    return z.to(reference.dtype).reshape(reference.shape)
 
 
 def soft_dice_loss(prob: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -151,19 +179,15 @@ class MaskDiffusion(nn.Module):
         """
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        b = image.shape[0]
-        shape = (b, 1) + tuple(image.shape[2:])
         sched = self.make_sampler(num_inference_steps)
+        reference = image[:, :1]
         probs = []
         for i in range(num_samples):
-            if noise is not None:
-                x = noise[i].to(image)
-            else:
-                gen = torch.Generator(device="cpu").manual_seed(seed + i)
-                x = torch.randn(shape, generator=gen).to(image)
+            x = noise[i].to(image) if noise is not None else seeded_normal(reference, seed + i)
             for t in sched.timesteps:
                 t_int = int(t)
-                ts = torch.full((b,), t_int, dtype=torch.long, device=image.device)
+                # a [B] tensor built from the image, so a trace keeps the batch size dynamic
+                ts = torch.zeros_like(image[:, 0].flatten(1)[:, 0], dtype=torch.long) + t_int
                 output = self.denoiser(torch.cat([x, image], dim=1), ts, context)
                 x, _ = sched.step(output, t_int, x)
             probs.append(((x.clamp(-1.0, 1.0) + 1.0) / 2.0))
@@ -171,3 +195,69 @@ class MaskDiffusion(nn.Module):
         mean = stacked.mean(0)
         var = stacked.var(0, unbiased=False) if num_samples > 1 else None
         return mean, var
+
+
+class PromptedSegmenter(nn.Module):
+    """The complete inference network: image -> class probabilities for the bundle's prompts, by diffusion.
+
+    For each of the ``K`` prompt embeddings it samples a mask probability with :meth:`MaskDiffusion.sample`, then
+    turns the ``K`` independent probabilities into ``1 + K`` class probabilities: background ``1 - max_k p_k``,
+    normalised with the classes to sum to one, so ``argmax`` labels a voxel with the most probable class when that
+    class's probability exceeds one half. Because ``forward(image)`` has the signature of a segmentation network,
+    MONAI's SlidingWindowInferer, ``verify_net_in_out``, ``ckpt_export`` and MONAI Label can use it as they are.
+
+    Args:
+        denoiser: the trained denoiser (see :class:`MaskDiffusion`).
+        prompt_embeddings: ``[K, E]`` embeddings of the class prompts, in ``channel_def`` order (a buffer: saved
+            with the weights, so no text tower is needed at inference).
+        num_inference_steps: DDIM steps.
+        num_samples: samples averaged per prompt.
+        seed: seed of the starting noise.
+        num_train_timesteps, schedule, prediction_type: the training process (must match training).
+
+    Shapes:
+        ``image [B, C, *S] -> [B, 1 + K, *S]``; with ``prompt_embeddings [K', E]`` given to ``forward``,
+        ``[B, 1 + K', *S]`` for those prompts instead.
+    """
+
+    def __init__(
+        self,
+        denoiser: nn.Module,
+        prompt_embeddings: torch.Tensor,
+        num_inference_steps: int = 10,
+        num_samples: int = 1,
+        seed: int = 0,
+        num_train_timesteps: int = 1000,
+        schedule: str = "linear_beta",
+        prediction_type: str = "sample",
+    ) -> None:
+        super().__init__()
+        if prompt_embeddings.dim() != 2 or prompt_embeddings.shape[0] < 1:
+            raise ValueError(f"prompt_embeddings must be [K, E] with K >= 1, got {tuple(prompt_embeddings.shape)}")
+        self.diffusion = MaskDiffusion(
+            denoiser, num_train_timesteps=num_train_timesteps, schedule=schedule, prediction_type=prediction_type
+        )
+        self.register_buffer("prompt_embeddings", prompt_embeddings.detach().float().clone())
+        self.diffusion.make_sampler(num_inference_steps)  # validates the step count now, not at first use
+        self.num_inference_steps = num_inference_steps
+        self.num_samples = num_samples
+        self.seed = seed
+
+    @property
+    def denoiser(self) -> nn.Module:
+        return self.diffusion.denoiser
+
+    @torch.no_grad()
+    def forward(self, image: torch.Tensor, prompt_embeddings: Optional[torch.Tensor] = None) -> torch.Tensor:
+        emb = self.prompt_embeddings if prompt_embeddings is None else prompt_embeddings.to(image)
+        b = image.shape[0]
+        fg = []
+        for k in range(emb.shape[0]):
+            prob, _ = self.diffusion.sample(
+                image, emb[k : k + 1].expand(b, -1), self.num_inference_steps, self.seed, self.num_samples
+            )
+            fg.append(prob)
+        classes = torch.cat(fg, dim=1)
+        background = 1.0 - classes.max(dim=1, keepdim=True).values
+        probs = torch.cat([background, classes], dim=1)
+        return probs / probs.sum(dim=1, keepdim=True).clamp_min(1e-6)

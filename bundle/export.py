@@ -60,7 +60,8 @@ def export_onnx(
     """Export ``net`` to ONNX with the ``torch.export``-based exporter.
 
     With ``dynamic_spatial`` the spatial sizes of the first input are symbolic multiples of ``size_divisor`` (by
-    default ``net.size_divisor``), so one file serves any patch size the network accepts. The legacy TorchScript-based
+    default ``net.size_divisor``), so one file serves any patch size the network accepts. The batch size is the
+    example's. The legacy TorchScript-based
     exporter is not used: with dynamic axes it records some of SegOne's shape arithmetic as constants and then gives
     wrong results at other sizes.
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bundle.diffusion import MaskDiffusion, soft_dice_loss
+from bundle.diffusion import MaskDiffusion, PromptedSegmenter, seeded_normal, soft_dice_loss
 from bundle.networks import SegOne
+from bundle.networks.receptive_field import activate_zero_init
 
 
 def _denoiser(image_channels: int = 1, text_dim: int = 4, spatial_dims: int = 2) -> SegOne:
@@ -113,3 +114,67 @@ def test_prompts_are_learnt_through_diffusion():
         other = 1 - soft_dice_loss((prob > 0.5).float(), targets[1 - k], eps=0.0)
         assert dice > 0.8, f"prompt {k}: Dice {dice:.3f}"
         assert other < 0.2, f"prompt {k} segments the other object (Dice {other:.3f})"
+
+
+class _NoiseOf(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return seeded_normal(x, 7)
+
+
+def test_seeded_normal_is_standard_normal_and_deterministic():
+    ref = torch.zeros(4, 1, 40, 50, 25)
+    z = seeded_normal(ref, 0)
+    assert z.shape == ref.shape and z.dtype == ref.dtype
+    assert abs(float(z.mean())) < 0.01 and abs(float(z.std()) - 1) < 0.01
+    kurtosis = float(((z - z.mean()) ** 4).mean() / z.var() ** 2)
+    assert abs(kurtosis - 3) < 0.05
+    flat = z.flatten()
+    assert abs(float(torch.corrcoef(torch.stack([flat[:-1], flat[1:]]))[0, 1])) < 0.01, "neighbours correlated"
+    torch.testing.assert_close(seeded_normal(ref, 0), z)
+    assert abs(float(torch.corrcoef(torch.stack([flat, seeded_normal(ref, 1).flatten()]))[0, 1])) < 0.01
+
+
+def test_seeded_normal_survives_trace_and_onnx(tmp_path):
+    from bundle.export import compare_onnx, export_onnx
+
+    x = torch.rand(1, 1, 16, 16, 16)
+    traced = torch.jit.trace(_NoiseOf(), (x,))
+    other = torch.rand(2, 1, 8, 24, 16)
+    assert torch.equal(traced(other), seeded_normal(other, 7))
+    path = export_onnx(_NoiseOf(), tmp_path / "noise.onnx", (x,), size_divisor=1)
+    assert compare_onnx(_NoiseOf(), path, (other[:1],)) < 1e-5  # the ONNX batch size is the example's
+
+
+def _segmenter(num_prompts: int = 2) -> PromptedSegmenter:
+    torch.manual_seed(0)
+    denoiser = activate_zero_init(
+        SegOne(3, 2, 1, features=(8, 16, 32), encoder_blocks=1, decoder_blocks=1, with_timestep=True, text_dim=4)
+    )
+    return PromptedSegmenter(denoiser, torch.randn(num_prompts, 4), num_inference_steps=3).eval()
+
+
+def test_prompted_segmenter_gives_class_probabilities():
+    seg = _segmenter(2)
+    x = torch.rand(2, 1, 16, 16, 32)
+    y = seg(x)
+    assert y.shape == (2, 3, 16, 16, 32)
+    assert (y >= 0).all() and (y <= 1).all()
+    torch.testing.assert_close(y.sum(1), torch.ones(2, 16, 16, 32))
+    torch.testing.assert_close(seg(x), y)  # deterministic
+    assert seg(x, prompt_embeddings=torch.randn(3, 4)).shape == (2, 4, 16, 16, 32)
+    with pytest.raises(ValueError, match=r"\[K, E\]"):
+        PromptedSegmenter(seg.denoiser, torch.randn(4))
+
+
+def test_prompted_segmenter_traces_and_slides(tmp_path):
+    from monai.inferers import SlidingWindowInferer
+
+    from bundle.export import export_torchscript
+
+    seg = _segmenter(2)
+    example = (torch.rand(1, 1, 16, 16, 32),)
+    traced = torch.jit.load(str(export_torchscript(seg, tmp_path / "seg.ts", trace_inputs=example)))
+    other = torch.rand(2, 1, 32, 16, 16)  # another batch size and shape than the trace's
+    torch.testing.assert_close(traced(other), seg(other), rtol=1e-5, atol=1e-5)
+    inferer = SlidingWindowInferer(roi_size=(16, 16, 16), sw_batch_size=2, overlap=0.25, mode="gaussian")
+    assert inferer(torch.rand(1, 1, 40, 24, 20), seg).shape == (1, 3, 40, 24, 20)
