@@ -179,6 +179,8 @@ class MaskDiffusion(nn.Module):
         """
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        if noise is not None and noise.shape[0] < num_samples:
+            raise ValueError(f"noise holds {noise.shape[0]} starting points for num_samples={num_samples}")
         sched = self.make_sampler(num_inference_steps)
         reference = image[:, :1]
         probs = []
@@ -207,13 +209,13 @@ class PromptedSegmenter(nn.Module):
     MONAI's SlidingWindowInferer, ``verify_net_in_out``, ``ckpt_export`` and MONAI Label can use it as they are.
 
     Args:
-        denoiser: the trained denoiser (see :class:`MaskDiffusion`).
+        diffusion: the trained :class:`MaskDiffusion`: its denoiser and its noise process, so sampling always matches
+            the process the denoiser was trained with.
         prompt_embeddings: ``[K, E]`` embeddings of the class prompts, in ``channel_def`` order (a buffer: saved
             with the weights, so no text tower is needed at inference).
         num_inference_steps: DDIM steps.
         num_samples: samples averaged per prompt.
         seed: seed of the starting noise.
-        num_train_timesteps, schedule, prediction_type: the training process (must match training).
 
     Shapes:
         ``image [B, C, *S] -> [B, 1 + K, *S]``; with ``prompt_embeddings [K', E]`` given to ``forward``,
@@ -222,23 +224,20 @@ class PromptedSegmenter(nn.Module):
 
     def __init__(
         self,
-        denoiser: nn.Module,
+        diffusion: MaskDiffusion,
         prompt_embeddings: torch.Tensor,
         num_inference_steps: int = 10,
         num_samples: int = 1,
         seed: int = 0,
-        num_train_timesteps: int = 1000,
-        schedule: str = "linear_beta",
-        prediction_type: str = "sample",
     ) -> None:
         super().__init__()
         if prompt_embeddings.dim() != 2 or prompt_embeddings.shape[0] < 1:
             raise ValueError(f"prompt_embeddings must be [K, E] with K >= 1, got {tuple(prompt_embeddings.shape)}")
-        self.diffusion = MaskDiffusion(
-            denoiser, num_train_timesteps=num_train_timesteps, schedule=schedule, prediction_type=prediction_type
-        )
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        self.diffusion = diffusion
         self.register_buffer("prompt_embeddings", prompt_embeddings.detach().float().clone())
-        self.diffusion.make_sampler(num_inference_steps)  # validates the step count now, not at first use
+        diffusion.make_sampler(num_inference_steps)  # validates the step count now, not at first use
         self.num_inference_steps = num_inference_steps
         self.num_samples = num_samples
         self.seed = seed

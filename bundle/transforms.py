@@ -100,9 +100,8 @@ class RandPromptd(Randomizable, MapTransform):
             present = [int(v) for v in values if int(v) in self.class_names]
             self.randomize(present)
             assert self._choice is not None
-            lab = torch.as_tensor(label)
-            target = (lab == self._choice).float()
-            if target.dim() == lab.dim() and (target.dim() == 0 or target.shape[0] != 1):
+            target = (torch.as_tensor(label) == self._choice).float()
+            if target.shape[0] != 1:  # a label without its channel axis
                 target = target[None]
             d[self.target_key] = target
             d[self.prompt_key] = self.class_names[self._choice]

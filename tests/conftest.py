@@ -1,14 +1,11 @@
-"""Shared fixtures: a tiny open_clip architecture registered for the tests, paths to ../shared data."""
+"""Shared fixtures: a tiny open_clip architecture registered for the tests."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
 TINY_CLIP = "segone-test-tiny-clip"
 
 
@@ -28,10 +25,3 @@ def tiny_clip(tmp_path_factory) -> str:
         open_clip.add_model_config(path)
     return TINY_CLIP
 
-
-def shared_path(*parts: str) -> Path:
-    """A path under ../shared/data, or a skip with the reason when it is absent."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"needs the shared data at {path} (absent on this machine)")
-    return path

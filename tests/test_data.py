@@ -14,7 +14,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 from bundle.data import CheckInputd, find_images, load_msd_datalist, split_datalist
 from bundle.demo import write_demo_dataset
 
-from .conftest import shared_path
+from .shared_data import shared_path
 
 
 def _nifti(path, array, affine=None):

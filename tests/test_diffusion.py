@@ -58,6 +58,8 @@ def test_invalid_arguments():
         model.loss(torch.rand(1, 1, 8, 8), torch.rand(1, 2, 8, 8), torch.randn(1, 4))
     with pytest.raises(ValueError, match="num_inference_steps"):
         model.sample(torch.rand(1, 1, 8, 8), torch.randn(1, 4), num_inference_steps=0)
+    with pytest.raises(ValueError, match="starting points"):
+        model.sample(torch.rand(1, 1, 8, 8), torch.randn(1, 4), num_samples=2, noise=torch.randn(1, 1, 1, 8, 8))
 
 
 def test_sampling_is_deterministic_per_seed_and_gives_uncertainty():
@@ -150,7 +152,7 @@ def _segmenter(num_prompts: int = 2) -> PromptedSegmenter:
     denoiser = activate_zero_init(
         SegOne(3, 2, 1, features=(8, 16, 32), encoder_blocks=1, decoder_blocks=1, with_timestep=True, text_dim=4)
     )
-    return PromptedSegmenter(denoiser, torch.randn(num_prompts, 4), num_inference_steps=3).eval()
+    return PromptedSegmenter(MaskDiffusion(denoiser), torch.randn(num_prompts, 4), num_inference_steps=3).eval()
 
 
 def test_prompted_segmenter_gives_class_probabilities():
@@ -163,7 +165,9 @@ def test_prompted_segmenter_gives_class_probabilities():
     torch.testing.assert_close(seg(x), y)  # deterministic
     assert seg(x, prompt_embeddings=torch.randn(3, 4)).shape == (2, 4, 16, 16, 32)
     with pytest.raises(ValueError, match=r"\[K, E\]"):
-        PromptedSegmenter(seg.denoiser, torch.randn(4))
+        PromptedSegmenter(seg.diffusion, torch.randn(4))
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        PromptedSegmenter(seg.diffusion, torch.randn(2, 4), num_inference_steps=0)
 
 
 def test_prompted_segmenter_traces_and_slides(tmp_path):

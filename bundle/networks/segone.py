@@ -85,7 +85,7 @@ class SegOne(nn.Module):
         features: channels at each resolution level, full resolution first; ``len(features) - 1`` downsamplings.
         encoder_blocks: channel-mix blocks at each encoder level (the last is the bottleneck); an int for all.
             Default ``(0, 1, 2, 2, ...)``: none at full resolution, where positions are many and blocks cost most
-            (on MSD hippocampus they trained 3.75x slower per step for no measurable gain; docs/architecture.md).
+            (on MSD hippocampus they cost 2.4x per training step for no measurable gain; docs/architecture.md).
         decoder_blocks: channel-mix blocks at each decoder level, ``len(features) - 1`` values indexed like
             ``features`` (full resolution first); an int for all. Default ``(0, 1, 1, ...)``.
         expansion: hidden width of a channel-mix block as a multiple of its channels.
