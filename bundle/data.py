@@ -19,7 +19,7 @@ from monai.transforms import MapTransform
 
 from bundle.transforms import source_name
 
-__all__ = ["load_msd_datalist", "split_datalist", "find_images", "CheckInputd", "NIFTI_SUFFIXES"]
+__all__ = ["load_msd_datalist", "split_datalist", "dataset_split", "find_images", "CheckInputd", "NIFTI_SUFFIXES"]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 PathLike = Union[str, os.PathLike]
@@ -80,6 +80,34 @@ def split_datalist(
         "val": ordered[n_test : n_test + n_val],
         "train": ordered[n_test + n_val :],
     }
+
+
+def dataset_split(
+    dataset_dir: Optional[PathLike],
+    split: str,
+    demo_dir: Optional[PathLike] = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> List[Dict[str, str]]:
+    """One part (``train``, ``val``, ``test`` or ``all``) of the seeded split of an MSD folder's training cases.
+
+    With an empty ``dataset_dir`` the embedded demo dataset at ``demo_dir`` is used, generated first when absent
+    (so the bundle's training command works on a fresh clone).
+    """
+    if not dataset_dir:
+        if demo_dir is None:
+            raise ValueError("no dataset_dir given and no demo_dir to generate the demo data in")
+        from bundle.demo import ensure_demo_dataset
+
+        dataset_dir = ensure_demo_dataset(demo_dir)
+    items = load_msd_datalist(dataset_dir, "training")
+    if split == "all":
+        return sorted(items, key=lambda i: i["image"])
+    parts = split_datalist(items, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    if split not in parts:
+        raise ValueError(f"split must be one of train, val, test, all; got {split!r}")
+    return parts[split]
 
 
 def find_images(path: PathLike) -> List[Dict[str, str]]:

@@ -71,6 +71,14 @@ class MaskDiffusion(nn.Module):
         prediction_type: ``"sample"`` (clean mask) or ``"epsilon"`` (noise).
         l1_weight: weight of the L1 term on the prediction.
         dice_weight: weight of the soft Dice term on the implied clean mask.
+        prompt_embeddings: ``[K, E]`` embeddings of the class prompts (``channel_def`` order), kept as a buffer.
+        num_prompts, embed_dim: the buffer's shape when ``prompt_embeddings`` is not given (zeros, to be loaded
+            from a checkpoint).
+        timestep_bias: training timesteps are ``T - 1 - floor(T * u ** timestep_bias)`` for uniform ``u``: 1 is
+            uniform; larger values train more often at high noise, where few-step DDIM sampling does its work (the
+            first step always starts from pure noise at ``t = T - 1``).
+
+    ``forward(image, target, context)`` is the training loss (see :meth:`loss`); :meth:`sample` generates masks.
     """
 
     def __init__(
@@ -81,8 +89,15 @@ class MaskDiffusion(nn.Module):
         prediction_type: str = "sample",
         l1_weight: float = 1.0,
         dice_weight: float = 1.0,
+        prompt_embeddings: Optional[torch.Tensor] = None,
+        num_prompts: int = 0,
+        embed_dim: int = 0,
+        timestep_bias: float = 1.0,
     ) -> None:
         super().__init__()
+        if timestep_bias < 1.0:
+            raise ValueError(f"timestep_bias must be >= 1 (1 = uniform), got {timestep_bias}")
+        self.timestep_bias = timestep_bias
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
         self.denoiser = denoiser
@@ -96,6 +111,23 @@ class MaskDiffusion(nn.Module):
         )
         alphas = self.train_scheduler.alphas_cumprod.float()
         self.register_buffer("alphas_cumprod", alphas, persistent=False)
+        if prompt_embeddings is None:
+            prompt_embeddings = torch.zeros(num_prompts, embed_dim)
+        if prompt_embeddings.dim() != 2:
+            raise ValueError(f"prompt_embeddings must be [K, E], got {tuple(prompt_embeddings.shape)}")
+        # the class prompts' embeddings travel in the state dict, so a checkpoint needs no text tower to be used
+        self.register_buffer("prompt_embeddings", prompt_embeddings.detach().float().clone())
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        target: torch.Tensor,
+        context: torch.Tensor,
+        timesteps: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> Dict[str, torch.Tensor]:
+        """The training objective, :meth:`loss`: as ``forward`` so DistributedDataParallel synchronises it."""
+        return self.loss(image, target, context, timesteps, generator)
 
     def _clean_from_output(self, output: torch.Tensor, noisy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if self.prediction_type == "sample":
@@ -129,7 +161,9 @@ class MaskDiffusion(nn.Module):
         b = image.shape[0]
         x0 = target.float() * 2.0 - 1.0
         if timesteps is None:
-            timesteps = torch.randint(0, self.num_train_timesteps, (b,), generator=generator, device=image.device)
+            u = torch.rand((b,), generator=generator, device=image.device)
+            drawn = torch.floor(self.num_train_timesteps * u.pow(self.timestep_bias)).long()
+            timesteps = (self.num_train_timesteps - 1 - drawn).clamp(0, self.num_train_timesteps - 1)
         noise = torch.randn(x0.shape, generator=generator, device=image.device, dtype=x0.dtype)
         noisy = self.train_scheduler.add_noise(original_samples=x0, noise=noise, timesteps=timesteps)
         output = self.denoiser(torch.cat([noisy, image], dim=1), timesteps, context)
@@ -152,6 +186,12 @@ class MaskDiffusion(nn.Module):
             clip_sample=True,
         )
         sched.set_timesteps(num_inference_steps)
+        # DDIMScheduler.step() moves from t to t - T // n, but set_timesteps() spaces the steps by linspace(T - 1, 0,
+        # n): with few steps the two disagree (n = 2 gives steps 999 and 0 while step() lands at 499), and the
+        # last step then sees a half-noised mask labelled as clean. Use the grid step() assumes, ending at t < T // n
+        # ("trailing" spacing: the first step always starts from pure noise).
+        stride = self.num_train_timesteps // num_inference_steps
+        sched.timesteps = self.num_train_timesteps - 1 - stride * torch.arange(num_inference_steps, dtype=torch.long)
         return sched
 
     @torch.no_grad()
@@ -185,7 +225,9 @@ class MaskDiffusion(nn.Module):
         reference = image[:, :1]
         probs = []
         for i in range(num_samples):
-            x = noise[i].to(image) if noise is not None else seeded_normal(reference, seed + i)
+            # the same starting noise for every batch item: an image's mask does not depend on what else is in the
+            # batch (sliding-window batch size, other prompts)
+            x = noise[i].to(image) if noise is not None else seeded_normal(reference[:1], seed + i).expand_as(reference)
             for t in sched.timesteps:
                 t_int = int(t)
                 # a [B] tensor built from the image, so a trace keeps the batch size dynamic
@@ -199,20 +241,20 @@ class MaskDiffusion(nn.Module):
         return mean, var
 
 
-class PromptedSegmenter(nn.Module):
+class PromptedSegmenter(MaskDiffusion):
     """The complete inference network: image -> class probabilities for the bundle's prompts, by diffusion.
 
-    For each of the ``K`` prompt embeddings it samples a mask probability with :meth:`MaskDiffusion.sample`, then
-    turns the ``K`` independent probabilities into ``1 + K`` class probabilities: background ``1 - max_k p_k``,
-    normalised with the classes to sum to one, so ``argmax`` labels a voxel with the most probable class when that
-    class's probability exceeds one half. Because ``forward(image)`` has the signature of a segmentation network,
-    MONAI's SlidingWindowInferer, ``verify_net_in_out``, ``ckpt_export`` and MONAI Label can use it as they are.
+    A :class:`MaskDiffusion` whose ``forward`` samples: for each of the ``K`` class prompt embeddings (the
+    ``prompt_embeddings`` buffer) it samples a mask probability with :meth:`MaskDiffusion.sample` (all prompts in one
+    batch), then turns the ``K`` independent probabilities into ``1 + K`` class probabilities: background
+    ``1 - max_k p_k``, normalised with the classes to sum to one, so ``argmax`` labels a voxel with the most probable
+    class when that class's probability exceeds one half. Its state dict is the training network's, so one
+    checkpoint serves both. Because ``forward(image)`` has the signature of a segmentation network, MONAI's
+    SlidingWindowInferer, ``verify_net_in_out``, ``ckpt_export`` and MONAI Label can use it as they are.
 
     Args:
-        diffusion: the trained :class:`MaskDiffusion`: its denoiser and its noise process, so sampling always matches
-            the process the denoiser was trained with.
-        prompt_embeddings: ``[K, E]`` embeddings of the class prompts, in ``channel_def`` order (a buffer: saved
-            with the weights, so no text tower is needed at inference).
+        denoiser, num_train_timesteps, schedule, prediction_type, prompt_embeddings, num_prompts, embed_dim: as
+            :class:`MaskDiffusion` (the loss weights are irrelevant here and fixed).
         num_inference_steps: DDIM steps.
         num_samples: samples averaged per prompt.
         seed: seed of the starting noise.
@@ -224,39 +266,67 @@ class PromptedSegmenter(nn.Module):
 
     def __init__(
         self,
-        diffusion: MaskDiffusion,
-        prompt_embeddings: torch.Tensor,
+        denoiser: nn.Module,
+        num_train_timesteps: int = 1000,
+        schedule: str = "linear_beta",
+        prediction_type: str = "sample",
+        prompt_embeddings: Optional[torch.Tensor] = None,
+        num_prompts: int = 0,
+        embed_dim: int = 0,
         num_inference_steps: int = 10,
         num_samples: int = 1,
         seed: int = 0,
     ) -> None:
-        super().__init__()
-        if prompt_embeddings.dim() != 2 or prompt_embeddings.shape[0] < 1:
-            raise ValueError(f"prompt_embeddings must be [K, E] with K >= 1, got {tuple(prompt_embeddings.shape)}")
+        super().__init__(
+            denoiser,
+            num_train_timesteps=num_train_timesteps,
+            schedule=schedule,
+            prediction_type=prediction_type,
+            prompt_embeddings=prompt_embeddings,
+            num_prompts=num_prompts,
+            embed_dim=embed_dim,
+        )
+        if self.prompt_embeddings.shape[0] < 1:
+            raise ValueError("PromptedSegmenter needs at least one class prompt (prompt_embeddings or num_prompts)")
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        self.diffusion = diffusion
-        self.register_buffer("prompt_embeddings", prompt_embeddings.detach().float().clone())
-        diffusion.make_sampler(num_inference_steps)  # validates the step count now, not at first use
+        self.make_sampler(num_inference_steps)  # validates the step count now, not at first use
         self.num_inference_steps = num_inference_steps
         self.num_samples = num_samples
         self.seed = seed
 
-    @property
-    def denoiser(self) -> nn.Module:
-        return self.diffusion.denoiser
+    @classmethod
+    def sharing(
+        cls, diffusion: MaskDiffusion, num_inference_steps: int = 10, num_samples: int = 1, seed: int = 0
+    ) -> "PromptedSegmenter":
+        """A segmenter that shares ``diffusion``'s denoiser and prompt buffer (validation during training)."""
+        seg = cls(
+            diffusion.denoiser,
+            num_train_timesteps=diffusion.num_train_timesteps,
+            schedule=diffusion.schedule,
+            prediction_type=diffusion.prediction_type,
+            prompt_embeddings=diffusion.prompt_embeddings,
+            num_inference_steps=num_inference_steps,
+            num_samples=num_samples,
+            seed=seed,
+        )
+        seg.prompt_embeddings = diffusion.prompt_embeddings  # the same tensor: later loads show in both
+        return seg
+
+    def loss(self, *args, **kwargs) -> Dict[str, torch.Tensor]:  # type: ignore[override]
+        raise TypeError("PromptedSegmenter is for inference; train the MaskDiffusion with the same denoiser")
 
     @torch.no_grad()
-    def forward(self, image: torch.Tensor, prompt_embeddings: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, prompt_embeddings: Optional[torch.Tensor] = None) -> torch.Tensor:  # type: ignore[override]
         emb = self.prompt_embeddings if prompt_embeddings is None else prompt_embeddings.to(image)
-        b = image.shape[0]
-        fg = []
-        for k in range(emb.shape[0]):
-            prob, _ = self.diffusion.sample(
-                image, emb[k : k + 1].expand(b, -1), self.num_inference_steps, self.seed, self.num_samples
-            )
-            fg.append(prob)
-        classes = torch.cat(fg, dim=1)
+        if emb.dim() != 2 or emb.shape[0] < 1:
+            raise ValueError(f"prompt_embeddings must be [K, E] with K >= 1, got {tuple(emb.shape)}")
+        b, k = image.shape[0], emb.shape[0]
+        # every (image, prompt) pair in one batch: [B*K, C, *S], image-major
+        images = image.unsqueeze(1).expand(b, k, *image.shape[1:]).reshape(b * k, *image.shape[1:])
+        context = emb.unsqueeze(0).expand(b, k, emb.shape[1]).reshape(b * k, emb.shape[1])
+        prob, _ = self.sample(images, context, self.num_inference_steps, self.seed, self.num_samples)
+        classes = prob.reshape(b, k, *image.shape[2:])
         background = 1.0 - classes.max(dim=1, keepdim=True).values
         probs = torch.cat([background, classes], dim=1)
         return probs / probs.sum(dim=1, keepdim=True).clamp_min(1e-6)

@@ -10,14 +10,17 @@ tower at all.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 
-__all__ = ["normalize_prompt", "TextPromptEncoder", "PromptEmbeddingTable", "UnknownPromptError"]
+__all__ = ["normalize_prompt", "TextPromptEncoder", "PromptEmbeddingTable", "PromptSelection", "UnknownPromptError"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,8 @@ class TextPromptEncoder(nn.Module):
         template: format string applied to each prompt, with one ``{}``.
         seed: seed of the random weights when ``pretrained`` is ``None``.
         cache_dir: open_clip's download cache for pretrained tags.
+        model_config: path of an open_clip model config JSON to register first (its file stem must be
+            ``model_name``), for architectures that are not built into open_clip.
 
     Shapes:
         ``forward(prompts: list of N str) -> [N, embed_dim]``.
@@ -56,9 +61,18 @@ class TextPromptEncoder(nn.Module):
         template: str = DEFAULT_TEMPLATE,
         seed: int = 0,
         cache_dir: Optional[str] = None,
+        model_config: Optional[str] = None,
     ) -> None:
         super().__init__()
         import open_clip
+
+        if model_config:
+            config_path = Path(model_config)
+            if not config_path.is_file():
+                raise FileNotFoundError(f"{config_path}: open_clip model config not found")
+            if config_path.stem != model_name:
+                raise ValueError(f"{config_path}: registers model {config_path.stem!r}, not model_name {model_name!r}")
+            open_clip.add_model_config(config_path)
 
         if template.count("{}") != 1:
             raise ValueError(f"the prompt template needs exactly one '{{}}', got {template!r}")
@@ -189,3 +203,62 @@ class PromptEmbeddingTable:
         if encoder is not None and config and encoder.config != config:
             raise ValueError(f"the table was built with encoder {config}, the given encoder is {encoder.config}")
         return cls(dict(zip(prompts, emb)), config, encoder)
+
+
+class PromptSelection:
+    """The prompts of one inference run: their names, the label value each gets, and their embeddings.
+
+    Prompts that name a ``channel_def`` class keep that class's label value; other prompts (open vocabulary, with a
+    pretrained text tower) get the next free values in the order given.
+
+    Args:
+        prompts: prompt texts; ``None`` or empty means every class of ``class_names`` (the network's own prompts).
+        class_names: ``{label value: class name}`` of ``channel_def`` (background excluded).
+        table: the checkpoint's prompt table, needed only when ``prompts`` are given.
+
+    Attributes:
+        names: the prompts, normalised.
+        values: their label values.
+        embeddings: ``[K, E]`` embeddings, or ``None`` for the network's own class prompts.
+    """
+
+    def __init__(
+        self,
+        prompts: Optional[Sequence[str]],
+        class_names: Mapping[int, str],
+        table: Optional[Callable[[], PromptEmbeddingTable]] = None,
+    ) -> None:
+        by_name = {normalize_prompt(v): int(k) for k, v in class_names.items()}
+        if isinstance(prompts, str):
+            prompts = [p for p in prompts.split(",") if p.strip()]
+        if not prompts:
+            self.names = list(by_name)
+            self.values = list(by_name.values())
+            self.embeddings: Optional[torch.Tensor] = None
+            return
+        self.names = list(dict.fromkeys(normalize_prompt(p) for p in prompts))
+        next_value = max(by_name.values(), default=0) + 1
+        self.values = []
+        for name in self.names:
+            if name in by_name:
+                self.values.append(by_name[name])
+            else:
+                self.values.append(next_value)
+                next_value += 1
+        if table is None:
+            raise ValueError("prompts were given but no prompt table to embed them")
+        self.embeddings = table()(self.names)
+
+    @property
+    def label_map(self) -> Dict[str, int]:
+        return dict(zip(self.names, self.values))
+
+    def write(self, output_dir: Union[str, os.PathLike]) -> Path:
+        """``labels.json`` in ``output_dir``: ``{"0": "background", value: prompt, ...}`` for the label maps written."""
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "labels.json"
+        tmp = out / ".labels.json.tmp"
+        tmp.write_text(json.dumps({"0": "background", **{str(v): n for n, v in self.label_map.items()}}, indent=2))
+        os.replace(tmp, path)
+        return path

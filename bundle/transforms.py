@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -19,7 +20,7 @@ from monai.transforms import MapTransform, Randomizable
 
 from bundle.text import PromptEmbeddingTable, normalize_prompt
 
-__all__ = ["class_names_from_metadata", "RandPromptd", "EmbedPromptd", "source_name"]
+__all__ = ["class_names_from_metadata", "RandPromptd", "EmbedPromptd", "SaveLabelMapd", "source_name", "output_path_for"]
 
 
 def class_names_from_metadata(
@@ -138,4 +139,68 @@ class EmbedPromptd(MapTransform):
             else:
                 as_list: List[str] = [str(p) for p in np.asarray(prompts, dtype=object).ravel()]
                 d[self.embedding_key] = self.table(as_list)
+        return d
+
+
+def output_path_for(source: Union[str, os.PathLike], output_dir: Union[str, os.PathLike], postfix: str = "seg") -> Path:
+    """``output_dir/<source stem>_<postfix>.nii.gz``."""
+    name = Path(str(source)).name
+    for suffix in (".nii.gz", ".nii", ".mha", ".nrrd"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return Path(output_dir) / f"{name}_{postfix}.nii.gz"
+
+
+class SaveLabelMapd(MapTransform):
+    """Writes a label map as NIfTI with its own geometry, atomically (temporary file, then rename).
+
+    A killed run never leaves a half-written file; an existing output is replaced only by a complete one.
+
+    Args:
+        keys: the label map(s) ``[1, *S]`` (MetaTensor carrying ``affine`` and ``filename_or_obj``).
+        output_dir: destination folder (``None``: write nothing).
+        postfix: appended to the source file's stem.
+        dtype: integer type of the written labels.
+        source_key: the key whose file name names the output (defaults to the label map's own metadata).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_dir: Optional[Union[str, os.PathLike]],
+        postfix: str = "seg",
+        dtype: Any = np.uint8,
+        source_key: Optional[str] = "image",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.postfix = postfix
+        self.dtype = dtype
+        self.source_key = source_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+        import nibabel as nib
+
+        d = dict(data)
+        if self.output_dir is None:
+            return d
+        for key in self.key_iterator(d):
+            label = d[key]
+            source = source_name(d, self.source_key) if self.source_key in d else source_name(d, key)
+            affine = np.asarray(getattr(label, "affine", np.eye(4)), dtype=np.float64)
+            array = torch.as_tensor(label).detach().cpu().numpy()
+            if array.ndim == len(affine) and array.shape[0] == 1:  # drop the channel axis
+                array = array[0]
+            out = output_path_for(source, self.output_dir, self.postfix)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(f".{out.name[: -len('.nii.gz')]}.tmp.nii.gz")
+            try:
+                nib.save(nib.Nifti1Image(np.rint(array).astype(self.dtype), affine), str(tmp))
+                os.replace(tmp, out)
+            finally:
+                if tmp.exists():
+                    tmp.unlink()
+            d[f"{key}_path"] = str(out)
         return d

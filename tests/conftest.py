@@ -9,19 +9,28 @@ import pytest
 TINY_CLIP = "segone-test-tiny-clip"
 
 
+TINY_CLIP_DIM = 32
+
+
 @pytest.fixture(scope="session")
-def tiny_clip(tmp_path_factory) -> str:
-    """Registers a small open_clip architecture (CLIP BPE tokenizer, 1-layer towers) and returns its name."""
+def tiny_clip_config(tmp_path_factory) -> str:
+    """Path of a small open_clip architecture config (CLIP BPE tokenizer, 1-layer towers, 32-dim embeddings)."""
+    config = {
+        "embed_dim": TINY_CLIP_DIM,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
+    path = tmp_path_factory.mktemp("open_clip") / f"{TINY_CLIP}.json"
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tiny_clip_config) -> str:
+    """Registers the small open_clip architecture in this process and returns its name."""
     import open_clip
 
     if open_clip.get_model_config(TINY_CLIP) is None:
-        config = {
-            "embed_dim": 32,
-            "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
-            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-        }
-        path = tmp_path_factory.mktemp("open_clip") / f"{TINY_CLIP}.json"
-        path.write_text(json.dumps(config))
-        open_clip.add_model_config(path)
+        open_clip.add_model_config(tiny_clip_config)
     return TINY_CLIP
 

@@ -152,7 +152,7 @@ def _segmenter(num_prompts: int = 2) -> PromptedSegmenter:
     denoiser = activate_zero_init(
         SegOne(3, 2, 1, features=(8, 16, 32), encoder_blocks=1, decoder_blocks=1, with_timestep=True, text_dim=4)
     )
-    return PromptedSegmenter(MaskDiffusion(denoiser), torch.randn(num_prompts, 4), num_inference_steps=3).eval()
+    return PromptedSegmenter(denoiser, prompt_embeddings=torch.randn(num_prompts, 4), num_inference_steps=3).eval()
 
 
 def test_prompted_segmenter_gives_class_probabilities():
@@ -165,9 +165,42 @@ def test_prompted_segmenter_gives_class_probabilities():
     torch.testing.assert_close(seg(x), y)  # deterministic
     assert seg(x, prompt_embeddings=torch.randn(3, 4)).shape == (2, 4, 16, 16, 32)
     with pytest.raises(ValueError, match=r"\[K, E\]"):
-        PromptedSegmenter(seg.diffusion, torch.randn(4))
+        PromptedSegmenter(seg.denoiser, prompt_embeddings=torch.randn(4))
+    with pytest.raises(ValueError, match="at least one class prompt"):
+        PromptedSegmenter(seg.denoiser)
     with pytest.raises(ValueError, match="num_inference_steps"):
-        PromptedSegmenter(seg.diffusion, torch.randn(2, 4), num_inference_steps=0)
+        PromptedSegmenter(seg.denoiser, prompt_embeddings=torch.randn(2, 4), num_inference_steps=0)
+
+
+def test_prompted_segmenter_is_batch_invariant():
+    seg = _segmenter(2)
+    x = torch.rand(2, 1, 16, 16, 16)
+    y = seg(x)
+    # each image alone, each prompt alone: the same probabilities as the joint batch
+    torch.testing.assert_close(seg(x[1:]), y[1:], rtol=1e-5, atol=1e-5)
+    for k in range(2):
+        p, _ = seg.sample(x, seg.prompt_embeddings[k : k + 1].expand(2, -1), 3, 0)
+        alone = seg(x, prompt_embeddings=seg.prompt_embeddings[k : k + 1])
+        torch.testing.assert_close(alone[:, 1:], p, rtol=1e-5, atol=1e-5)
+
+
+def test_segmenter_shares_state_with_training_network():
+    torch.manual_seed(0)
+    denoiser = SegOne(3, 2, 1, features=(8, 16, 32), encoder_blocks=1, decoder_blocks=1, with_timestep=True, text_dim=4)
+    train_net = MaskDiffusion(denoiser, prompt_embeddings=torch.randn(2, 4))
+    seg = PromptedSegmenter.sharing(train_net, num_inference_steps=2)
+    assert seg.state_dict().keys() == train_net.state_dict().keys()
+    fresh = PromptedSegmenter(
+        SegOne(3, 2, 1, features=(8, 16, 32), encoder_blocks=1, decoder_blocks=1, with_timestep=True, text_dim=4),
+        num_prompts=2,
+        embed_dim=4,
+    )
+    fresh.load_state_dict(train_net.state_dict())
+    torch.testing.assert_close(fresh.prompt_embeddings, train_net.prompt_embeddings)
+    train_net.prompt_embeddings.mul_(2.0)  # an in-place load into the training network shows in the segmenter
+    torch.testing.assert_close(seg.prompt_embeddings, train_net.prompt_embeddings)
+    with pytest.raises(TypeError, match="inference"):
+        seg.loss(torch.zeros(1, 1, 16, 16, 16), torch.zeros(1, 1, 16, 16, 16), torch.zeros(1, 4))
 
 
 def test_prompted_segmenter_traces_and_slides(tmp_path):
