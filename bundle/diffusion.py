@@ -15,7 +15,7 @@ gives the same mask, in eager mode and in exported graphs.
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -176,7 +176,14 @@ class MaskDiffusion(nn.Module):
         return {"loss": loss, "l1": l1.detach(), "dice": dice.detach(), "pred_mask": prob.detach()}
 
     def make_sampler(self, num_inference_steps: int) -> DDIMScheduler:
-        """A DDIM scheduler matching the training process, set to ``num_inference_steps`` steps."""
+        """A DDIM scheduler matching the training process, set to ``num_inference_steps`` steps (cached: building
+        the noise schedule inside a traced or exported graph would add its arithmetic to the graph)."""
+        cache = self.__dict__.setdefault("_samplers", {})
+        if num_inference_steps not in cache:
+            cache[num_inference_steps] = self._new_sampler(num_inference_steps)
+        return cache[num_inference_steps]
+
+    def _new_sampler(self, num_inference_steps: int) -> DDIMScheduler:
         if not 1 <= num_inference_steps <= self.num_train_timesteps:
             raise ValueError(f"num_inference_steps must be in [1, {self.num_train_timesteps}], got {num_inference_steps}")
         sched = DDIMScheduler(
@@ -190,9 +197,13 @@ class MaskDiffusion(nn.Module):
         # n): with few steps the two disagree (n = 2 gives steps 999 and 0 while step() lands at 499), and the
         # last step then sees a half-noised mask labelled as clean. Use the grid step() assumes, ending at t < T // n
         # ("trailing" spacing: the first step always starts from pure noise).
-        stride = self.num_train_timesteps // num_inference_steps
-        sched.timesteps = self.num_train_timesteps - 1 - stride * torch.arange(num_inference_steps, dtype=torch.long)
+        sched.timesteps = torch.tensor(self.sampling_timesteps(num_inference_steps), dtype=torch.long)
         return sched
+
+    def sampling_timesteps(self, num_inference_steps: int) -> List[int]:
+        """The DDIM grid as Python ints: ``T - 1, T - 1 - T // n, ...`` (constants in traced and exported graphs)."""
+        stride = self.num_train_timesteps // num_inference_steps
+        return [self.num_train_timesteps - 1 - stride * i for i in range(num_inference_steps)]
 
     @torch.no_grad()
     def sample(
@@ -228,8 +239,7 @@ class MaskDiffusion(nn.Module):
             # the same starting noise for every batch item: an image's mask does not depend on what else is in the
             # batch (sliding-window batch size, other prompts)
             x = noise[i].to(image) if noise is not None else seeded_normal(reference[:1], seed + i).expand_as(reference)
-            for t in sched.timesteps:
-                t_int = int(t)
+            for t_int in self.sampling_timesteps(num_inference_steps):
                 # a [B] tensor built from the image, so a trace keeps the batch size dynamic
                 ts = torch.zeros_like(image[:, 0].flatten(1)[:, 0], dtype=torch.long) + t_int
                 output = self.denoiser(torch.cat([x, image], dim=1), ts, context)

@@ -215,3 +215,12 @@ def test_prompted_segmenter_traces_and_slides(tmp_path):
     torch.testing.assert_close(traced(other), seg(other), rtol=1e-5, atol=1e-5)
     inferer = SlidingWindowInferer(roi_size=(16, 16, 16), sw_batch_size=2, overlap=0.25, mode="gaussian")
     assert inferer(torch.rand(1, 1, 40, 24, 20), seg).shape == (1, 3, 40, 24, 20)
+
+
+def test_prompted_segmenter_exports_to_onnx(tmp_path):
+    from bundle.export import compare_onnx, export_onnx
+
+    seg = _segmenter(2)
+    path = export_onnx(seg, tmp_path / "segmenter.onnx", (torch.rand(1, 1, 16, 16, 16),), size_divisor=4)
+    # the whole sampler (noise, DDIM loop, class probabilities) at another spatial size than the example's
+    assert compare_onnx(seg, path, (torch.rand(1, 1, 32, 16, 24),)) < 1e-4

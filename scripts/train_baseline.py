@@ -1,0 +1,160 @@
+#!/usr/bin/env python
+"""Baseline for the model card: a MONAI U-Net trained on SegOne's split, preprocessing and time budget.
+
+The same seeded split (``bundle.data.dataset_split``, so the same test cases), the same loading, orientation,
+normalisation, padding/cropping and intensity augmentation as ``configs/train.json`` (those transforms are taken
+from it), the same batch size, optimiser and learning rate; supervised 3-class training with Dice + cross-entropy
+for ``--budget`` seconds of wall-clock time (validation included, as in SegOne's run), keeping the weights with the
+best validation Dice. It then scores the test split with the same metrics code as ``configs/evaluate.json``
+(``bundle.evaluation``), times whole-volume sliding-window inference, and writes ``metrics.json``.
+
+    python scripts/train_baseline.py --dataset_dir ../shared/data/hippocampus --budget 1800 --output_dir runs/baseline
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def build_network(arch: str) -> torch.nn.Module:
+    from monai.networks.nets import BasicUNet, UNet
+
+    if arch == "unet":
+        return UNet(3, 1, 3, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2)
+    if arch == "basicunet":
+        return BasicUNet(3, 1, 3)
+    raise ValueError(f"unknown arch {arch!r} (unet, basicunet)")
+
+
+def transforms_from_train_config(train: bool):
+    """SegOne's preprocessing, read from configs/train.json (image/label loading, normalisation, pad/crop, aug)."""
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose
+
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "configs" / "train.json"))
+    parser.read_meta(str(ROOT / "configs" / "metadata.json"))
+    parser["bundle_root"] = str(ROOT)
+    steps = list(parser.get_parsed_content("load_transforms"))
+    if train:
+        # pad, crop, intensity scale and shift: the random transforms before the prompt sampling
+        for i, item in enumerate(parser["train"]["random_transforms"]):
+            if "RandPromptd" in str(item.get("_target_")):
+                break
+            steps.append(parser.get_parsed_content(f"train#random_transforms#{i}"))
+    return Compose(steps), parser
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset_dir", required=True)
+    ap.add_argument("--output_dir", default="runs/baseline")
+    ap.add_argument("--arch", default="unet", choices=["unet", "basicunet"])
+    ap.add_argument("--budget", type=float, required=True, help="training wall-clock seconds, validation included")
+    ap.add_argument("--val_every", type=int, default=5, help="epochs between validations")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    from monai.data import CacheDataset, DataLoader
+    from monai.inferers import SlidingWindowInferer
+    from monai.losses import DiceCELoss
+    from monai.utils import set_determinism
+
+    from bundle.data import dataset_split
+    from bundle.evaluation import case_metrics, format_table, summarize
+
+    set_determinism(args.seed)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train_tf, parser = transforms_from_train_config(train=True)
+    eval_tf, _ = transforms_from_train_config(train=False)
+    split = {s: dataset_split(args.dataset_dir, s, seed=parser["split_seed"], val_fraction=parser["val_fraction"],
+                              test_fraction=parser["test_fraction"]) for s in ("train", "val", "test")}
+    roi = tuple(parser["roi_size"])
+    batch, lr = int(parser["batch_size"]), float(parser["learning_rate"])
+    classes = {1: "anterior hippocampus", 2: "posterior hippocampus"}
+
+    train_loader = DataLoader(CacheDataset(split["train"], train_tf, progress=False), batch_size=batch, shuffle=True,
+                              drop_last=True)
+    val_data = CacheDataset(split["val"], eval_tf, progress=False)
+    net = build_network(args.arch)
+    params = sum(p.numel() for p in net.parameters())
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-5)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    inferer = SlidingWindowInferer(roi, sw_batch_size=1, overlap=0.25, mode="gaussian")
+
+    def predict(image: torch.Tensor) -> torch.Tensor:
+        net.eval()
+        with torch.no_grad():
+            return inferer(image[None], net)[0].argmax(0)
+
+    def val_dice() -> float:
+        scores = []
+        for item in val_data:
+            m = case_metrics(predict(item["image"]).numpy(), item["label"][0].numpy().astype(int), classes)
+            scores.append(np.mean([m[c]["dice"] for c in classes.values()]))
+        return float(np.mean(scores))
+
+    start, epoch, steps = time.perf_counter(), 0, 0
+    best, best_epoch, history = -1.0, 0, []
+    while time.perf_counter() - start < args.budget:
+        epoch += 1
+        net.train()
+        losses = []
+        for item in train_loader:
+            elapsed = time.perf_counter() - start
+            if elapsed >= args.budget:
+                break
+            for g in opt.param_groups:  # cosine decay over the time budget, to 5 % as in train.json
+                g["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * elapsed / args.budget)))
+            opt.zero_grad()
+            loss = loss_fn(net(item["image"]), item["label"].long())
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+            steps += 1
+        if epoch % args.val_every == 0 or time.perf_counter() - start >= args.budget:
+            d = val_dice()
+            history.append({"epoch": epoch, "loss": float(np.mean(losses)) if losses else None, "val_dice": d})
+            print(f"epoch {epoch} steps {steps} loss {np.mean(losses):.4f} val dice {d:.4f} "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+            if d > best:
+                best, best_epoch = d, epoch
+                torch.save(net.state_dict(), out / "model.pt")
+    train_seconds = time.perf_counter() - start
+
+    net.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    cases, times = [], []
+    for item in CacheDataset(split["test"], eval_tf, progress=False):
+        t0 = time.perf_counter()
+        pred = predict(item["image"])
+        times.append(time.perf_counter() - t0)
+        affine = np.asarray(item["label"].affine)
+        spacing = np.linalg.norm(affine[:3, :3], axis=0).tolist()
+        cases.append({"image": item["image"].meta["filename_or_obj"],
+                      **case_metrics(pred.numpy(), item["label"][0].numpy().astype(int), classes, spacing)})
+    summary = summarize(cases, list(classes.values()))
+    summary["run"] = {
+        "arch": args.arch, "parameters": params, "budget_s": args.budget, "train_seconds": train_seconds,
+        "epochs": epoch, "steps": steps, "best_val_dice": best, "best_epoch": best_epoch,
+        "inference_s_per_volume": float(np.median(times)), "threads": torch.get_num_threads(), "history": history,
+    }
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    print(f"\n{args.arch}: {params} parameters, {steps} steps in {train_seconds:.0f} s, best val Dice {best:.4f} "
+          f"(epoch {best_epoch}); inference {np.median(times) * 1000:.0f} ms/volume (median)")
+    print(format_table(summary))
+
+
+if __name__ == "__main__":
+    main()
