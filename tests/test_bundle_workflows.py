@@ -287,3 +287,22 @@ def test_cli_verify_net_in_out_and_torchscript_export(tmp_path, trained):
     scripted = torch.jit.load(str(ts))
     x = torch.rand(1, 1, 32, 16, 16)
     torch.testing.assert_close(scripted(x), net.eval()(x), rtol=1e-4, atol=1e-4)
+
+
+def test_multi_gpu_config_trains_with_two_processes_on_cpu(tmp_path, tiny_clip_config, msd_dir):
+    """multi_gpu_train.json merged over train.json under torchrun: DDP with the gloo backend, 2 processes."""
+    out = tmp_path / "ddp"
+    overrides = _train_overrides(tiny_clip_config, msd_dir, out, max_epochs=2)
+    args = ["--nnodes", "1", "--nproc_per_node", "2", "-m", "monai.bundle", "run", "training", "--config_file",
+            json.dumps([str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")]), "--meta_file", META]
+    for k, v in overrides.items():
+        args += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", *args], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    ckpt = torch.load(out / "model.pt", weights_only=True)
+    last = torch.load(out / "last.pt", weights_only=True)
+    # each process saw half of the 4 training cases per epoch: 1 batch of 2, for 2 epochs
+    assert last["trainer"]["iteration"] == 2
+    assert not any(k.startswith("module.") for k in ckpt["model"])  # saved unwrapped, loadable without DDP

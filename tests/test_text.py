@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import open_clip
@@ -101,3 +102,20 @@ def test_table_roundtrip_through_a_weights_only_checkpoint(tiny_clip, tmp_path):
         PromptEmbeddingTable.from_state_dict(state, encoder=other)
     with pytest.raises(ValueError, match="prompt table"):
         PromptEmbeddingTable.from_state_dict({"prompts": ["a", "b"], "embeddings": torch.zeros(3, 4)})
+
+
+def test_prompt_selection_keeps_class_values_and_numbers_new_prompts(tmp_path):
+    from bundle.text import PromptEmbeddingTable, PromptSelection
+
+    classes = {1: "anterior hippocampus", 2: "posterior hippocampus"}
+    default = PromptSelection(None, classes)
+    assert default.values == [1, 2] and default.embeddings is None
+    table = PromptEmbeddingTable({"anterior hippocampus": torch.ones(4), "posterior hippocampus": torch.zeros(4),
+                                  "whole hippocampus": torch.full((4,), 2.0)})
+    chosen = PromptSelection(" Posterior  Hippocampus,whole hippocampus", classes, lambda: table)
+    assert chosen.label_map == {"posterior hippocampus": 2, "whole hippocampus": 3}
+    torch.testing.assert_close(chosen.embeddings, torch.stack([torch.zeros(4), torch.full((4,), 2.0)]))
+    labels = json.loads(chosen.write(tmp_path).read_text())
+    assert labels == {"0": "background", "2": "posterior hippocampus", "3": "whole hippocampus"}
+    with pytest.raises(UnknownPromptError, match="edema"):
+        PromptSelection(["edema"], classes, lambda: table)
