@@ -306,3 +306,32 @@ def test_multi_gpu_config_trains_with_two_processes_on_cpu(tmp_path, tiny_clip_c
     # each process saw half of the 4 training cases per epoch: 1 batch of 2, for 2 epochs
     assert last["trainer"]["iteration"] == 2
     assert not any(k.startswith("module.") for k in ckpt["model"])  # saved unwrapped, loadable without DDP
+
+
+def test_shipped_model_segments_held_out_hippocampus_cases():
+    """models/model.pt on real MSD hippocampus test-split cases (never used in training), through evaluate.json."""
+    from tests.shared_data import shared_path
+
+    data = shared_path("hippocampus")
+    model = ROOT / "models" / "model.pt"
+    if not model.is_file():
+        pytest.skip(f"{model} not found")
+    from monai.bundle import ConfigParser
+
+    from bundle.data import dataset_split
+    from bundle.evaluation import case_metrics
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "evaluate.json"))
+    parser.read_meta(META)
+    parser.update({"bundle_root": str(ROOT), "ckpt_path": str(model)})
+    network, inferer = parser.get_parsed_content("network"), parser.get_parsed_content("inferer")
+    preprocessing = parser.get_parsed_content("preprocessing")
+    dice = []
+    for item in dataset_split(data, "test")[:3]:
+        d = preprocessing(item)
+        with torch.no_grad():
+            pred = inferer(d["image"][None], network)[0].argmax(0).numpy()
+        m = case_metrics(pred, d["label"][0].numpy().astype(int), {1: "anterior", 2: "posterior"})
+        dice.append((m["anterior"]["dice"] + m["posterior"]["dice"]) / 2)
+    assert np.mean(dice) > 0.75, dice
