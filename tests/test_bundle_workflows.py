@@ -62,6 +62,7 @@ def _train_overrides(tiny_clip_config: str, dataset_dir: Path, output_dir: Path,
         "dataset_dir": str(dataset_dir),
         "output_dir": str(output_dir),
         "max_epochs": 1,
+        "val_interval": 1,
         "batch_size": 2,
         "val_fraction": 0.2,
         "test_fraction": 0.2,
@@ -158,23 +159,24 @@ def test_training_resumes_after_sigkill(tmp_path, tiny_clip_config, msd_dir):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = out / "last.pt"
     deadline = time.time() + 300
-    while time.time() < deadline and not last.exists():
-        time.sleep(0.2)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
+    while time.time() < deadline and not last.exists() and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # at once: somewhere in the epochs after the first save
     proc.wait()
     assert last.exists(), "no resume file written before the kill"
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")], "a half-written file was left behind"
-    killed_at = torch.load(last, weights_only=True)["trainer"]["iteration"]
-    # the resumed run finishes the remaining epochs only
-    args[args.index("--max_epochs") + 1] = "3"
+    state = torch.load(last, weights_only=True)["trainer"]
+    per_epoch, saved_epochs = state["epoch_length"], state["iteration"] // state["epoch_length"]
+    assert saved_epochs >= 1
+    # the resumed run starts after the last saved epoch and runs only the remaining ones
+    args[args.index("--max_epochs") + 1] = str(saved_epochs + 2)
     result = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "resumed from" in result.stdout + result.stderr
-    state = torch.load(last, weights_only=True)["trainer"]
-    per_epoch = state["epoch_length"]
-    assert killed_at >= per_epoch and state["iteration"] == 3 * per_epoch
+    log = result.stdout + result.stderr
+    assert f"resumed from {last} at epoch {saved_epochs}" in log
+    assert f"Epoch: {saved_epochs + 1}/{saved_epochs + 2}" in log and f"Epoch: {saved_epochs}/" not in log
+    assert torch.load(last, weights_only=True)["trainer"]["iteration"] == (saved_epochs + 2) * per_epoch
     assert (out / "model.pt").is_file()
 
 
@@ -292,7 +294,8 @@ def test_cli_verify_net_in_out_and_torchscript_export(tmp_path, trained):
 def test_multi_gpu_config_trains_with_two_processes_on_cpu(tmp_path, tiny_clip_config, msd_dir):
     """multi_gpu_train.json merged over train.json under torchrun: DDP with the gloo backend, 2 processes."""
     out = tmp_path / "ddp"
-    overrides = _train_overrides(tiny_clip_config, msd_dir, out, max_epochs=2)
+    # 2 validation cases, so each process validates one; 3 training cases, padded to 4 by the sampler
+    overrides = _train_overrides(tiny_clip_config, msd_dir, out, max_epochs=2, val_fraction=0.34)
     args = ["--nnodes", "1", "--nproc_per_node", "2", "-m", "monai.bundle", "run", "training", "--config_file",
             json.dumps([str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")]), "--meta_file", META]
     for k, v in overrides.items():
@@ -303,7 +306,7 @@ def test_multi_gpu_config_trains_with_two_processes_on_cpu(tmp_path, tiny_clip_c
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     ckpt = torch.load(out / "model.pt", weights_only=True)
     last = torch.load(out / "last.pt", weights_only=True)
-    # each process saw half of the 4 training cases per epoch: 1 batch of 2, for 2 epochs
+    # each process saw half of the (padded) 4 training cases per epoch: 1 batch of 2, for 2 epochs
     assert last["trainer"]["iteration"] == 2
     assert not any(k.startswith("module.") for k in ckpt["model"])  # saved unwrapped, loadable without DDP
 
