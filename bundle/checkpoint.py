@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from bundle.text import PromptEmbeddingTable, TextPromptEncoder
 
-__all__ = ["CheckpointError", "save_atomic", "load_checkpoint", "load_weights", "load_prompt_table"]
+__all__ = ["CheckpointError", "save_atomic", "load_checkpoint", "load_weights", "load_state", "load_prompt_table"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -87,17 +87,26 @@ def _state_dict_of(ckpt: Mapping[str, Any], path: PathLike, key: Optional[str]) 
 def load_weights(
     network: nn.Module, path: PathLike, key: Optional[str] = "model", map_location: Union[str, torch.device] = "cpu"
 ) -> nn.Module:
-    """Load ``path[key]`` into ``network`` strictly and return the network.
+    """Load ``path[key]`` into ``network`` strictly and return the network (see :func:`load_state`)."""
+    return load_state(network, load_checkpoint(path, map_location), path, key)
+
+
+def load_state(network: nn.Module, ckpt: Mapping[str, Any], path: PathLike, key: Optional[str] = "model") -> nn.Module:
+    """Load ``ckpt[key]`` (a checkpoint already read from ``path``) into ``network`` strictly.
 
     Raises:
         CheckpointError: naming the file and listing missing keys, unexpected keys and shape mismatches, when the
             checkpoint was saved from another architecture or configuration.
     """
-    state = _state_dict_of(load_checkpoint(path, map_location), path, key)
+    state = _state_dict_of(ckpt, path, key)
     own = network.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: {tuple(state[k].shape)} in file, {tuple(v.shape)} in network" for k, v in own.items() if k in state and state[k].shape != v.shape]
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} in file, {tuple(v.shape)} in network"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or shapes:
 
         def _few(items: list) -> str:

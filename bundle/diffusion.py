@@ -118,17 +118,6 @@ class MaskDiffusion(nn.Module):
         # the class prompts' embeddings travel in the state dict, so a checkpoint needs no text tower to be used
         self.register_buffer("prompt_embeddings", prompt_embeddings.detach().float().clone())
 
-    def forward(
-        self,
-        image: torch.Tensor,
-        target: torch.Tensor,
-        context: torch.Tensor,
-        timesteps: Optional[torch.Tensor] = None,
-        generator: Optional[torch.Generator] = None,
-    ) -> Dict[str, torch.Tensor]:
-        """The training objective, :meth:`loss`: as ``forward`` so DistributedDataParallel synchronises it."""
-        return self.loss(image, target, context, timesteps, generator)
-
     def _clean_from_output(self, output: torch.Tensor, noisy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if self.prediction_type == "sample":
             return output
@@ -174,6 +163,9 @@ class MaskDiffusion(nn.Module):
         dice = soft_dice_loss(prob, target.float())
         loss = self.l1_weight * l1 + self.dice_weight * dice
         return {"loss": loss, "l1": l1.detach(), "dice": dice.detach(), "pred_mask": prob.detach()}
+
+    # calling the module computes the loss, so DistributedDataParallel synchronises it
+    forward = loss
 
     def make_sampler(self, num_inference_steps: int) -> DDIMScheduler:
         """A DDIM scheduler matching the training process, set to ``num_inference_steps`` steps (cached: building

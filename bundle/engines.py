@@ -13,13 +13,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
+from ignite.engine import Events
 from monai.data import Dataset
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.engines.utils import IterationEvents
-from monai.transforms import Compose
 from monai.utils import CommonKeys as Keys
 
 __all__ = ["DiffusionTrainer", "PromptBatch", "SafeDataset", "FolderEvaluator", "FAILED_KEY"]
@@ -53,6 +53,9 @@ class DiffusionTrainer(SupervisedTrainer):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, loss_function=loss_function, **kwargs)  # type: ignore[arg-type]
+        if self.accumulation_steps > 1 or self.compile:
+            # this iteration replaces SupervisedTrainer's; say so rather than silently ignore the options
+            raise NotImplementedError("DiffusionTrainer supports neither accumulation_steps > 1 nor compile=True")
         self.image_key, self.target_key, self.context_key = image_key, target_key, context_key
 
     def _iteration(self, engine: "DiffusionTrainer", batchdata: Dict[str, Any]) -> Dict[str, Any]:  # type: ignore[override]
@@ -150,14 +153,11 @@ class FolderEvaluator(SupervisedEvaluator):
         self.raise_on_failure = raise_on_failure
         self.failures: List[Tuple[str, str]] = []
         self.succeeded = 0
-        from ignite.engine import Events
-
         self.add_event_handler(Events.COMPLETED, self._report)
 
     def _iteration(self, engine: SupervisedEvaluator, batchdata: Dict[str, Any]) -> Dict:  # type: ignore[override]
-        name = batchdata.get("image", "?")
         if FAILED_KEY in batchdata:
-            problem = batchdata[FAILED_KEY]
+            problem, name = batchdata[FAILED_KEY], batchdata.get("image", "?")
             problem = problem[0] if isinstance(problem, (list, tuple)) else problem
             name = name[0] if isinstance(name, (list, tuple)) else name
             self.failures.append((str(name), str(problem)))
@@ -183,8 +183,3 @@ class FolderEvaluator(SupervisedEvaluator):
             if self.raise_on_failure:
                 raise RuntimeError(f"{len(self.failures)} of {total} image(s) failed:\n{lines}")
             logger.error("%d of %d image(s) failed:\n%s", len(self.failures), total, lines)
-
-
-def dataset_of(data: Sequence[Mapping[str, Any]], transform: Compose) -> SafeDataset:
-    """:class:`SafeDataset` (a helper for configs)."""
-    return SafeDataset(data=list(data), transform=transform)

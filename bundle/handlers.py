@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 
-from bundle.checkpoint import load_checkpoint, save_atomic
+from bundle.checkpoint import load_checkpoint, load_state, save_atomic
 from bundle.text import PromptEmbeddingTable
 
 __all__ = ["ResumeCheckpoint", "BestModelSaver", "TrainingReport", "is_main_process"]
@@ -177,9 +177,7 @@ class ResumeCheckpoint:
             if key not in ckpt:
                 raise ValueError(f"{self.save_path}: resume file lacks '{key}'; delete it to start afresh")
             if isinstance(obj, torch.nn.Module):
-                from bundle.checkpoint import load_weights
-
-                load_weights(obj, self.save_path, key=key)
+                load_state(obj, ckpt, self.save_path, key=key)
             else:
                 obj.load_state_dict(ckpt[key])
         # ignite restores the finished epoch count; keep this run's max_epochs

@@ -214,7 +214,8 @@ class PromptSelection:
     Args:
         prompts: prompt texts; ``None`` or empty means every class of ``class_names`` (the network's own prompts).
         class_names: ``{label value: class name}`` of ``channel_def`` (background excluded).
-        table: the checkpoint's prompt table, needed only when ``prompts`` are given.
+        table: a callable returning the prompt table (e.g. loading it from the checkpoint); called only when
+            ``prompts`` are given, so the default run reads nothing more.
 
     Attributes:
         names: the prompts, normalised.

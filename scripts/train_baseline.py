@@ -37,8 +37,12 @@ def build_network(arch: str) -> torch.nn.Module:
     raise ValueError(f"unknown arch {arch!r} (unet, basicunet)")
 
 
-def transforms_from_train_config(train: bool):
-    """SegOne's preprocessing, read from configs/train.json (image/label loading, normalisation, pad/crop, aug)."""
+def transforms_from_train_config():
+    """SegOne's preprocessing, read from configs/train.json: ``(training transforms, evaluation transforms, parser)``.
+
+    Evaluation: loading, checks, orientation, normalisation. Training adds padding, cropping and the intensity
+    augmentation: the random transforms before the prompt sampling.
+    """
     from monai.bundle import ConfigParser
     from monai.transforms import Compose
 
@@ -46,14 +50,13 @@ def transforms_from_train_config(train: bool):
     parser.read_config(str(ROOT / "configs" / "train.json"))
     parser.read_meta(str(ROOT / "configs" / "metadata.json"))
     parser["bundle_root"] = str(ROOT)
-    steps = list(parser.get_parsed_content("load_transforms"))
-    if train:
-        # pad, crop, intensity scale and shift: the random transforms before the prompt sampling
-        for i, item in enumerate(parser["train"]["random_transforms"]):
-            if "RandPromptd" in str(item.get("_target_")):
-                break
-            steps.append(parser.get_parsed_content(f"train#random_transforms#{i}"))
-    return Compose(steps), parser
+    load = list(parser.get_parsed_content("load_transforms"))
+    random = []
+    for i, item in enumerate(parser["train"]["random_transforms"]):
+        if "RandPromptd" in str(item.get("_target_")):
+            break
+        random.append(parser.get_parsed_content(f"train#random_transforms#{i}"))
+    return Compose(load + random), Compose(load), parser
 
 
 def main() -> None:
@@ -61,10 +64,14 @@ def main() -> None:
     ap.add_argument("--dataset_dir", required=True)
     ap.add_argument("--output_dir", default="runs/baseline")
     ap.add_argument("--arch", default="unet", choices=["unet", "basicunet"])
-    ap.add_argument("--budget", type=float, required=True, help="training wall-clock seconds, validation included")
+    ap.add_argument("--budget", type=float, default=0.0, help="training wall-clock seconds, validation included")
     ap.add_argument("--val_every", type=int, default=5, help="epochs between validations")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval_only", action="store_true",
+                    help="no training: score OUTPUT_DIR/model.pt on the test split again (keeps the recorded run)")
     args = ap.parse_args()
+    if not args.eval_only and args.budget <= 0:
+        ap.error("--budget (seconds, > 0) is required unless --eval_only")
 
     from monai.data import CacheDataset, DataLoader
     from monai.inferers import SlidingWindowInferer
@@ -77,8 +84,7 @@ def main() -> None:
     set_determinism(args.seed)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    train_tf, parser = transforms_from_train_config(train=True)
-    eval_tf, _ = transforms_from_train_config(train=False)
+    train_tf, eval_tf, parser = transforms_from_train_config()
     split = {s: dataset_split(args.dataset_dir, s, seed=parser["split_seed"], val_fraction=parser["val_fraction"],
                               test_fraction=parser["test_fraction"]) for s in ("train", "val", "test")}
     roi = tuple(parser["roi_size"])
@@ -108,7 +114,7 @@ def main() -> None:
 
     start, epoch, steps = time.perf_counter(), 0, 0
     best, best_epoch, history = -1.0, 0, []
-    while time.perf_counter() - start < args.budget:
+    while not args.eval_only and time.perf_counter() - start < args.budget:
         epoch += 1
         net.train()
         losses = []
@@ -145,6 +151,12 @@ def main() -> None:
         cases.append({"image": item["image"].meta["filename_or_obj"],
                       **case_metrics(pred.numpy(), item["label"][0].numpy().astype(int), classes, spacing)})
     summary = summarize(cases, list(classes.values()))
+    if args.eval_only:
+        previous = json.loads((out / "metrics.json").read_text())["run"] if (out / "metrics.json").is_file() else {}
+        summary["run"] = {**previous, "inference_s_per_volume": float(np.median(times))}
+        (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+        print(format_table(summary))
+        return
     summary["run"] = {
         "arch": args.arch, "parameters": params, "budget_s": args.budget, "train_seconds": train_seconds,
         "epochs": epoch, "steps": steps, "best_val_dice": best, "best_epoch": best_epoch,

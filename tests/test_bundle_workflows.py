@@ -50,13 +50,13 @@ def msd_dir(tmp_path_factory) -> Path:
     return _write_msd(tmp_path_factory.mktemp("msd") / "Task")
 
 
-def _common(tiny_clip_config: str) -> dict:
-    return {"features": [4, 8, 16], "roi_size": [16, 16, 16]}
+# the network sizes every test run shares (a 3-level SegOne: sizes in multiples of 4)
+SMALL = {"features": [4, 8, 16], "roi_size": [16, 16, 16]}
 
 
 def _train_overrides(tiny_clip_config: str, dataset_dir: Path, output_dir: Path, **extra) -> dict:
     overrides = {
-        **_common(tiny_clip_config),
+        **SMALL,
         "text_encoder#model_name": TINY_CLIP,
         "text_encoder#model_config": tiny_clip_config,
         "dataset_dir": str(dataset_dir),
@@ -74,7 +74,7 @@ def _train_overrides(tiny_clip_config: str, dataset_dir: Path, output_dir: Path,
 
 def _infer_overrides(ckpt: Path, dataset_dir: Path, output_dir: Path, **extra) -> dict:
     overrides = {
-        **_common(""),
+        **SMALL,
         "text_dim": TINY_CLIP_DIM,
         "ckpt_path": str(ckpt),
         "dataset_dir": str(dataset_dir),
