@@ -10,6 +10,7 @@ from typing import List, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
+from monai.networks.utils import pixelshuffle
 from monai.utils import ensure_tuple_rep
 
 from bundle.networks.blocks import (
@@ -22,6 +23,7 @@ from bundle.networks.blocks import (
     ShuffleUp,
     UnshuffleDown,
     conv1x1,
+    pixel_unshuffle,
 )
 
 __all__ = ["SegOne", "Unconditioned"]
@@ -62,6 +64,60 @@ class _DecoderStage(nn.Module):
         return self.blocks(x)
 
 
+class _Stem(nn.Module):
+    """Input to the first level: optional pixel-unshuffle by ``scale``, 1x1 projection, norm, activation."""
+
+    def __init__(
+        self, spatial_dims: int, in_channels: int, out_channels: int, scale: int, norm: Union[str, tuple], act
+    ) -> None:
+        super().__init__()
+        self.spatial_dims = spatial_dims
+        self.scale = scale
+        self.proj = conv1x1(spatial_dims, in_channels * scale**spatial_dims, out_channels)
+        self.norm_act = _norm_act(spatial_dims, out_channels, norm, act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scale > 1:
+            x = pixel_unshuffle(x, self.spatial_dims, self.scale)
+        return self.norm_act(self.proj(x))
+
+
+class _Head(nn.Module):
+    """First level to output: 1x1 projection to ``out_channels * scale**D`` channels, then pixel-shuffle.
+
+    With ``refine_channels > 0`` (and ``scale > 1``) the projection makes ``refine_channels`` channels per
+    full-resolution voxel instead; they are concatenated with the network's input at that voxel and mixed by two
+    1x1 convolutions into the output: a light full-resolution skip of the raw input, so each voxel's own
+    intensity reaches its output directly. ``inputs_used`` selects the input channels it sees.
+    """
+
+    def __init__(
+        self, spatial_dims: int, in_channels: int, out_channels: int, scale: int, refine_channels: int = 0,
+        inputs_used: Sequence[int] = (), act: Union[str, tuple] = DEFAULT_ACT,
+    ) -> None:
+        super().__init__()
+        self.spatial_dims = spatial_dims
+        self.scale = scale
+        self.refine = refine_channels > 0 and scale > 1
+        mid = refine_channels if self.refine else out_channels
+        self.proj = conv1x1(spatial_dims, in_channels, mid * scale**spatial_dims)
+        self.inputs_used: List[int] = [int(c) for c in inputs_used]
+        if self.refine:
+            self.mix = conv1x1(spatial_dims, mid + len(self.inputs_used), mid)
+            self.act = get_act_layer(act)
+            self.out = conv1x1(spatial_dims, mid, out_channels)
+        else:
+            self.mix, self.act, self.out = nn.Identity(), nn.Identity(), nn.Identity()
+
+    def forward(self, x: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x)
+        if self.scale > 1:
+            x = pixelshuffle(x, self.spatial_dims, self.scale)
+        if self.refine:
+            x = self.out(self.act(self.mix(torch.cat([x, inputs[:, self.inputs_used]], dim=1))))
+        return x
+
+
 class SegOne(nn.Module):
     """A U-Net built only from kernel-size-1 convolutions and parameter-free data movement.
 
@@ -96,10 +152,21 @@ class SegOne(nn.Module):
         with_timestep: expect a diffusion timestep in ``forward``.
         text_dim: length of the text embedding expected in ``forward`` (``None``: no text conditioning).
         cond_channels: length of the internal conditioning vector.
+        stem_scale: the stem pixel-unshuffles the input by this factor before its 1x1 projection, and the head
+            projects to ``out_channels * stem_scale**D`` channels and pixel-shuffles back. With 2, no layer runs at
+            full resolution (as in MONAI's UNet, whose first convolution is strided): the per-voxel work that
+            dominates CPU time moves to an eighth of the positions, and each output voxel still has its own
+            output channel. 1: the first level is at full resolution.
+        refine_channels: with ``stem_scale > 1``, the head makes this many channels per full-resolution voxel,
+            concatenates the network input there and mixes both with two 1x1 convolutions (0: the head's
+            pixel-shuffle gives the output directly).
+        refine_inputs: the input channels the refinement sees (default all). A diffusion denoiser passes only its
+            image channels: its noisy-mask channel is pure noise at the first sampling step, and a per-voxel,
+            timestep-blind mix would copy that noise to the output.
 
     Shapes:
         ``x [B, in_channels, *S] -> [B, out_channels, *S]``, where every size in ``S`` is a multiple of
-        ``2 ** (len(features) - 1)`` (see :attr:`size_divisor`). ``timesteps [B]``, ``context [B, text_dim]`` or
+        ``stem_scale * 2 ** (len(features) - 1)`` (see :attr:`size_divisor`). ``timesteps [B]``, ``context [B, text_dim]`` or
         ``[B, 1, text_dim]`` when the network was built with them.
 
     Example::
@@ -127,6 +194,9 @@ class SegOne(nn.Module):
         with_timestep: bool = False,
         text_dim: Optional[int] = None,
         cond_channels: int = 128,
+        stem_scale: int = 1,
+        refine_channels: int = 0,
+        refine_inputs: Optional[Sequence[int]] = None,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -135,6 +205,8 @@ class SegOne(nn.Module):
         if len(features) < 2:
             raise ValueError(f"features needs at least two levels, got {features}.")
         levels = len(features)
+        if stem_scale < 1:
+            raise ValueError(f"stem_scale must be >= 1, got {stem_scale}.")
         if encoder_blocks is None:
             encoder_blocks = [min(level, 2) for level in range(levels)]
         if decoder_blocks is None:
@@ -146,7 +218,8 @@ class SegOne(nn.Module):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.features = features
-        self.size_divisor = 2 ** (levels - 1)
+        self.stem_scale = int(stem_scale)
+        self.size_divisor = 2 ** (levels - 1) * self.stem_scale
         self.conditioned = with_timestep or text_dim is not None
 
         def mix(channels: int, count: int) -> nn.Module:
@@ -166,9 +239,7 @@ class SegOne(nn.Module):
             else nn.Identity()
         )
 
-        stem = nn.Sequential(
-            conv1x1(spatial_dims, in_channels, features[0]), _norm_act(spatial_dims, features[0], norm, act)
-        )
+        stem = _Stem(spatial_dims, in_channels, features[0], self.stem_scale, norm, act)
         encoder: List[nn.Module] = [_EncoderStage(stem, mix(features[0], enc_blocks[0]))]
         for level in range(1, levels):
             down = UnshuffleDown(spatial_dims, features[level - 1], features[level], act=act, norm=norm)
@@ -186,7 +257,10 @@ class SegOne(nn.Module):
                 _DecoderStage(ShuffleUp(spatial_dims, features[level + 1], c), film(c), fuse, mix(c, dec_blocks[level]))
             )
         self.decoder = nn.ModuleList(decoder)
-        self.head = conv1x1(spatial_dims, features[0], out_channels)
+        used = list(range(in_channels)) if refine_inputs is None else [int(c) for c in refine_inputs]
+        if any(not 0 <= c < in_channels for c in used):
+            raise ValueError(f"refine_inputs {used} must be channels of the {in_channels}-channel input.")
+        self.head = _Head(spatial_dims, features[0], out_channels, self.stem_scale, refine_channels, used, act)
 
     def forward(
         self, x: torch.Tensor, timesteps: Optional[torch.Tensor] = None, context: Optional[torch.Tensor] = None
@@ -208,13 +282,15 @@ class SegOne(nn.Module):
         for s in x.shape[2:]:
             if s % self.size_divisor != 0:
                 raise ValueError(
-                    f"SegOne with {len(self.features) - 1} unshuffle levels needs every spatial size to be a multiple "
-                    f"of {self.size_divisor}; got spatial shape {list(x.shape[2:])} (pad, e.g. with DivisiblePad)."
+                    f"SegOne with {len(self.features) - 1} unshuffle levels and stem_scale {self.stem_scale} needs every "
+                    f"spatial size to be a multiple of {self.size_divisor}; got spatial shape {list(x.shape[2:])} "
+                    "(pad, e.g. with DivisiblePad)."
                 )
         cond: Optional[torch.Tensor] = None
         if self.conditioned:
             cond = self.cond_embed(timesteps, context)
 
+        inputs = x
         skips: List[torch.Tensor] = []
         for stage in self.encoder:
             x = stage(x)
@@ -222,7 +298,7 @@ class SegOne(nn.Module):
         x = self.latent_film(self.context(x), cond)
         for i, stage in enumerate(self.decoder):
             x = stage(x, skips[-(i + 2)], cond)
-        return self.head(x)
+        return self.head(x, inputs)
 
 
 def _norm_act(spatial_dims: int, channels: int, norm: Union[str, tuple], act: Union[str, tuple]) -> nn.Module:

@@ -88,13 +88,18 @@ def test_pointwise_conv_equals_conv_in_value_and_gradient(spatial_dims, bias):
     reference.load_state_dict(conv.state_dict())
     x = torch.randn(2, 5, *([6] * spatial_dims), requires_grad=True)
     x_ref = x.detach().clone().requires_grad_(True)
-    y, y_ref = conv(x), reference(x_ref)  # grad enabled: the batched-matmul path
+    y, y_ref = conv(x), reference(x_ref)  # eager: the batched-matmul path
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     y.square().sum().backward()
     y_ref.square().sum().backward()
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(conv.weight.grad, reference.weight.grad, rtol=1e-4, atol=1e-4)
-    with torch.no_grad():  # the convolution path
+    with torch.no_grad():
         torch.testing.assert_close(conv(x), y_ref, rtol=1e-5, atol=1e-5)
+        # while tracing (TorchScript, ONNX) the graph records a plain convolution, with the same values
+        traced = torch.jit.trace(conv, x.detach())
+        assert any(n.kind() == "aten::_convolution" for n in traced.inlined_graph.nodes())
+        assert not any("bmm" in n.kind() for n in traced.inlined_graph.nodes())
+        torch.testing.assert_close(traced(x), y_ref, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="spatial_dims"):
         conv1x1(1, 2, 2)

@@ -64,6 +64,64 @@ def test_default_3d_config_on_hippocampus_patch():
     assert net.size_divisor == 16
 
 
+@pytest.mark.parametrize("spatial_dims,shape", [(2, (32, 64)), (3, (16, 32, 16))])
+def test_stem_scale_keeps_full_resolution_output_without_full_resolution_layers(spatial_dims, shape):
+    net = SegOne(spatial_dims, 2, 3, features=(8, 16, 32), stem_scale=2, with_timestep=True, text_dim=8).eval()
+    assert net.size_divisor == 8
+    x = torch.rand(2, 2, *shape)
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[2:])))
+             for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
+    with torch.no_grad():
+        y = net(x, torch.tensor([3, 500]), torch.randn(2, 8))
+    for h in hooks:
+        h.remove()
+    assert y.shape == (2, 3, *shape)
+    half = tuple(s // 2 for s in shape)
+    assert max(seen, key=lambda s: s[0]) == half  # no kernel-size-1 convolution ran at full resolution
+    # each voxel of a 2^D block gets its own output value: the head is a pixel-shuffle, not a nearest upsampling
+    assert not torch.allclose(y[..., 0::2, 0::2] if spatial_dims == 2 else y[..., 0::2, 0::2, 0::2],
+                              y[..., 1::2, 1::2] if spatial_dims == 2 else y[..., 1::2, 1::2, 1::2])
+    with pytest.raises(ValueError, match="stem_scale 2 needs every spatial size to be a multiple of 8"):
+        net(torch.rand(1, 2, *([12] * spatial_dims)), torch.tensor([1]), torch.randn(1, 8))
+    with pytest.raises(ValueError, match="stem_scale"):
+        SegOne(spatial_dims, 1, 1, stem_scale=0)
+
+
+def test_refine_head_is_the_only_full_resolution_work_and_sees_each_voxels_input():
+    net = SegOne(3, 2, 1, features=(8, 16, 32), stem_scale=2, refine_channels=4, with_timestep=True, text_dim=8)
+    net = activate_zero_init(net).eval()
+    full = []
+    hooks = [m.register_forward_hook(lambda m, i, o: full.append((m.in_channels, m.out_channels))
+                                     if i[0].shape[2:] == (16, 16, 16) else None)
+             for m in net.modules() if isinstance(m, nn.Conv3d)]
+    x = torch.rand(1, 2, 16, 16, 16)
+    t, c = torch.tensor([5]), torch.randn(1, 8)
+    with torch.no_grad():
+        y = net(x, t, c)
+    for h in hooks:
+        h.remove()
+    assert y.shape == (1, 1, 16, 16, 16)
+    assert full == [(4 + 2, 4), (4, 1)]  # the two 1x1 convolutions of the refinement, on 6 and 4 channels
+    # the raw input takes part in the full-resolution mixing: cut that path and the output changes
+    with torch.no_grad():
+        net.head.mix.weight[:, 4:] = 0
+        assert not torch.allclose(net(x, t, c), y)
+
+
+def test_stem_scale_pyramid_alone_sees_its_block_and_the_default_sees_the_whole_patch():
+    aligned = activate_zero_init(SegOne(3, 1, 1, features=(8, 16, 32), norm=RF_NORM, spatial_shift=False,
+                                        global_context=False, stem_scale=2))
+    support = input_support(aligned, (16, 16, 16), (3, 3, 3))
+    expected = torch.zeros_like(support)
+    expected[0:8, 0:8, 0:8] = True
+    assert torch.equal(support, expected)
+    full = activate_zero_init(SegOne(3, 1, 1, features=(32, 64, 128, 256), norm=RF_NORM, stem_scale=2,
+                                     refine_channels=8))
+    for point in [(0, 0, 0), (47, 63, 47)]:
+        assert input_support(full, (48, 64, 48), point).all()
+
+
 def test_text_context_accepts_sequence_axis():
     net = activate_zero_init(SegOne(2, 1, 1, text_dim=8, **SMALL)).eval()
     x, e = torch.rand(1, 1, 16, 16), torch.randn(1, 8)
