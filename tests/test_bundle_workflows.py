@@ -282,7 +282,8 @@ def test_cli_verify_net_in_out_and_torchscript_export(tmp_path, trained):
     from bundle.networks import SegOne
 
     net = PromptedSegmenter(
-        SegOne(3, 2, 1, features=(4, 8, 16), with_timestep=True, text_dim=TINY_CLIP_DIM),
+        SegOne(3, 2, 1, features=(4, 8, 16), with_timestep=True, text_dim=TINY_CLIP_DIM, stem_scale=2,
+               refine_channels=8, refine_inputs=[1]),
         num_prompts=2, embed_dim=TINY_CLIP_DIM, num_inference_steps=1,
     )
     net.load_state_dict(torch.load(trained / "model.pt", weights_only=True)["model"])
