@@ -5,7 +5,8 @@ pixel data, groups the files by StudyInstanceUID and SeriesInstanceUID, and sele
 by default) and an optional SeriesDescription pattern. Everything it does not select is reported with the reason:
 files that are not DICOM or cannot be read, non-image objects (structured reports, segmentations, presentation
 states, key-object selections, RT structures), other modalities, other descriptions. :func:`sorted_slices` checks a
-series' geometry and orders its slices; :func:`read_series` reads it as a volume with a RAS affine.
+series' geometry and orders its slices; :func:`read_series` reads it as a volume with a RAS affine, and
+:class:`LoadSeriesd` is that reader as the first transform of the bundle's inference preprocessing.
 :func:`safe_name` turns a tag value (a UID, a description) into a file-name component that cannot leave the output
 folder.
 """
@@ -16,12 +17,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, Hashable, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
 
 __all__ = ["SeriesInfo", "Skipped", "SeriesError", "discover_series", "sorted_slices", "read_series", "safe_name",
-           "NON_IMAGE_MODALITIES"]
+           "read_series_with_files", "LoadSeriesd", "NON_IMAGE_MODALITIES"]
 
 # Modality values of DICOM objects that carry no image to segment
 NON_IMAGE_MODALITIES = {"SR": "structured report", "SEG": "segmentation", "PR": "presentation state",
@@ -187,6 +190,12 @@ def sorted_slices(info: SeriesInfo, rel_tol: float = 0.01, abs_tol: float = 0.01
 def read_series(info: SeriesInfo) -> Tuple[np.ndarray, np.ndarray]:
     """The series as a volume ``[X, Y, Z]`` (float32) and its RAS affine (NIfTI convention), after
     :func:`sorted_slices`' checks. Pixel values are rescaled (RescaleSlope/Intercept) by SimpleITK."""
+    array, affine, _ = read_series_with_files(info)
+    return array, affine
+
+
+def read_series_with_files(info: SeriesInfo) -> Tuple[np.ndarray, np.ndarray, List[Path]]:
+    """:func:`read_series`, plus the files in the volume's slice order (the last array axis)."""
     import SimpleITK as sitk
 
     files, _ = sorted_slices(info)
@@ -202,4 +211,40 @@ def read_series(info: SeriesInfo) -> Tuple[np.ndarray, np.ndarray]:
     affine[:3, :3] = direction * np.asarray(image.GetSpacing(), float)[None, :]
     affine[:3, 3] = image.GetOrigin()
     lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
-    return array, lps_to_ras @ affine
+    if not np.isfinite(array).all():
+        raise SeriesError(f"series {info.series_uid}: pixel data contains NaN or Inf ({files[0].parent})")
+    return array, lps_to_ras @ affine, files
+
+
+class LoadSeriesd(MapTransform):
+    """Reads a DICOM series (a :class:`SeriesInfo`) into a channel-first MetaTensor, like ``LoadImaged`` for files.
+
+    Replaces ``LoadImaged(ensure_channel_first=True)`` at the head of the bundle's inference preprocessing (see
+    ``configs/dicom_batch.json``), so a DICOM series goes through exactly the transforms a NIfTI file does. The
+    array axes are ``[1, X (columns), Y (rows), Z (slices in position order)]`` with a RAS affine, and the slice
+    files in that order are stored under ``files_key`` for writing results back as DICOM.
+
+    Args:
+        keys: the key(s) holding a :class:`SeriesInfo`.
+        files_key: where to store the ordered slice paths (strings).
+    """
+
+    def __init__(self, keys: KeysCollection = "image", files_key: str = "source_files") -> None:
+        super().__init__(keys)
+        self.files_key = files_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+        import torch
+        from monai.data import MetaTensor
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            info = d[key]
+            if not isinstance(info, SeriesInfo):
+                raise TypeError(f"LoadSeriesd expects a SeriesInfo under {key!r}, got {type(info).__name__}")
+            array, affine, files = read_series_with_files(info)
+            meta = {"filename_or_obj": f"series {info.series_uid} ({files[0].parent})", "original_affine": affine,
+                    "space": "RAS", "series_uid": info.series_uid, "study_uid": info.study_uid}
+            d[key] = MetaTensor(torch.from_numpy(array[None]), affine=torch.as_tensor(affine), meta=meta)
+            d[self.files_key] = [str(f) for f in files]
+        return d
