@@ -29,6 +29,12 @@ export VIRTUAL_ENV="$venv"
 # SAM2_BUILD_CUDA=0 skips its optional CUDA extension, which CPU inference does not need.
 SAM2_BUILD_CUDA=0 "$uv" pip install --python "$venv/bin/python" --no-build-isolation --no-deps "sam2==$sam2_version"
 "$uv" pip install --python "$venv/bin/python" --no-build-isolation --no-deps -e .
+# The monailabel wheel ships its `monailabel` launcher (a one-line `python -m monailabel.main`) in a .data folder
+# named after a different version string, which uv does not install; write the same launcher into the venv.
+if [ ! -x "$venv/bin/monailabel" ]; then
+    printf '#!/bin/sh\nexec "%s" -m monailabel.main "$@"\n' "$venv/bin/python" > "$venv/bin/monailabel"
+    chmod +x "$venv/bin/monailabel"
+fi
 "$venv/bin/python" - <<'PY'
 import importlib
 for name in ("torch", "torchvision", "monai", "open_clip", "sam2", "highdicom", "monailabel", "onnxruntime", "bundle"):
