@@ -25,7 +25,7 @@ demo: setup
 	@echo "demo outputs in runs/demo/: model.pt (weights + prompt table), curves.png and overlays.png (training report),"
 	@echo "events/ (TensorBoard), inference/*_seg.nii.gz (label maps, labels in inference/labels.json),"
 	@echo "evaluation/metrics.json and metrics.csv (held-out demo cases)."
-	@echo "This is a brief run ($(DEMO_EPOCHS) epochs, about 2 minutes of training): expect a rough segmentation (mean Dice"
+	@echo "This is a brief run ($(DEMO_EPOCHS) epochs, about a minute of training): expect a rough segmentation (mean Dice"
 	@echo "about 0.5 on the held-out phantoms). The trained hippocampus model and its results: docs/README.md."
 
 benchmark: setup

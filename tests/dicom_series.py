@@ -11,6 +11,22 @@ MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.11"
 
 
+def new_instance(sop_class: str):
+    """An empty dataset of ``sop_class`` with its file meta (explicit VR little endian) and a fresh SOP UID."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.is_little_endian, ds.is_implicit_VR = True, False
+    return ds
+
+
 def write_mr_series(
     folder: Path,
     volume: np.ndarray,
@@ -27,8 +43,7 @@ def write_mr_series(
 
     Rows run along Y and columns along X (DICOM's in-plane order); ``skip_slices`` leaves slices out (a gap).
     """
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
     folder.mkdir(parents=True, exist_ok=True)
     frame_of_reference = frame_of_reference or generate_uid(entropy_srcs=[study_uid, "for"])
@@ -36,13 +51,7 @@ def write_mr_series(
     for k in range(volume.shape[2]):
         if k in skip_slices:
             continue
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MR_STORAGE
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = MR_STORAGE, meta.MediaStorageSOPInstanceUID
+        ds = new_instance(MR_STORAGE)
         ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Phantom^Test", "P001", "", "O"
         ds.StudyInstanceUID, ds.StudyID, ds.StudyDate, ds.StudyTime = study_uid, "1", "20260101", "120000"
         ds.AccessionNumber, ds.ReferringPhysicianName = "", ""
@@ -60,25 +69,16 @@ def write_mr_series(
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
         ds.PixelData = np.ascontiguousarray(pixels[:, :, k].T).tobytes()  # [rows (Y), columns (X)]
-        ds.is_little_endian, ds.is_implicit_VR = True, False
         ds.save_as(str(folder / f"{prefix}{k:03d}.dcm"), write_like_original=False)
     return folder
 
 
 def write_sr(path: Path, study_uid: str) -> Path:
     """A minimal non-image object (Basic Text SR header) in the study."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SR_STORAGE
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = SR_STORAGE, meta.MediaStorageSOPInstanceUID
+    ds = new_instance(SR_STORAGE)
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = study_uid, generate_uid(), "SR"
-    ds.is_little_endian, ds.is_implicit_VR = True, False
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(str(path), write_like_original=False)
     return path

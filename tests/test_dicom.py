@@ -9,22 +9,12 @@ import pytest
 
 from bundle.dicom import SeriesError, discover_series, read_series, safe_name
 
-MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
-SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.11"
+from tests.dicom_series import MR_STORAGE, SR_STORAGE, new_instance
 
 
 def _write(path: Path, study: str, series: str, index: int, modality: str = "MR", description: str = "T1",
            sop_class: str = MR_STORAGE, z: float = None, orientation=(1, 0, 0, 0, 1, 0), frames: int = 0) -> Path:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds = new_instance(sop_class)
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
     ds.Modality, ds.SeriesDescription, ds.InstanceNumber = modality, description, index + 1
     if modality != "SR":
@@ -38,7 +28,6 @@ def _write(path: Path, study: str, series: str, index: int, modality: str = "MR"
             ds.NumberOfFrames = frames
         ds.PixelData = np.full((8, 8), index, np.uint16).tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
-    ds.is_little_endian, ds.is_implicit_VR = True, False
     ds.save_as(str(path), write_like_original=False)
     return path
 
