@@ -1,0 +1,204 @@
+"""A frozen SAM2 teacher: slice-by-slice box-prompted masks of a structure, cached on disk (towards issue #4).
+
+:class:`SAM2Teacher` builds a SAM2 image model from one of the ``sam2`` package's configs and a checkpoint file
+(sam2.1 tiny/small/base+/large, or a fine-tune such as MedSAM2 in the same format) at a chosen image size, frozen
+and in eval mode. Nothing is ever downloaded: the checkpoint is a path (SAM2's weights come from
+https://github.com/facebookresearch/sam2, "Download Checkpoints"). :meth:`SAM2Teacher.volume` prompts SAM2 on
+every slice of a volume along an axis with the bounding box of a mask on that slice and returns the teacher's mask
+probabilities and SAM2's predicted IoU per slice. :class:`TeacherCache` stores those volumes keyed by case, class,
+checkpoint hash and teacher settings, so they are computed once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+__all__ = ["SAM2Teacher", "TeacherCache", "file_sha256"]
+
+PathLike = Union[str, os.PathLike]
+
+
+def file_sha256(path: PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _predictor_class():
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    class SizedPredictor(SAM2ImagePredictor):
+        """SAM2's image predictor for any model image size (its feature-map sizes are written for 1024)."""
+
+        def __init__(self, model: Any, **kwargs: Any) -> None:
+            super().__init__(model, **kwargs)
+            s = int(model.image_size)
+            self._bb_feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
+
+    return SizedPredictor
+
+
+class SAM2Teacher:
+    """A frozen SAM2 image model that segments a structure slice by slice from box prompts.
+
+    Args:
+        checkpoint: a SAM2 checkpoint file (``{"model": state_dict}``, as released); a missing file is an error,
+            never a download.
+        config: the ``sam2`` package config, e.g. ``"configs/sam2.1/sam2.1_hiera_t.yaml"``.
+        image_size: SAM2's input size (256, 512 or 1024); slices are resized to it by SAM2's transforms.
+        axis: the slice axis of ``[X, Y, Z]`` volumes (2: axial for RAS-oriented volumes).
+        box_margin: voxels added around each slice's bounding box.
+        device: where SAM2 runs.
+    """
+
+    def __init__(
+        self,
+        checkpoint: PathLike,
+        config: str = "configs/sam2.1/sam2.1_hiera_t.yaml",
+        image_size: int = 512,
+        axis: int = 2,
+        box_margin: int = 2,
+        device: Union[str, torch.device] = "cpu",
+    ) -> None:
+        from sam2.build_sam import build_sam2
+
+        self.checkpoint = Path(checkpoint)
+        if not self.checkpoint.is_file():
+            raise FileNotFoundError(
+                f"SAM2 checkpoint {self.checkpoint} not found; SegOne never downloads weights. Get a SAM2 checkpoint "
+                "(e.g. sam2.1_hiera_tiny.pt from https://github.com/facebookresearch/sam2) and set its path."
+            )
+        if image_size % 16 != 0:
+            raise ValueError(f"SAM2 image_size must be a multiple of 16, got {image_size}")
+        if axis not in (0, 1, 2):
+            raise ValueError(f"axis must be 0, 1 or 2, got {axis}")
+        try:
+            model = build_sam2(config, str(self.checkpoint), device=str(device),
+                               hydra_overrides_extra=[f"++model.image_size={int(image_size)}"])
+        except RuntimeError as e:  # SAM2 logs the mismatching keys and raises a bare RuntimeError
+            raise RuntimeError(f"{self.checkpoint} does not fit SAM2 config {config} ({e or 'state dict mismatch'})") from e
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.model = model.eval()
+        self.predictor = _predictor_class()(self.model)
+        self.config = config
+        self.image_size = int(image_size)
+        self.axis = axis
+        self.box_margin = box_margin
+        self._checkpoint_hash: Optional[str] = None
+
+    @property
+    def checkpoint_hash(self) -> str:
+        if self._checkpoint_hash is None:
+            self._checkpoint_hash = file_sha256(self.checkpoint)
+        return self._checkpoint_hash
+
+    @property
+    def settings(self) -> Dict[str, Any]:
+        """Everything that changes the teacher's output (the cache key's teacher part)."""
+        return {"checkpoint_sha256": self.checkpoint_hash, "config": self.config, "image_size": self.image_size,
+                "axis": self.axis, "box_margin": self.box_margin, "prompt": "box"}
+
+    @staticmethod
+    def _to_rgb(slice_2d: np.ndarray) -> np.ndarray:
+        """A slice as the uint8 RGB image SAM2 expects, intensities scaled by the 0.5-99.5 percentiles."""
+        lo, hi = np.percentile(slice_2d, [0.5, 99.5]) if slice_2d.size else (0.0, 1.0)
+        scaled = np.clip((slice_2d - lo) / max(hi - lo, 1e-6), 0, 1) * 255
+        return np.repeat(scaled.astype(np.uint8)[..., None], 3, axis=-1)
+
+    @torch.inference_mode()
+    def volume(self, image: np.ndarray, mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Teacher mask probabilities for ``mask``'s structure, slice by slice.
+
+        Args:
+            image: ``[X, Y, Z]`` intensities.
+            mask: ``[X, Y, Z]`` boolean mask of the structure (ground truth, or the student's own prediction); each
+                slice where it is present is prompted with its bounding box.
+
+        Returns:
+            ``(probabilities [X, Y, Z] float32 in [0, 1], predicted IoU per slice [n_slices] float32)``; slices
+            without the structure get probability 0 and IoU NaN (no prompt, no teacher opinion).
+        """
+        image, mask = np.asarray(image, np.float32), np.asarray(mask).astype(bool)
+        if image.ndim != 3 or image.shape != mask.shape:
+            raise ValueError(f"image and mask must be the same [X, Y, Z] shape, got {image.shape} and {mask.shape}")
+        if not np.isfinite(image).all():
+            raise ValueError("image contains NaN or Inf")
+        img = np.moveaxis(image, self.axis, 0)
+        msk = np.moveaxis(mask, self.axis, 0)
+        probs = np.zeros(img.shape, np.float32)
+        ious = np.full(img.shape[0], np.nan, np.float32)
+        for k in range(img.shape[0]):
+            if not msk[k].any():
+                continue
+            rows, cols = np.nonzero(msk[k])  # slice axes (a, b) -> SAM2 image rows a, columns b
+            m = self.box_margin
+            box = np.array([max(cols.min() - m, 0), max(rows.min() - m, 0),
+                            min(cols.max() + m, msk.shape[2] - 1), min(rows.max() + m, msk.shape[1] - 1)], np.float32)
+            self.predictor.set_image(self._to_rgb(img[k]))
+            logits, iou, _ = self.predictor.predict(box=box, multimask_output=False, return_logits=True)
+            probs[k] = 1.0 / (1.0 + np.exp(-logits[0].astype(np.float32)))
+            ious[k] = float(iou[0])
+        return np.moveaxis(probs, 0, self.axis), ious
+
+
+class TeacherCache:
+    """Teacher volumes on disk, one ``.npz`` per (case, class, teacher settings), written atomically.
+
+    The file name is the SHA-256 of the key, so a changed checkpoint, image size, axis, margin or prompt mode
+    misses the cache (and the old entries are simply no longer used).
+
+    Args:
+        directory: the cache folder.
+    """
+
+    def __init__(self, directory: PathLike) -> None:
+        self.directory = Path(directory)
+
+    @staticmethod
+    def key(case: str, label: int, settings: Dict[str, Any]) -> str:
+        text = json.dumps({"case": str(case), "class": int(label), "teacher": settings}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def path(self, case: str, label: int, settings: Dict[str, Any]) -> Path:
+        return self.directory / f"{self.key(case, label, settings)}.npz"
+
+    def get(self, case: str, label: int, settings: Dict[str, Any]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+        path = self.path(case, label, settings)
+        if not path.is_file():
+            return None
+        with np.load(path) as data:
+            return data["probs"].astype(np.float32), data["iou"].astype(np.float32)
+
+    def put(self, case: str, label: int, settings: Dict[str, Any], probs: np.ndarray, iou: np.ndarray) -> Path:
+        path = self.path(case, label, settings)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
+        try:
+            # float16 halves the size; teacher probabilities need no more precision
+            np.savez_compressed(tmp, probs=probs.astype(np.float16), iou=iou.astype(np.float32))
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return path
+
+    def get_or_compute(self, teacher: SAM2Teacher, case: str, label: int, image: np.ndarray,
+                       mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """The cached teacher volume, or SAM2's, computed now and stored."""
+        settings = teacher.settings
+        cached = self.get(case, label, settings)
+        if cached is not None:
+            return cached
+        probs, iou = teacher.volume(image, mask)
+        self.put(case, label, settings, probs, iou)
+        return probs, iou

@@ -1,0 +1,95 @@
+"""The SAM2 teacher on a SAM2 model with random weights, built from the package's own config and saved by the test:
+the real loading path, volume shapes and ranges, the cache (hit, miss on changed settings), a frozen model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bundle.teacher import SAM2Teacher, TeacherCache
+
+CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from sam2.build_sam import build_sam2
+
+    torch.manual_seed(0)
+    model = build_sam2(CONFIG, None, device="cpu", hydra_overrides_extra=["++model.image_size=256"])
+    path = tmp_path_factory.mktemp("sam2") / "sam2_random_tiny.pt"
+    torch.save({"model": model.state_dict()}, path)  # the released checkpoints' layout
+    return path
+
+
+@pytest.fixture(scope="module")
+def teacher(checkpoint):
+    return SAM2Teacher(checkpoint, CONFIG, image_size=256, axis=2)
+
+
+@pytest.fixture(scope="module")
+def case():
+    from bundle.demo import make_phantom
+
+    image, label = make_phantom(7, shape=(24, 32, 10))
+    mask = label == 1
+    mask[:, :, 7:] = False  # slices without the structure: no prompt there
+    return image, mask
+
+
+def test_teacher_volume_shapes_ranges_and_unprompted_slices(teacher, case):
+    image, mask = case
+    probs, iou = teacher.volume(image, mask)
+    assert probs.shape == image.shape and probs.dtype == np.float32
+    assert iou.shape == (image.shape[2],)
+    assert 0.0 <= probs.min() and probs.max() <= 1.0
+    present = mask.any(axis=(0, 1))
+    assert present.any() and not present.all()
+    assert np.isfinite(iou[present]).all() and np.isnan(iou[~present]).all()
+    assert (probs[:, :, ~present] == 0).all()
+    assert probs[:, :, present].std() > 0  # SAM2 answered on the prompted slices
+
+
+def test_teacher_is_frozen_and_in_eval_mode(teacher):
+    assert not any(p.requires_grad for p in teacher.model.parameters())
+    assert not teacher.model.training
+
+
+def test_cache_hit_skips_sam2_and_changed_settings_miss(tmp_path, teacher, checkpoint, case, monkeypatch):
+    image, mask = case
+    cache = TeacherCache(tmp_path / "cache")
+    calls = []
+    real_volume = teacher.volume
+
+    def counted(*args):
+        calls.append(1)
+        return real_volume(*args)
+
+    monkeypatch.setattr(teacher, "volume", counted)
+    first = cache.get_or_compute(teacher, "case_7", 1, image, mask)
+    second = cache.get_or_compute(teacher, "case_7", 1, image, mask)
+    assert len(calls) == 1  # the second call read the cache; SAM2 did not run again
+    np.testing.assert_allclose(second[0], first[0], atol=1e-3)  # stored as float16
+    np.testing.assert_array_equal(second[1], first[1])
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+    other = SAM2Teacher(checkpoint, CONFIG, image_size=256, axis=2, box_margin=4)
+    assert cache.get("case_7", 1, other.settings) is None  # another margin: another key
+    assert cache.get("case_7", 2, teacher.settings) is None  # another class
+    assert cache.get("case_8", 1, teacher.settings) is None  # another case
+
+
+def test_missing_or_mismatched_checkpoint_is_a_clear_error(tmp_path, checkpoint):
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        SAM2Teacher(tmp_path / "absent.pt", CONFIG, image_size=256)
+    with pytest.raises(RuntimeError, match="does not fit SAM2 config"):
+        SAM2Teacher(checkpoint, "configs/sam2.1/sam2.1_hiera_s.yaml", image_size=256)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        SAM2Teacher(checkpoint, CONFIG, image_size=250)
+
+
+def test_bad_volumes_are_refused(teacher):
+    with pytest.raises(ValueError, match="same"):
+        teacher.volume(np.zeros((4, 4, 4)), np.zeros((4, 4, 3), bool))
+    with pytest.raises(ValueError, match="NaN"):
+        teacher.volume(np.full((4, 4, 4), np.nan), np.ones((4, 4, 4), bool))
