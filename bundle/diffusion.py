@@ -93,8 +93,12 @@ class MaskDiffusion(nn.Module):
         num_prompts: int = 0,
         embed_dim: int = 0,
         timestep_bias: float = 1.0,
+        consistency_weight: float = 0.0,
     ) -> None:
         super().__init__()
+        if consistency_weight < 0:
+            raise ValueError(f"consistency_weight must be >= 0, got {consistency_weight}")
+        self.consistency_weight = float(consistency_weight)
         if timestep_bias < 1.0:
             raise ValueError(f"timestep_bias must be >= 1 (1 = uniform), got {timestep_bias}")
         self.timestep_bias = timestep_bias
@@ -131,6 +135,8 @@ class MaskDiffusion(nn.Module):
         context: torch.Tensor,
         timesteps: Optional[torch.Tensor] = None,
         generator: Optional[torch.Generator] = None,
+        teacher: Optional[torch.Tensor] = None,
+        teacher_weight: Optional[torch.Tensor] = None,
     ) -> Dict[str, torch.Tensor]:
         """One training objective evaluation.
 
@@ -140,10 +146,13 @@ class MaskDiffusion(nn.Module):
             context: prompt embeddings ``[B, E]``.
             timesteps: ``[B]`` diffusion steps; drawn uniformly when ``None``.
             generator: random generator for timesteps and noise.
+            teacher: teacher mask probabilities ``[B, 1, *S]`` (e.g. SAM2's, :mod:`bundle.teacher`), or ``None``.
+            teacher_weight: ``[B, 1, *S]`` weights of the teacher term (0 where the teacher is not trusted).
 
         Returns:
-            ``{"loss", "l1", "dice", "pred_mask"}``: the weighted total, its terms, and the implied clean-mask
-            probability ``[B, 1, *S]`` (detached).
+            ``{"loss", "l1", "dice", "consistency", "pred_mask"}``: the weighted total, its terms, and the implied
+            clean-mask probability ``[B, 1, *S]`` (detached). ``consistency`` is the weighted mean L1 between the
+            student's clean-mask probability and the teacher's; it enters the loss times ``consistency_weight``.
         """
         if target.shape[1] != 1 or target.shape[2:] != image.shape[2:] or target.shape[0] != image.shape[0]:
             raise ValueError(f"target must be [B, 1, *S] matching image {tuple(image.shape)}, got {tuple(target.shape)}")
@@ -162,7 +171,13 @@ class MaskDiffusion(nn.Module):
         prob = (clean + 1.0) / 2.0
         dice = soft_dice_loss(prob, target.float())
         loss = self.l1_weight * l1 + self.dice_weight * dice
-        return {"loss": loss, "l1": l1.detach(), "dice": dice.detach(), "pred_mask": prob.detach()}
+        consistency = torch.zeros((), device=image.device)
+        if teacher is not None and self.consistency_weight > 0:
+            w = torch.ones_like(prob) if teacher_weight is None else teacher_weight.to(prob)
+            consistency = (w * (prob - teacher.to(prob)).abs()).sum() / w.sum().clamp_min(1.0)
+            loss = loss + self.consistency_weight * consistency
+        return {"loss": loss, "l1": l1.detach(), "dice": dice.detach(), "consistency": consistency.detach(),
+                "pred_mask": prob.detach()}
 
     # calling the module computes the loss, so DistributedDataParallel synchronises it
     forward = loss

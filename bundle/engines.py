@@ -49,6 +49,8 @@ class DiffusionTrainer(SupervisedTrainer):
         image_key: str = "image",
         target_key: str = "target",
         context_key: str = "prompt_embedding",
+        teacher_key: str = "teacher",
+        teacher_weight_key: str = "teacher_weight",
         loss_function: Optional[Callable] = None,
         **kwargs: Any,
     ) -> None:
@@ -57,6 +59,7 @@ class DiffusionTrainer(SupervisedTrainer):
             # this iteration replaces SupervisedTrainer's; say so rather than silently ignore the options
             raise NotImplementedError("DiffusionTrainer supports neither accumulation_steps > 1 nor compile=True")
         self.image_key, self.target_key, self.context_key = image_key, target_key, context_key
+        self.teacher_key, self.teacher_weight_key = teacher_key, teacher_weight_key
 
     def _iteration(self, engine: "DiffusionTrainer", batchdata: Dict[str, Any]) -> Dict[str, Any]:  # type: ignore[override]
         if batchdata is None:
@@ -68,20 +71,26 @@ class DiffusionTrainer(SupervisedTrainer):
         image = torch.as_tensor(batchdata[self.image_key]).to(device, non_blocking=nb)
         target = torch.as_tensor(batchdata[self.target_key]).to(device, non_blocking=nb)
         context = torch.as_tensor(batchdata[self.context_key]).to(device, non_blocking=nb).float()
+        extra = {}
+        if self.teacher_key in batchdata:  # SAM2 teacher targets (bundle.teacher.TeacherTargetsd / SelectTeacherd)
+            extra["teacher"] = torch.as_tensor(batchdata[self.teacher_key]).to(device, non_blocking=nb).float()
+            if self.teacher_weight_key in batchdata:
+                extra["teacher_weight"] = torch.as_tensor(batchdata[self.teacher_weight_key]).to(device).float()
         engine.state.output = {Keys.IMAGE: image, Keys.LABEL: target}
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         if engine.amp and engine.scaler is not None:
             with torch.autocast(device.type if isinstance(device, torch.device) else str(device), **engine.amp_kwargs):
-                terms = engine.network(image, target, context)
+                terms = engine.network(image, target, context, **extra)
         else:
-            terms = engine.network(image, target, context)
+            terms = engine.network(image, target, context, **extra)
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         loss = terms["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {float(loss)} at iteration {engine.state.iteration}")
         engine.state.output.update(
-            {Keys.PRED: terms["pred_mask"], Keys.LOSS: loss, "l1": terms["l1"], "dice": terms["dice"]}
+            {Keys.PRED: terms["pred_mask"], Keys.LOSS: loss, "l1": terms["l1"], "dice": terms["dice"],
+             "consistency": terms["consistency"]}
         )
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         if engine.amp and engine.scaler is not None:

@@ -13,16 +13,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Hashable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
 
-__all__ = ["SAM2Teacher", "TeacherCache", "file_sha256"]
+__all__ = ["SAM2Teacher", "TeacherCache", "build_teacher", "TeacherTargetsd", "SelectTeacherd", "file_sha256"]
 
 PathLike = Union[str, os.PathLike]
+
+logger = logging.getLogger(__name__)
 
 
 def file_sha256(path: PathLike) -> str:
@@ -202,3 +207,107 @@ class TeacherCache:
         probs, iou = teacher.volume(image, mask)
         self.put(case, label, settings, probs, iou)
         return probs, iou
+
+
+def build_teacher(settings: Mapping[str, Any]) -> Optional[SAM2Teacher]:
+    """The teacher of train.json's ``teacher`` section, or ``None`` (logged once) when no checkpoint is set."""
+    checkpoint = settings.get("checkpoint")
+    if not checkpoint:
+        logger.info("SAM2 teacher: off (teacher#checkpoint is not set); training without the consistency term")
+        return None
+    teacher = SAM2Teacher(checkpoint, settings.get("config", "configs/sam2.1/sam2.1_hiera_t.yaml"),
+                          image_size=int(settings.get("image_size", 512)), axis=int(settings.get("axis", 2)),
+                          box_margin=int(settings.get("box_margin", 2)))
+    logger.info("SAM2 teacher: %s (%s, image size %d), consistency weight %s, IoU threshold %s", checkpoint,
+                teacher.config, teacher.image_size, settings.get("weight"), settings.get("iou_threshold"))
+    return teacher
+
+
+class TeacherTargetsd(MapTransform):
+    """Adds the teacher's mask probabilities and per-voxel trust weights for every class of a labelled case.
+
+    For each class value ``v`` it takes the teacher volume of ``label == v`` (from the cache, or SAM2 now) and
+    writes ``teacher_key`` ``[K, *S]`` (probabilities) and ``weight_key`` ``[K, *S]`` (1 on slices where SAM2's
+    predicted IoU reaches ``iou_threshold``, else 0), in the image's geometry, so later spatial transforms move
+    them with the image. With ``teacher=None`` it does nothing (the consistency term is off).
+
+    Args:
+        keys: the image key (``[1, X, Y, Z]``).
+        teacher: a :class:`SAM2Teacher`, or ``None``.
+        cache_dir: the :class:`TeacherCache` folder.
+        class_values: the label values, in ``channel_def`` order.
+        label_key: the multi-label map ``[1, X, Y, Z]``.
+        iou_threshold: slices whose predicted IoU is below it get weight 0.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        teacher: Optional[SAM2Teacher],
+        cache_dir: PathLike,
+        class_values: Sequence[int],
+        label_key: str = "label",
+        teacher_key: str = "teacher",
+        weight_key: str = "teacher_weight",
+        iou_threshold: float = 0.5,
+    ) -> None:
+        super().__init__(keys)
+        self.teacher = teacher
+        self.cache = TeacherCache(cache_dir)
+        self.class_values = [int(v) for v in class_values]
+        self.label_key, self.teacher_key, self.weight_key = label_key, teacher_key, weight_key
+        self.iou_threshold = float(iou_threshold)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+        d = dict(data)
+        if self.teacher is None:
+            return d
+        for key in self.key_iterator(d):
+            image = d[key]
+            if image.shape[0] != 1 or image.dim() != 4:
+                raise ValueError(f"TeacherTargetsd needs a single-channel 3D image [1, X, Y, Z], got {tuple(image.shape)}")
+            case = Path(str(getattr(image, "meta", {}).get("filename_or_obj", ""))).name or "unnamed"
+            img = torch.as_tensor(image)[0].detach().cpu().numpy()
+            lab = torch.as_tensor(d[self.label_key])[0].detach().cpu().numpy()
+            probs, weights = [], []
+            for value in self.class_values:
+                p, iou = self.cache.get_or_compute(self.teacher, case, value, img, lab == value)
+                trusted = np.nan_to_num(iou, nan=0.0) >= self.iou_threshold
+                shape = [1, 1, 1]
+                shape[self.teacher.axis] = -1
+                probs.append(p)
+                weights.append(np.broadcast_to(trusted.reshape(shape), p.shape).astype(np.float32))
+            d[self.teacher_key] = _like(image, np.stack(probs))
+            d[self.weight_key] = _like(image, np.stack(weights))
+        return d
+
+
+class SelectTeacherd(MapTransform):
+    """Keeps the teacher channel of the class that :class:`~bundle.transforms.RandPromptd` prompted.
+
+    An absent class (empty target) keeps a zero weight: the teacher has no opinion on it.
+    """
+
+    def __init__(self, keys: KeysCollection, class_values: Sequence[int], class_key: str = "prompt_class",
+                 allow_missing_keys: bool = True) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.index = {int(v): i for i, v in enumerate(class_values)}
+        self.class_key = class_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            k = self.index[int(d[self.class_key])]
+            d[key] = d[key][k : k + 1]
+        return d
+
+
+def _like(reference: Any, array: np.ndarray) -> Any:
+    """``array`` as a tensor with ``reference``'s metadata (affine, applied operations) when it is a MetaTensor."""
+    from monai.data import MetaTensor
+
+    tensor = torch.as_tensor(array, dtype=torch.float32)
+    if isinstance(reference, MetaTensor):
+        return MetaTensor(tensor, affine=reference.affine.clone(), meta=dict(reference.meta),
+                          applied_operations=list(reference.applied_operations))
+    return tensor

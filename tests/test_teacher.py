@@ -93,3 +93,73 @@ def test_bad_volumes_are_refused(teacher):
         teacher.volume(np.zeros((4, 4, 4)), np.zeros((4, 4, 3), bool))
     with pytest.raises(ValueError, match="NaN"):
         teacher.volume(np.full((4, 4, 4), np.nan), np.ones((4, 4, 4), bool))
+
+
+def test_training_with_the_teacher_fills_the_cache_and_leaves_sam2_unchanged(tmp_path, checkpoint, tiny_clip_config):
+    """A full short run of the real train.json with the teacher on synthetic data, then a second run on a warm cache."""
+    from tests.test_bundle_workflows import _train_overrides, _workflow, _write_msd
+
+    data = _write_msd(tmp_path / "msd", num_cases=4)
+    teacher_overrides = {"teacher#checkpoint": str(checkpoint), "teacher#image_size": 256, "teacher#weight": 0.5,
+                         "teacher#iou_threshold": 0.0}
+    out = tmp_path / "run"
+    wf = _workflow("train.json", "train", **_train_overrides(tiny_clip_config, data, out, **teacher_overrides))
+    wf.initialize()
+    assert wf.network_def.consistency_weight == 0.5
+    student_before = {k: v.clone() for k, v in wf.network_def.state_dict().items()}
+    teacher = wf.parser.get_parsed_content("teacher_model")
+    wf.run()
+    entries = sorted((out / "teacher_cache").glob("*.npz"))
+    train_cases = len(wf.parser.get_parsed_content("train#datalist"))
+    assert len(entries) == 2 * train_cases  # one per training case and class
+    after = wf.network_def.state_dict()
+    assert any(not torch.equal(student_before[k], after[k]) for k in student_before)  # the student learned
+    saved = torch.load(checkpoint, weights_only=True)["model"]
+    current = teacher.model.state_dict()
+    assert all(torch.equal(saved[k], current[k]) for k in saved)  # SAM2 did not
+    wf.finalize()
+
+    stamps = {p: p.stat().st_mtime_ns for p in entries}
+    out2 = tmp_path / "run2"
+    overrides = _train_overrides(tiny_clip_config, data, out2, **teacher_overrides,
+                                 **{"teacher#cache_dir": str(out / "teacher_cache")})
+    wf2 = _workflow("train.json", "train", **overrides)
+    wf2.initialize()
+    wf2.run()
+    wf2.finalize()
+    # warm cache: every entry was read, none written again, none added (a miss would write a new file)
+    assert {p: p.stat().st_mtime_ns for p in (out / "teacher_cache").glob("*.npz")} == stamps
+
+
+def test_training_without_a_teacher_checkpoint_has_no_consistency_term(tmp_path, tiny_clip_config, caplog):
+    from tests.test_bundle_workflows import _train_overrides, _workflow, _write_msd
+
+    data = _write_msd(tmp_path / "msd", num_cases=4)
+    wf = _workflow("train.json", "train", **_train_overrides(tiny_clip_config, data, tmp_path / "run", max_epochs=1))
+    with caplog.at_level("INFO", logger="bundle.teacher"):
+        wf.initialize()
+        assert wf.network_def.consistency_weight == 0.0
+    assert "SAM2 teacher: off" in caplog.text
+
+
+def test_cache_filling_script_fills_once(tmp_path, checkpoint, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from tests.test_bundle_workflows import _write_msd
+
+    spec = importlib.util.spec_from_file_location(
+        "fill_teacher_cache", Path(__file__).resolve().parents[1] / "scripts" / "fill_teacher_cache.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    data = _write_msd(tmp_path / "msd", num_cases=5)
+    args = ["--dataset_dir", str(data), "--checkpoint", str(checkpoint), "--image_size", "256",
+            "--cache_dir", str(tmp_path / "cache")]
+    assert script.main(args) == 0
+    first = capsys.readouterr().out
+    cases = int(first.split(" training cases")[0])
+    assert "0 already cached" in first and 0 < cases < 5  # the training split only
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2 * cases  # one per case and class
+    assert script.main(args) == 0
+    assert f"{cases} already cached" in capsys.readouterr().out
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2 * cases

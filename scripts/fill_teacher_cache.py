@@ -1,0 +1,60 @@
+#!/usr/bin/env python
+"""Fill the SAM2 teacher cache ahead of training, with a progress bar (training fills missing entries itself).
+
+Reads train.json (its training split, loading transforms and ``teacher`` section) and computes the teacher volume
+of every training case and class into ``teacher#cache_dir``; entries already there are kept.
+
+    python scripts/fill_teacher_cache.py --dataset_dir /path/to/Task04_Hippocampus \\
+        --checkpoint /path/to/sam2.1_hiera_tiny.pt [--image_size 512] [--cache_dir runs/train/teacher_cache]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset_dir", default="", help="MSD folder (default: the demo data, as train.json)")
+    ap.add_argument("--checkpoint", required=True, help="SAM2 checkpoint file")
+    ap.add_argument("--config", default=None, help="sam2 package config (default: train.json's)")
+    ap.add_argument("--image_size", type=int, default=None)
+    ap.add_argument("--cache_dir", default=None, help="default: train.json's teacher#cache_dir")
+    ap.add_argument("--output_dir", default=None, help="train.json's output_dir (locates the default cache)")
+    args = ap.parse_args(argv)
+
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose
+    from tqdm import tqdm
+
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "configs" / "train.json"))
+    parser.read_meta(str(ROOT / "configs" / "metadata.json"))
+    overrides = {"bundle_root": str(ROOT), "dataset_dir": args.dataset_dir, "teacher#checkpoint": args.checkpoint}
+    for key, value in (("teacher#config", args.config), ("teacher#image_size", args.image_size),
+                       ("teacher#cache_dir", args.cache_dir), ("output_dir", args.output_dir)):
+        if value is not None:
+            overrides[key] = value
+    parser.update(overrides)
+    load = Compose(parser.get_parsed_content("load_transforms"))
+    targets = parser.get_parsed_content("train#random_transforms#0")  # TeacherTargetsd, first of the chain
+    datalist = parser.get_parsed_content("train#datalist")
+    settings = targets.teacher.settings
+    todo = [item for item in datalist
+            if any(targets.cache.get(Path(item["image"]).name, v, settings) is None for v in targets.class_values)]
+    print(f"{len(datalist)} training cases, {len(datalist) - len(todo)} already cached in {targets.cache.directory}")
+    start = time.perf_counter()
+    for item in tqdm(todo, unit="case", desc="SAM2 teacher"):
+        targets(load(item))
+    print(f"filled {len(todo)} case(s) x {len(targets.class_values)} class(es) in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
