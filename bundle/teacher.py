@@ -160,14 +160,28 @@ class TeacherCache:
     """Teacher volumes on disk, one ``.npz`` per (case, class, teacher settings), written atomically.
 
     The file name is the SHA-256 of the key, so a changed checkpoint, image size, axis, margin or prompt mode
-    misses the cache (and the old entries are simply no longer used).
+    misses the cache (and the old entries are simply no longer used). :meth:`get_or_compute` names a case by its
+    name and a digest of the image and mask it is given (:meth:`case_key`), so an edited image or label under the
+    same file name, or a case of another data set with the same name, misses too.
 
     Args:
         directory: the cache folder.
+
+    Attributes:
+        hits, misses: :meth:`get_or_compute` calls answered from disk and by SAM2.
     """
 
     def __init__(self, directory: PathLike) -> None:
         self.directory = Path(directory)
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def case_key(case: str, image: np.ndarray, mask: np.ndarray) -> str:
+        """``"<case>#<digest>"``: the case name and the SHA-256 (16 hex digits) of the teacher's inputs."""
+        digest = hashlib.sha256(np.ascontiguousarray(image, np.float32).tobytes())
+        digest.update(np.ascontiguousarray(mask, bool).tobytes())
+        return f"{case}#{digest.hexdigest()[:16]}"
 
     @staticmethod
     def key(case: str, label: int, settings: Dict[str, Any]) -> str:
@@ -200,12 +214,14 @@ class TeacherCache:
     def get_or_compute(self, teacher: SAM2Teacher, case: str, label: int, image: np.ndarray,
                        mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """The cached teacher volume, or SAM2's, computed now and stored."""
-        settings = teacher.settings
-        cached = self.get(case, label, settings)
+        settings, key = teacher.settings, self.case_key(case, image, mask)
+        cached = self.get(key, label, settings)
         if cached is not None:
+            self.hits += 1
             return cached
+        self.misses += 1
         probs, iou = teacher.volume(image, mask)
-        self.put(case, label, settings, probs, iou)
+        self.put(key, label, settings, probs, iou)
         return probs, iou
 
 

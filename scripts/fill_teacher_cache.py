@@ -45,14 +45,13 @@ def main(argv=None) -> int:
     load = Compose(parser.get_parsed_content("load_transforms"))
     targets = parser.get_parsed_content("train#random_transforms#0")  # TeacherTargetsd, first of the chain
     datalist = parser.get_parsed_content("train#datalist")
-    settings = targets.teacher.settings
-    todo = [item for item in datalist
-            if any(targets.cache.get(Path(item["image"]).name, v, settings) is None for v in targets.class_values)]
-    print(f"{len(datalist)} training cases, {len(datalist) - len(todo)} already cached in {targets.cache.directory}")
+    cache = targets.cache
     start = time.perf_counter()
-    for item in tqdm(todo, unit="case", desc="SAM2 teacher"):
+    # every case is loaded (the cache key includes a digest of its image and label); cached entries are only read
+    for item in tqdm(datalist, unit="case", desc="SAM2 teacher"):
         targets(load(item))
-    print(f"filled {len(todo)} case(s) x {len(targets.class_values)} class(es) in {time.perf_counter() - start:.1f} s")
+    print(f"{len(datalist)} training cases x {len(targets.class_values)} class(es): {cache.misses} computed, "
+          f"{cache.hits} already cached in {cache.directory} ({time.perf_counter() - start:.1f} s)")
     return 0
 
 

@@ -73,10 +73,17 @@ def test_cache_hit_skips_sam2_and_changed_settings_miss(tmp_path, teacher, check
     np.testing.assert_allclose(second[0], first[0], atol=1e-3)  # stored as float16
     np.testing.assert_array_equal(second[1], first[1])
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+    assert (cache.hits, cache.misses) == (1, 1)
+    key = TeacherCache.case_key("case_7", image, mask)
+    assert cache.get(key, 1, teacher.settings) is not None  # the entry the two calls shared
     other = SAM2Teacher(checkpoint, CONFIG, image_size=256, axis=2, box_margin=4)
-    assert cache.get("case_7", 1, other.settings) is None  # another margin: another key
-    assert cache.get("case_7", 2, teacher.settings) is None  # another class
-    assert cache.get("case_8", 1, teacher.settings) is None  # another case
+    assert cache.get(key, 1, other.settings) is None  # another margin: another key
+    assert cache.get(key, 2, teacher.settings) is None  # another class
+    assert cache.get(TeacherCache.case_key("case_8", image, mask), 1, teacher.settings) is None  # another case
+    edited = image.copy()
+    edited[0, 0, 0] += 1.0  # the same case name with an edited image: SAM2 runs again
+    cache.get_or_compute(teacher, "case_7", 1, edited, mask)
+    assert len(calls) == 2 and cache.misses == 2
 
 
 def test_missing_or_mismatched_checkpoint_is_a_clear_error(tmp_path, checkpoint):
@@ -125,6 +132,12 @@ def test_training_with_the_teacher_fills_the_cache_and_leaves_sam2_unchanged(tmp
                                  **{"teacher#cache_dir": str(out / "teacher_cache")})
     wf2 = _workflow("train.json", "train", **overrides)
     wf2.initialize()
+    assert wf2.network_def.consistency_weight == 0.5  # the teacher is on in the second run too
+    from bundle.teacher import TeacherTargetsd
+
+    dataset = wf2.parser.get_parsed_content("train#dataset")
+    targets = next(t for t in dataset.transform.transforms if isinstance(t, TeacherTargetsd))
+    assert (targets.cache.hits, targets.cache.misses) == (2 * train_cases, 0)  # filled while initialising
     wf2.run()
     wf2.finalize()
     # warm cache: every entry was read, none written again, none added (a miss would write a new file)
@@ -158,8 +171,9 @@ def test_cache_filling_script_fills_once(tmp_path, checkpoint, capsys):
     assert script.main(args) == 0
     first = capsys.readouterr().out
     cases = int(first.split(" training cases")[0])
-    assert "0 already cached" in first and 0 < cases < 5  # the training split only
+    assert 0 < cases < 5  # the training split only
+    assert f"{2 * cases} computed, 0 already cached" in first
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 2 * cases  # one per case and class
     assert script.main(args) == 0
-    assert f"{cases} already cached" in capsys.readouterr().out
+    assert f"0 computed, {2 * cases} already cached" in capsys.readouterr().out
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 2 * cases
