@@ -22,6 +22,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
+from bundle.atomic import atomic_path
 from bundle.dicom import safe_name
 
 __all__ = ["coded_concepts", "write_seg", "check_seg", "SegCheckError", "SaveDicomSegd", "dciodvfy_errors",
@@ -162,15 +163,9 @@ def write_seg(
         omit_empty_frames=False,
     )
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{TEMP_MARK}-{os.getpid()}")
-    try:
+    with atomic_path(path, mark=TEMP_MARK) as tmp:
         seg.save_as(str(tmp))
         check_seg(tmp, sources, prompts, segments)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -286,14 +281,9 @@ class SaveDicomSegd(MapTransform):
             )
             if self.nifti:
                 out = folder / "seg.nii.gz"
-                tmp = folder / f".seg{TEMP_MARK}-{os.getpid()}.nii.gz"
                 affine = np.asarray(getattr(label, "affine", np.eye(4)), dtype=np.float64)
-                try:
+                with atomic_path(out, suffix=".nii.gz", mark=TEMP_MARK) as tmp:
                     nib.save(nib.Nifti1Image(array.astype(np.uint8), affine), str(tmp))
-                    os.replace(tmp, out)
-                finally:
-                    if tmp.exists():
-                        tmp.unlink()
                 outputs.append(str(out))
         d["outputs"] = outputs
         return d

@@ -23,6 +23,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
+from bundle.atomic import atomic_path
+
 __all__ = ["SAM2Teacher", "TeacherCache", "build_teacher", "TeacherTargetsd", "SelectTeacherd", "file_sha256"]
 
 PathLike = Union[str, os.PathLike]
@@ -200,15 +202,9 @@ class TeacherCache:
 
     def put(self, case: str, label: int, settings: Dict[str, Any], probs: np.ndarray, iou: np.ndarray) -> Path:
         path = self.path(case, label, settings)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
-        try:
+        with atomic_path(path, suffix=".npz") as tmp:
             # float16 halves the size; teacher probabilities need no more precision
             np.savez_compressed(tmp, probs=probs.astype(np.float16), iou=iou.astype(np.float32))
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         return path
 
     def get_or_compute(self, teacher: SAM2Teacher, case: str, label: int, image: np.ndarray,

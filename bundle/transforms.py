@@ -18,6 +18,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
 
+from bundle.atomic import atomic_path
 from bundle.text import PromptEmbeddingTable, normalize_prompt
 
 __all__ = ["class_names_from_metadata", "RandPromptd", "EmbedPromptd", "SaveLabelMapd", "source_name", "output_path_for"]
@@ -194,13 +195,7 @@ class SaveLabelMapd(MapTransform):
             if array.ndim == len(affine) and array.shape[0] == 1:  # drop the channel axis
                 array = array[0]
             out = output_path_for(source, self.output_dir, self.postfix)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(f".{out.name[: -len('.nii.gz')]}.tmp.nii.gz")
-            try:
+            with atomic_path(out, suffix=".nii.gz") as tmp:
                 nib.save(nib.Nifti1Image(np.rint(array).astype(self.dtype), affine), str(tmp))
-                os.replace(tmp, out)
-            finally:
-                if tmp.exists():
-                    tmp.unlink()
             d[f"{key}_path"] = str(out)
         return d
