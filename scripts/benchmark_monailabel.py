@@ -65,6 +65,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import nibabel as nib
+    import numpy as np
     import requests
 
     from bundle.monailabel_app.launch import start_server, stop_server
@@ -80,7 +81,7 @@ def main() -> None:
 
         for i in range(args.count):
             image, _ = make_phantom(i, shape=(36, 50, 36))
-            nib.save(nib.Nifti1Image(image, __import__("numpy").eye(4)), str(studies / f"phantom_{i}.nii.gz"))
+            nib.save(nib.Nifti1Image(image, np.eye(4)), str(studies / f"phantom_{i}.nii.gz"))
     images = sorted(p.name[: -len(".nii.gz")] for p in studies.glob("*.nii.gz"))
     proc, url = start_server(str(studies), work / "models", work / "server.log", "--conf", "skip_trainers", "true")
     memory = PeakMemory(proc.pid)

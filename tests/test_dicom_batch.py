@@ -100,6 +100,7 @@ def clean_series(tmp_path):
 
 def test_seg_reads_back_with_segments_codes_references_and_pixels(tmp_path, clean_series):
     import highdicom as hd
+    import pydicom
 
     array, _, files = clean_series
     segments = np.zeros(array.shape[::-1], np.uint8)  # [frames, rows, columns]
@@ -110,8 +111,9 @@ def test_seg_reads_back_with_segments_codes_references_and_pixels(tmp_path, clea
     assert seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "5366008"  # SCT Hippocampus
     algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
     assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("SegOne", "9.9.9+test")
-    assert seg.FrameOfReferenceUID == __import__("pydicom").dcmread(str(files[0])).FrameOfReferenceUID
-    uids = [str(__import__("pydicom").dcmread(str(f)).SOPInstanceUID) for f in files]
+    sources = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in files]
+    assert seg.FrameOfReferenceUID == sources[0].FrameOfReferenceUID
+    uids = [str(s.SOPInstanceUID) for s in sources]
     pixels = seg.get_pixels_by_source_instance(uids, segment_numbers=[1, 2], combine_segments=True)
     np.testing.assert_array_equal(pixels, segments)
     errors = dciodvfy_errors(path)

@@ -3,6 +3,7 @@ would (info, infer with and without prompts, concurrency, fine-tuning, shutdown,
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import shutil
@@ -58,7 +59,7 @@ def _infer(url: str, image: str, params: dict = None, output: str = "image"):
 
 
 def _label_image(response) -> nib.Nifti1Image:
-    return nib.Nifti1Image.from_bytes(__import__("gzip").decompress(response.content))
+    return nib.Nifti1Image.from_bytes(gzip.decompress(response.content))
 
 
 def test_info_lists_segone_with_its_labels(server):

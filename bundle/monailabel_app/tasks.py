@@ -20,7 +20,7 @@ from monai.inferers import Inferer
 from monai.transforms import AsDiscreted, MapLabelValued, SqueezeDimd, ToNumpyd
 
 from monailabel.interfaces.tasks.infer_v2 import InferType
-from monailabel.tasks.infer.basic_infer import BasicInferTask
+from monailabel.tasks.infer.basic_infer import BasicInferTask, CallBackTypes
 from monailabel.tasks.train.bundle import BundleConstants, BundleTrainTask
 from monailabel.transform.post import Restored
 
@@ -106,9 +106,19 @@ class SegOneInfer(BasicInferTask):
         # a request naming prompts the model cannot embed is the client's error: answer 422 with the known prompts
         # (MONAI Label turns any other exception into a bare "Internal Server Error")
         try:
-            self._selection({**self._config, **request})
+            selection = self._selection({**self._config, **request})
         except (UnknownPromptError, ValueError) as e:
             raise HTTPException(status_code=422, detail=str(e)) from e
+        # hand the selection to run_inferer and the post transforms through MONAI Label's pre-transform callback
+        callbacks = dict(callbacks or {})
+        user_callback = callbacks.get(CallBackTypes.PRE_TRANSFORMS)
+
+        def with_selection(data: Dict[str, Any]) -> Dict[str, Any]:
+            data = user_callback(data) if user_callback else data
+            data["prompt_selection"] = selection
+            return data
+
+        callbacks[CallBackTypes.PRE_TRANSFORMS] = with_selection
         return super().__call__(request, callbacks)
 
     def pre_transforms(self, data: Optional[Dict[str, Any]] = None) -> Sequence[Callable]:
@@ -118,8 +128,7 @@ class SegOneInfer(BasicInferTask):
         return self._inferer
 
     def run_inferer(self, data: Dict[str, Any], convert_to_batch: bool = True, device: str = "cpu") -> Dict[str, Any]:
-        selection = self._selection(data)
-        data["prompt_selection"] = selection
+        selection: PromptSelection = data["prompt_selection"]  # set once per request in __call__
         network = self._get_network(device, data)
         image = data[self.input_key]
         image = (image if torch.is_tensor(image) else torch.as_tensor(image))[None].to(torch.device(device))
