@@ -250,20 +250,10 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _progress_bar(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="series", file=sys.stderr, desc="DICOM series")
+    return tqdm(total=total, unit="series", file=sys.stderr, desc="DICOM series", disable=not enabled)
 
 
 class BatchFailures(RuntimeError):
