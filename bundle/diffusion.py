@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
 __all__ = ["MaskDiffusion", "PromptedSegmenter", "seeded_normal", "soft_dice_loss"]
@@ -60,6 +61,42 @@ def soft_dice_loss(prob: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -
     return (1.0 - (2.0 * inter + eps) / (denom + eps)).mean()
 
 
+CONSISTENCY_LOSSES = ("l1", "dice", "bce")
+
+
+def consistency_loss(prob: torch.Tensor, teacher: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                     kind: str = "l1", eps: float = 1.0) -> torch.Tensor:
+    """Disagreement between the student's mask probabilities and a teacher's, counted only where ``weight > 0``.
+
+    Args:
+        prob: the student's clean-mask probabilities ``[B, 1, *S]``.
+        teacher: the teacher's probabilities ``[B, 1, *S]`` (soft targets).
+        weight: ``[B, 1, *S]`` trust weights (0: no teacher opinion); all ones when ``None``.
+        kind: ``"l1"`` (weighted mean absolute difference, as in the proposal), ``"dice"`` (1 - soft Dice of the
+            weighted masks, per sample with a teacher opinion, averaged) or ``"bce"`` (weighted mean binary
+            cross-entropy against the teacher's probabilities).
+        eps: Dice smoothing.
+
+    Returns:
+        A scalar; 0 when no voxel has weight.
+    """
+    if kind not in CONSISTENCY_LOSSES:
+        raise ValueError(f"consistency loss must be one of {CONSISTENCY_LOSSES}, got {kind!r}")
+    teacher = teacher.to(prob)
+    w = torch.ones_like(prob) if weight is None else weight.to(prob)
+    if kind == "l1":
+        return (w * (prob - teacher).abs()).sum() / w.sum().clamp_min(1.0)
+    if kind == "bce":
+        bce = F.binary_cross_entropy(prob.clamp(1e-6, 1 - 1e-6), teacher.clamp(0.0, 1.0), reduction="none")
+        return (w * bce).sum() / w.sum().clamp_min(1.0)
+    dims = tuple(range(1, prob.dim()))
+    inter = (w * prob * teacher).sum(dims)
+    denom = (w * prob).sum(dims) + (w * teacher).sum(dims)
+    has_opinion = (w.sum(dims) > 0).to(prob)
+    dice = 1.0 - (2.0 * inter + eps) / (denom + eps)
+    return (dice * has_opinion).sum() / has_opinion.sum().clamp_min(1.0)
+
+
 class MaskDiffusion(nn.Module):
     """Diffusion over binary masks around a conditioned denoiser.
 
@@ -94,11 +131,15 @@ class MaskDiffusion(nn.Module):
         embed_dim: int = 0,
         timestep_bias: float = 1.0,
         consistency_weight: float = 0.0,
+        consistency_loss: str = "l1",
     ) -> None:
         super().__init__()
         if consistency_weight < 0:
             raise ValueError(f"consistency_weight must be >= 0, got {consistency_weight}")
+        if consistency_loss not in CONSISTENCY_LOSSES:
+            raise ValueError(f"consistency_loss must be one of {CONSISTENCY_LOSSES}, got {consistency_loss!r}")
         self.consistency_weight = float(consistency_weight)
+        self.consistency_loss = consistency_loss
         if timestep_bias < 1.0:
             raise ValueError(f"timestep_bias must be >= 1 (1 = uniform), got {timestep_bias}")
         self.timestep_bias = timestep_bias
@@ -137,6 +178,7 @@ class MaskDiffusion(nn.Module):
         generator: Optional[torch.Generator] = None,
         teacher: Optional[torch.Tensor] = None,
         teacher_weight: Optional[torch.Tensor] = None,
+        supervised: Optional[torch.Tensor] = None,
     ) -> Dict[str, torch.Tensor]:
         """One training objective evaluation.
 
@@ -148,11 +190,15 @@ class MaskDiffusion(nn.Module):
             generator: random generator for timesteps and noise.
             teacher: teacher mask probabilities ``[B, 1, *S]`` (e.g. SAM2's, :mod:`bundle.teacher`), or ``None``.
             teacher_weight: ``[B, 1, *S]`` weights of the teacher term (0 where the teacher is not trusted).
+            supervised: ``[B]``, 1 for samples whose ``target`` is a label and 0 for unlabelled ones (their
+                ``target`` is a pseudo-label that only makes the noisy input): the ``l1`` and ``dice`` terms count
+                the supervised samples only. All supervised when ``None``.
 
         Returns:
             ``{"loss", "l1", "dice", "consistency", "pred_mask"}``: the weighted total, its terms, and the implied
-            clean-mask probability ``[B, 1, *S]`` (detached). ``consistency`` is the weighted mean L1 between the
-            student's clean-mask probability and the teacher's; it enters the loss times ``consistency_weight``.
+            clean-mask probability ``[B, 1, *S]`` (detached). ``consistency`` is :func:`consistency_loss` (of kind
+            ``consistency_loss``) between the student's clean-mask probability and the teacher's; it enters the
+            loss times ``consistency_weight``.
         """
         if target.shape[1] != 1 or target.shape[2:] != image.shape[2:] or target.shape[0] != image.shape[0]:
             raise ValueError(f"target must be [B, 1, *S] matching image {tuple(image.shape)}, got {tuple(target.shape)}")
@@ -166,15 +212,21 @@ class MaskDiffusion(nn.Module):
         noisy = self.train_scheduler.add_noise(original_samples=x0, noise=noise, timesteps=timesteps)
         output = self.denoiser(torch.cat([noisy, image], dim=1), timesteps, context)
         goal = x0 if self.prediction_type == "sample" else noise
-        l1 = (output - goal).abs().mean()
         clean = self._clean_from_output(output, noisy, timesteps).clamp(-1.0, 1.0)
         prob = (clean + 1.0) / 2.0
-        dice = soft_dice_loss(prob, target.float())
+        labelled = None if supervised is None else supervised.reshape(-1).to(image.device) > 0
+        if labelled is None or bool(labelled.all()):
+            l1 = (output - goal).abs().mean()
+            dice = soft_dice_loss(prob, target.float())
+        elif bool(labelled.any()):
+            l1 = (output - goal)[labelled].abs().mean()
+            dice = soft_dice_loss(prob[labelled], target[labelled].float())
+        else:  # a batch of unlabelled cases: the teacher term alone
+            l1 = dice = output.sum() * 0.0
         loss = self.l1_weight * l1 + self.dice_weight * dice
         consistency = torch.zeros((), device=image.device)
         if teacher is not None and self.consistency_weight > 0:
-            w = torch.ones_like(prob) if teacher_weight is None else teacher_weight.to(prob)
-            consistency = (w * (prob - teacher.to(prob)).abs()).sum() / w.sum().clamp_min(1.0)
+            consistency = consistency_loss(prob, teacher, teacher_weight, self.consistency_loss)
             loss = loss + self.consistency_weight * consistency
         return {"loss": loss, "l1": l1.detach(), "dice": dice.detach(), "consistency": consistency.detach(),
                 "pred_mask": prob.detach()}

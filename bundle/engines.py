@@ -36,11 +36,14 @@ class DiffusionTrainer(SupervisedTrainer):
         image_key, target_key, context_key: batch keys of the image ``[B, C, *S]``, the binary target ``[B, 1, *S]``
             and the prompt embedding ``[B, E]`` (as written by :class:`~bundle.transforms.RandPromptd` and
             :class:`~bundle.transforms.EmbedPromptd`).
+        teacher_key, teacher_weight_key, supervised_key: optional batch keys of the SAM2 teacher's probabilities
+            and trust weights ``[B, 1, *S]`` and of the labelled flags ``[B]`` (:class:`~bundle.teacher.TeacherTargetsd`),
+            handed to the network's loss when present.
         All other arguments are :class:`~monai.engines.SupervisedTrainer`'s (``loss_function`` is not used: the
         network computes its loss).
 
     The iteration output holds ``image``, ``label`` (the binary target), ``pred`` (the implied clean-mask
-    probability), ``loss`` and its terms ``l1`` and ``dice``.
+    probability), ``loss`` and its terms ``l1``, ``dice`` and ``consistency``.
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class DiffusionTrainer(SupervisedTrainer):
         context_key: str = "prompt_embedding",
         teacher_key: str = "teacher",
         teacher_weight_key: str = "teacher_weight",
+        supervised_key: str = "supervised",
         loss_function: Optional[Callable] = None,
         **kwargs: Any,
     ) -> None:
@@ -60,6 +64,7 @@ class DiffusionTrainer(SupervisedTrainer):
             raise NotImplementedError("DiffusionTrainer supports neither accumulation_steps > 1 nor compile=True")
         self.image_key, self.target_key, self.context_key = image_key, target_key, context_key
         self.teacher_key, self.teacher_weight_key = teacher_key, teacher_weight_key
+        self.supervised_key = supervised_key
 
     def _iteration(self, engine: "DiffusionTrainer", batchdata: Dict[str, Any]) -> Dict[str, Any]:  # type: ignore[override]
         if batchdata is None:
@@ -76,6 +81,8 @@ class DiffusionTrainer(SupervisedTrainer):
             extra["teacher"] = torch.as_tensor(batchdata[self.teacher_key]).to(device, non_blocking=nb).float()
             if self.teacher_weight_key in batchdata:
                 extra["teacher_weight"] = torch.as_tensor(batchdata[self.teacher_weight_key]).to(device).float()
+        if self.supervised_key in batchdata:  # 0 for unlabelled cases, which train through the teacher term only
+            extra["supervised"] = torch.as_tensor(batchdata[self.supervised_key]).to(device).float()
         engine.state.output = {Keys.IMAGE: image, Keys.LABEL: target}
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)

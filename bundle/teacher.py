@@ -1,12 +1,17 @@
-"""A frozen SAM2 teacher: slice-by-slice box-prompted masks of a structure, cached on disk (towards issue #4).
+"""A frozen SAM2 teacher: slice-by-slice prompted masks of a structure, cached on disk (issue #4).
 
 :class:`SAM2Teacher` builds a SAM2 image model from one of the ``sam2`` package's configs and a checkpoint file
 (sam2.1 tiny/small/base+/large, or a fine-tune such as MedSAM2 in the same format) at a chosen image size, frozen
 and in eval mode. Nothing is ever downloaded: the checkpoint is a path (SAM2's weights come from
 https://github.com/facebookresearch/sam2, "Download Checkpoints"). :meth:`SAM2Teacher.volume` prompts SAM2 on
-every slice of a volume along an axis with the bounding box of a mask on that slice and returns the teacher's mask
-probabilities and SAM2's predicted IoU per slice. :class:`TeacherCache` stores those volumes keyed by case, class,
-checkpoint hash and teacher settings, so they are computed once.
+every slice of a 3D volume along an axis (or on a 2D image) with the bounding box of a mask (per slice, or the
+mask's 3D box) and/or points sampled from it, and returns the teacher's mask probabilities and SAM2's predicted
+IoU per slice. :class:`TeacherCache` stores those volumes keyed by case, class, checkpoint hash and teacher
+settings, so they are computed once.
+
+The mask that prompts SAM2 comes from the ground truth (``prompt_source="label"``) or from a trained SegOne
+student's own prediction (``prompt_source="student"``, :class:`StudentMasks`), which lets the teacher regularise
+cases that have no label (:func:`unlabelled_datalist`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, Hashable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -24,8 +29,26 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
 from bundle.atomic import atomic_path
+from bundle.transforms import source_name
 
-__all__ = ["SAM2Teacher", "TeacherCache", "build_teacher", "TeacherTargetsd", "SelectTeacherd", "file_sha256"]
+__all__ = [
+    "SAM2Teacher",
+    "TeacherCache",
+    "StudentMasks",
+    "build_teacher",
+    "build_student",
+    "unlabelled_datalist",
+    "TeacherTargetsd",
+    "SelectTeacherd",
+    "file_sha256",
+    "PROMPTS",
+    "BOX_MODES",
+    "PROMPT_SOURCES",
+]
+
+PROMPTS = ("box", "points", "box+points")
+BOX_MODES = ("slice", "volume")
+PROMPT_SOURCES = ("label", "student")
 
 PathLike = Union[str, os.PathLike]
 
@@ -62,8 +85,15 @@ class SAM2Teacher:
             never a download.
         config: the ``sam2`` package config, e.g. ``"configs/sam2.1/sam2.1_hiera_t.yaml"``.
         image_size: SAM2's input size (256, 512 or 1024); slices are resized to it by SAM2's transforms.
-        axis: the slice axis of ``[X, Y, Z]`` volumes (2: axial for RAS-oriented volumes).
-        box_margin: voxels added around each slice's bounding box.
+        axis: the slice axis of ``[X, Y, Z]`` volumes (2: axial for RAS-oriented volumes); 2D images are one slice.
+        box_margin: voxels added around each bounding box.
+        prompt: ``"box"`` (the mask's bounding box), ``"points"`` (``num_points`` positive points sampled from the
+            mask) or ``"box+points"`` (both in one prompt).
+        num_points: points per slice for the point prompts (fewer when the slice's mask has fewer pixels).
+        box_mode: ``"slice"``: each slice's own box, only slices where the mask is present are prompted;
+            ``"volume"``: the mask's 3D bounding box, the same in-plane box on every slice of its extent along
+            ``axis`` (steadier when the mask is a noisy prediction with holes or stray slices).
+        seed: seeds the point sampling (with the slice index), so a mask always gives the same prompts.
         device: where SAM2 runs.
     """
 
@@ -74,6 +104,10 @@ class SAM2Teacher:
         image_size: int = 512,
         axis: int = 2,
         box_margin: int = 2,
+        prompt: str = "box",
+        num_points: int = 3,
+        box_mode: str = "slice",
+        seed: int = 0,
         device: Union[str, torch.device] = "cpu",
     ) -> None:
         from sam2.build_sam import build_sam2
@@ -88,6 +122,12 @@ class SAM2Teacher:
             raise ValueError(f"SAM2 image_size must be a multiple of 16, got {image_size}")
         if axis not in (0, 1, 2):
             raise ValueError(f"axis must be 0, 1 or 2, got {axis}")
+        if prompt not in PROMPTS:
+            raise ValueError(f"prompt must be one of {PROMPTS}, got {prompt!r}")
+        if box_mode not in BOX_MODES:
+            raise ValueError(f"box_mode must be one of {BOX_MODES}, got {box_mode!r}")
+        if "points" in prompt and num_points < 1:
+            raise ValueError(f"point prompts need num_points >= 1, got {num_points}")
         try:
             model = build_sam2(config, str(self.checkpoint), device=str(device),
                                hydra_overrides_extra=[f"++model.image_size={int(image_size)}"])
@@ -101,6 +141,7 @@ class SAM2Teacher:
         self.image_size = int(image_size)
         self.axis = axis
         self.box_margin = box_margin
+        self.prompt, self.num_points, self.box_mode, self.seed = prompt, int(num_points), box_mode, int(seed)
         self._checkpoint_hash: Optional[str] = None
 
     @property
@@ -113,7 +154,9 @@ class SAM2Teacher:
     def settings(self) -> Dict[str, Any]:
         """Everything that changes the teacher's output (the cache key's teacher part)."""
         return {"checkpoint_sha256": self.checkpoint_hash, "config": self.config, "image_size": self.image_size,
-                "axis": self.axis, "box_margin": self.box_margin, "prompt": "box"}
+                "axis": self.axis, "box_margin": self.box_margin, "prompt": self.prompt, "box_mode": self.box_mode,
+                "num_points": self.num_points if "points" in self.prompt else 0,
+                "seed": self.seed if "points" in self.prompt else 0}
 
     @staticmethod
     def _to_rgb(slice_2d: np.ndarray) -> np.ndarray:
@@ -122,40 +165,68 @@ class SAM2Teacher:
         scaled = np.clip((slice_2d - lo) / max(hi - lo, 1e-6), 0, 1) * 255
         return np.repeat(scaled.astype(np.uint8)[..., None], 3, axis=-1)
 
+    def _box(self, rows: np.ndarray, cols: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
+        """SAM2's ``[x0, y0, x1, y1]`` box (x: columns) around pixels, widened by ``box_margin``, inside the image."""
+        m = self.box_margin
+        return np.array([max(cols.min() - m, 0), max(rows.min() - m, 0),
+                         min(cols.max() + m, shape[1] - 1), min(rows.max() + m, shape[0] - 1)], np.float32)
+
+    def _points(self, rows: np.ndarray, cols: np.ndarray, index: int) -> Tuple[np.ndarray, np.ndarray]:
+        """``num_points`` positive points drawn without replacement from the slice's mask pixels, as ``(x, y)``."""
+        rng = np.random.default_rng([self.seed, index])
+        pick = rng.choice(rows.size, size=min(self.num_points, rows.size), replace=False)
+        return np.stack([cols[pick], rows[pick]], axis=1).astype(np.float32), np.ones(pick.size, np.int32)
+
     @torch.inference_mode()
     def volume(self, image: np.ndarray, mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Teacher mask probabilities for ``mask``'s structure, slice by slice.
 
         Args:
-            image: ``[X, Y, Z]`` intensities.
-            mask: ``[X, Y, Z]`` boolean mask of the structure (ground truth, or the student's own prediction); each
-                slice where it is present is prompted with its bounding box.
+            image: ``[X, Y, Z]`` intensities, or a 2D ``[X, Y]`` image (one slice).
+            mask: boolean mask of the structure, the shape of ``image`` (ground truth, or the student's own
+                prediction); it places the prompts (see ``prompt`` and ``box_mode``).
 
         Returns:
-            ``(probabilities [X, Y, Z] float32 in [0, 1], predicted IoU per slice [n_slices] float32)``; slices
-            without the structure get probability 0 and IoU NaN (no prompt, no teacher opinion).
+            ``(probabilities, predicted IoU per slice)``: probabilities in [0, 1] (float32, the shape of
+            ``image``); IoU ``[n_slices]`` float32 (``[1]`` for a 2D image). Slices without a prompt get
+            probability 0 and IoU NaN (no teacher opinion).
         """
         image, mask = np.asarray(image, np.float32), np.asarray(mask).astype(bool)
-        if image.ndim != 3 or image.shape != mask.shape:
-            raise ValueError(f"image and mask must be the same [X, Y, Z] shape, got {image.shape} and {mask.shape}")
+        if image.ndim not in (2, 3) or image.shape != mask.shape:
+            raise ValueError(f"image and mask must be the same [X, Y, Z] or [X, Y] shape, got {image.shape} and {mask.shape}")
         if not np.isfinite(image).all():
             raise ValueError("image contains NaN or Inf")
-        img = np.moveaxis(image, self.axis, 0)
-        msk = np.moveaxis(mask, self.axis, 0)
+        if image.ndim == 2:  # a 2D image is one slice, whatever the axis
+            probs, ious = self._slices(image[None], mask[None])
+            return probs[0], ious
+        probs, ious = self._slices(np.moveaxis(image, self.axis, 0), np.moveaxis(mask, self.axis, 0))
+        return np.moveaxis(probs, 0, self.axis), ious
+
+    def _slices(self, img: np.ndarray, msk: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """:meth:`volume` on ``[n_slices, A, B]`` arrays (slice axis first)."""
         probs = np.zeros(img.shape, np.float32)
         ious = np.full(img.shape[0], np.nan, np.float32)
-        for k in range(img.shape[0]):
-            if not msk[k].any():
-                continue
+        prompted = msk.any(axis=(1, 2))
+        volume_box = None
+        if self.box_mode == "volume" and prompted.any():
+            ks = np.nonzero(prompted)[0]
+            prompted[ks.min() : ks.max() + 1] = True  # every slice of the 3D box's extent, gaps included
+            rows, cols = np.nonzero(msk.any(axis=0))
+            volume_box = self._box(rows, cols, msk.shape[1:])
+        for k in np.nonzero(prompted)[0]:
             rows, cols = np.nonzero(msk[k])  # slice axes (a, b) -> SAM2 image rows a, columns b
-            m = self.box_margin
-            box = np.array([max(cols.min() - m, 0), max(rows.min() - m, 0),
-                            min(cols.max() + m, msk.shape[2] - 1), min(rows.max() + m, msk.shape[1] - 1)], np.float32)
+            kwargs: Dict[str, Any] = {}
+            if "box" in self.prompt:
+                kwargs["box"] = volume_box if volume_box is not None else self._box(rows, cols, msk.shape[1:])
+            if "points" in self.prompt and rows.size:
+                kwargs["point_coords"], kwargs["point_labels"] = self._points(rows, cols, int(k))
+            if not kwargs:  # point prompts on a gap slice of a 3D box: nothing to place
+                continue
             self.predictor.set_image(self._to_rgb(img[k]))
-            logits, iou, _ = self.predictor.predict(box=box, multimask_output=False, return_logits=True)
+            logits, iou, _ = self.predictor.predict(multimask_output=False, return_logits=True, **kwargs)
             probs[k] = 1.0 / (1.0 + np.exp(-logits[0].astype(np.float32)))
             ious[k] = float(iou[0])
-        return np.moveaxis(probs, 0, self.axis), ious
+        return probs, ious
 
 
 class TeacherCache:
@@ -229,27 +300,125 @@ def build_teacher(settings: Mapping[str, Any]) -> Optional[SAM2Teacher]:
         return None
     teacher = SAM2Teacher(checkpoint, settings.get("config", "configs/sam2.1/sam2.1_hiera_t.yaml"),
                           image_size=int(settings.get("image_size", 512)), axis=int(settings.get("axis", 2)),
-                          box_margin=int(settings.get("box_margin", 2)))
-    logger.info("SAM2 teacher: %s (%s, image size %d), consistency weight %s, IoU threshold %s", checkpoint,
-                teacher.config, teacher.image_size, settings.get("weight"), settings.get("iou_threshold"))
+                          box_margin=int(settings.get("box_margin", 2)), prompt=settings.get("prompt", "box"),
+                          num_points=int(settings.get("num_points", 3)), box_mode=settings.get("box_mode", "slice"),
+                          seed=int(settings.get("seed", 0)))
+    logger.info("SAM2 teacher: %s (%s, image size %d, %s prompts from the %s, %s boxes), %s consistency weight %s, "
+                "IoU threshold %s", checkpoint, teacher.config, teacher.image_size, teacher.prompt,
+                settings.get("prompt_source", "label"), teacher.box_mode, settings.get("loss", "l1"),
+                settings.get("weight"), settings.get("iou_threshold"))
     return teacher
 
 
-class TeacherTargetsd(MapTransform):
-    """Adds the teacher's mask probabilities and per-voxel trust weights for every class of a labelled case.
+class StudentMasks:
+    """A trained SegOne's own label map of a case: what places the teacher's prompts in ``"student"`` mode.
 
-    For each class value ``v`` it takes the teacher volume of ``label == v`` (from the cache, or SAM2 now) and
-    writes ``teacher_key`` ``[K, *S]`` (probabilities) and ``weight_key`` ``[K, *S]`` (1 on slices where SAM2's
-    predicted IoU reaches ``iou_threshold``, else 0), in the image's geometry, so later spatial transforms move
-    them with the image. With ``teacher=None`` it does nothing (the consistency term is off).
+    The student is a fixed checkpoint (a previous training run, or the released ``models/model.pt``), not the
+    weights being trained: teacher volumes are computed once and cached, which is what makes the teacher cheap on a
+    CPU. Re-prompting SAM2 from the live network would cost SAM2's per-slice time at every iteration.
 
     Args:
-        keys: the image key (``[1, X, Y, Z]``).
+        segmenter: a :class:`~bundle.diffusion.PromptedSegmenter` with the student's weights and class prompts.
+        roi_size: the sliding-window size.
+        overlap: the sliding-window overlap.
+        checkpoint: the file the weights came from (for messages).
+    """
+
+    def __init__(self, segmenter: torch.nn.Module, roi_size: Sequence[int], overlap: float = 0.25,
+                 checkpoint: Optional[PathLike] = None) -> None:
+        self.segmenter = segmenter.eval()
+        self.roi_size = tuple(int(r) for r in roi_size)
+        self.overlap = overlap
+        self.checkpoint = checkpoint
+
+    @torch.no_grad()
+    def __call__(self, image: torch.Tensor) -> np.ndarray:
+        """The student's label map ``[*S]`` (int64: 0 background, ``k`` the ``k``-th class prompt) of ``[C, *S]``."""
+        from monai.inferers import sliding_window_inference
+
+        x = torch.as_tensor(image).float()[None]
+        if len(self.roi_size) != x.dim() - 2:
+            raise ValueError(f"student roi_size {self.roi_size} does not fit an image of shape {tuple(image.shape)}")
+        probs = sliding_window_inference(x, self.roi_size, 1, self.segmenter, overlap=self.overlap, mode="gaussian")
+        return torch.as_tensor(probs)[0].argmax(0).cpu().numpy()
+
+
+def build_student(settings: Mapping[str, Any], diffusion: torch.nn.Module, roi_size: Sequence[int],
+                  num_inference_steps: int = 1) -> Optional[StudentMasks]:
+    """The student of ``prompt_source="student"``: ``diffusion``'s architecture with ``teacher#student_checkpoint``.
+
+    Returns ``None`` when the teacher is off or boxes come from the labels. The network being trained is copied,
+    never changed.
+
+    Raises:
+        ValueError: an unknown ``prompt_source``, or student prompts without a ``student_checkpoint``.
+        bundle.checkpoint.CheckpointError: naming the file, when it is missing, unreadable or does not fit.
+    """
+    import copy
+
+    from bundle.checkpoint import load_weights
+    from bundle.diffusion import PromptedSegmenter
+
+    source = settings.get("prompt_source", "label")
+    if source not in PROMPT_SOURCES:
+        raise ValueError(f"teacher#prompt_source must be one of {PROMPT_SOURCES}, got {source!r}")
+    if not settings.get("checkpoint") or source == "label":
+        return None
+    path = settings.get("student_checkpoint")
+    if not path:
+        raise ValueError("teacher#prompt_source 'student' needs teacher#student_checkpoint: a SegOne model file "
+                         "(e.g. models/model.pt or a previous run's model.pt) whose predictions place SAM2's prompts")
+    student = load_weights(copy.deepcopy(diffusion).cpu(), path)
+    logger.info("SAM2 teacher prompts come from the student %s", path)
+    return StudentMasks(PromptedSegmenter.sharing(student, num_inference_steps=num_inference_steps), roi_size,
+                        checkpoint=path)
+
+
+def unlabelled_datalist(settings: Mapping[str, Any]) -> List[Dict[str, str]]:
+    """``[{"image": path}, ...]`` of ``teacher#unlabelled_dir`` (an MSD folder's ``imagesTs``, or NIfTI files).
+
+    Empty when ``unlabelled_dir`` is not set. Unlabelled cases train only through the teacher, so they need it on
+    and its prompts from the student.
+
+    Raises:
+        ValueError: ``unlabelled_dir`` is set but the teacher is off or its prompts come from labels.
+    """
+    from bundle.data import find_images
+
+    folder = settings.get("unlabelled_dir")
+    if not folder:
+        return []
+    if not settings.get("checkpoint"):
+        raise ValueError(f"teacher#unlabelled_dir {folder}: unlabelled cases train only through the SAM2 teacher; "
+                         "set teacher#checkpoint")
+    if settings.get("prompt_source", "label") != "student":
+        raise ValueError(f"teacher#unlabelled_dir {folder}: unlabelled cases have no label to place SAM2's prompts; "
+                         "set teacher#prompt_source to 'student'")
+    return find_images(folder)
+
+
+class TeacherTargetsd(MapTransform):
+    """Adds the teacher's mask probabilities and per-voxel trust weights for every class of a case.
+
+    For each class value ``v`` it takes the teacher volume of the mask ``== v`` (from the cache, or SAM2 now) and
+    writes ``teacher_key`` ``[K, *S]`` (probabilities) and ``weight_key`` ``[K, *S]`` (1 on slices where SAM2's
+    predicted IoU reaches ``iou_threshold``, else 0), in the image's geometry, so later spatial transforms move
+    them with the image. The mask is the label map (``prompt_source="label"``) or the student's prediction
+    (``"student"``). A case without a label (``"student"`` only) gets a pseudo-label map from the trusted teacher
+    masks (probability >= 0.5, the most probable class where they overlap) for the diffusion's noisy input, and
+    ``supervised_key`` 0 so the loss keeps only the teacher term; labelled cases get 1. With ``teacher=None`` it
+    does nothing (the consistency term is off).
+
+    Args:
+        keys: the image key (``[1, X, Y, Z]``, or ``[1, X, Y]`` in 2D).
         teacher: a :class:`SAM2Teacher`, or ``None``.
         cache_dir: the :class:`TeacherCache` folder.
-        class_values: the label values, in ``channel_def`` order.
-        label_key: the multi-label map ``[1, X, Y, Z]``.
+        class_values: the label values, in ``channel_def`` order (the student's ``k``-th prompt is the ``k``-th).
+        label_key: the multi-label map ``[1, *S]``.
         iou_threshold: slices whose predicted IoU is below it get weight 0.
+        prompt_source: ``"label"`` or ``"student"``.
+        student: the :class:`StudentMasks` of ``"student"`` mode.
+        supervised_key: where 1 (labelled) or 0 (unlabelled) goes.
     """
 
     def __init__(
@@ -262,13 +431,21 @@ class TeacherTargetsd(MapTransform):
         teacher_key: str = "teacher",
         weight_key: str = "teacher_weight",
         iou_threshold: float = 0.5,
+        prompt_source: str = "label",
+        student: Optional[StudentMasks] = None,
+        supervised_key: str = "supervised",
     ) -> None:
         super().__init__(keys)
+        if prompt_source not in PROMPT_SOURCES:
+            raise ValueError(f"prompt_source must be one of {PROMPT_SOURCES}, got {prompt_source!r}")
+        if teacher is not None and prompt_source == "student" and student is None:
+            raise ValueError("prompt_source 'student' needs a student (bundle.teacher.build_student)")
         self.teacher = teacher
         self.cache = TeacherCache(cache_dir)
         self.class_values = [int(v) for v in class_values]
         self.label_key, self.teacher_key, self.weight_key = label_key, teacher_key, weight_key
         self.iou_threshold = float(iou_threshold)
+        self.prompt_source, self.student, self.supervised_key = prompt_source, student, supervised_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
         d = dict(data)
@@ -276,21 +453,41 @@ class TeacherTargetsd(MapTransform):
             return d
         for key in self.key_iterator(d):
             image = d[key]
-            if image.shape[0] != 1 or image.dim() != 4:
-                raise ValueError(f"TeacherTargetsd needs a single-channel 3D image [1, X, Y, Z], got {tuple(image.shape)}")
+            name = source_name(d, key)
+            if image.shape[0] != 1 or image.dim() not in (3, 4):
+                raise ValueError(f"{name}: the teacher needs a single-channel 2D or 3D image [1, *S], "
+                                 f"got {tuple(image.shape)}")
+            labelled = self.label_key in d
+            if not labelled and self.prompt_source == "label":
+                raise ValueError(f"{name}: no label to place SAM2's prompts; unlabelled cases need "
+                                 "teacher#prompt_source 'student'")
             case = Path(str(getattr(image, "meta", {}).get("filename_or_obj", ""))).name or "unnamed"
             img = torch.as_tensor(image)[0].detach().cpu().numpy()
-            lab = torch.as_tensor(d[self.label_key])[0].detach().cpu().numpy()
+            if self.prompt_source == "student":
+                assert self.student is not None
+                masks = self.student(image)
+                masks = {v: masks == k + 1 for k, v in enumerate(self.class_values)}
+            else:
+                lab = torch.as_tensor(d[self.label_key])[0].detach().cpu().numpy()
+                masks = {v: lab == v for v in self.class_values}
             probs, weights = [], []
             for value in self.class_values:
-                p, iou = self.cache.get_or_compute(self.teacher, case, value, img, lab == value)
-                trusted = np.nan_to_num(iou, nan=0.0) >= self.iou_threshold
-                shape = [1, 1, 1]
-                shape[self.teacher.axis] = -1
+                p, iou = self.cache.get_or_compute(self.teacher, case, value, img, masks[value])
+                # unprompted slices (IoU NaN) carry no teacher opinion, whatever the threshold
+                trusted = np.isfinite(iou) & (np.nan_to_num(iou, nan=0.0) >= self.iou_threshold)
+                shape = [1] * p.ndim
+                if p.ndim == 3:
+                    shape[self.teacher.axis] = -1
                 probs.append(p)
                 weights.append(np.broadcast_to(trusted.reshape(shape), p.shape).astype(np.float32))
-            d[self.teacher_key] = _like(image, np.stack(probs))
-            d[self.weight_key] = _like(image, np.stack(weights))
+            teacher, weight = np.stack(probs), np.stack(weights)
+            d[self.teacher_key] = _like(image, teacher)
+            d[self.weight_key] = _like(image, weight)
+            if not labelled:
+                trusted = np.where(weight > 0, teacher, 0.0)
+                pseudo = np.where(trusted.max(0) >= 0.5, np.asarray(self.class_values)[trusted.argmax(0)], 0)
+                d[self.label_key] = _like(image, pseudo[None], torch.uint8)
+            d[self.supervised_key] = torch.tensor(1.0 if labelled else 0.0)
         return d
 
 
@@ -314,11 +511,11 @@ class SelectTeacherd(MapTransform):
         return d
 
 
-def _like(reference: Any, array: np.ndarray) -> Any:
+def _like(reference: Any, array: np.ndarray, dtype: torch.dtype = torch.float32) -> Any:
     """``array`` as a tensor with ``reference``'s metadata (affine, applied operations) when it is a MetaTensor."""
     from monai.data import MetaTensor
 
-    tensor = torch.as_tensor(array, dtype=torch.float32)
+    tensor = torch.as_tensor(array, dtype=dtype)
     if isinstance(reference, MetaTensor):
         return MetaTensor(tensor, affine=reference.affine.clone(), meta=dict(reference.meta),
                           applied_operations=list(reference.applied_operations))

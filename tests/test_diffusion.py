@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bundle.diffusion import MaskDiffusion, PromptedSegmenter, seeded_normal, soft_dice_loss
+from bundle.diffusion import MaskDiffusion, PromptedSegmenter, consistency_loss, seeded_normal, soft_dice_loss
 from bundle.networks import SegOne
 from bundle.networks.receptive_field import activate_zero_init
 
@@ -24,6 +24,71 @@ def test_soft_dice_loss():
     assert soft_dice_loss(1 - t, t) > 0.9
     empty = torch.zeros(1, 1, 4, 4)
     assert soft_dice_loss(empty, empty) == pytest.approx(0.0)  # absent prompt answered with an empty mask
+
+
+def test_consistency_loss_kinds_and_trust_weights():
+    prob, teacher = torch.full((2, 1, 4, 4), 0.25), torch.full((2, 1, 4, 4), 0.75)
+    assert consistency_loss(prob, teacher, kind="l1") == pytest.approx(0.5)
+    half = torch.full((1, 1, 4, 4), 0.5)
+    assert consistency_loss(half, torch.ones_like(half), kind="bce") == pytest.approx(float(torch.log(torch.tensor(2.0))))
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., :2, :] = 1
+    assert consistency_loss(mask, mask, kind="dice") == pytest.approx(0.0)
+    assert consistency_loss(mask, 1 - mask, kind="dice") > 0.9
+    # the teacher disagrees only where it is not trusted: no loss, whatever the kind
+    weight = torch.ones(1, 1, 4, 4)
+    weight[..., 2:, :] = 0
+    student = mask.clone()
+    disagreeing = mask.clone()
+    disagreeing[..., 2:, :] = 1
+    for kind in ("l1", "dice"):
+        assert consistency_loss(student, disagreeing, weight, kind) == pytest.approx(0.0, abs=1e-6)
+        assert consistency_loss(student, disagreeing, None, kind) > 0.1
+    for kind in ("l1", "dice", "bce"):
+        assert consistency_loss(student, 1 - student, torch.zeros_like(weight), kind) == 0.0  # no opinion anywhere
+    with pytest.raises(ValueError, match="consistency loss must be one of"):
+        consistency_loss(prob, teacher, kind="mse")
+    with pytest.raises(ValueError, match="consistency_loss must be one of"):
+        MaskDiffusion(_denoiser(), consistency_loss="mse")
+
+
+@pytest.mark.parametrize("kind", ["l1", "dice", "bce"])
+def test_consistency_term_enters_the_loss_with_its_weight(kind):
+    torch.manual_seed(0)
+    model = MaskDiffusion(_denoiser(), consistency_weight=0.5, consistency_loss=kind)
+    image, target = torch.rand(2, 1, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
+    context, teacher = torch.randn(2, 4), torch.rand(2, 1, 16, 16)
+    out = model.loss(image, target, context, generator=torch.Generator().manual_seed(1), teacher=teacher)
+    expected = consistency_loss(out["pred_mask"], teacher, None, kind)
+    torch.testing.assert_close(out["consistency"], expected)
+    torch.testing.assert_close(out["loss"].detach(), out["l1"] + out["dice"] + 0.5 * expected)
+
+
+def test_unlabelled_samples_train_through_the_teacher_only():
+    """A sample marked unsupervised adds nothing to the L1 and Dice terms, whatever its (pseudo-)target."""
+    torch.manual_seed(0)
+    model = MaskDiffusion(_denoiser(), consistency_weight=1.0)
+    image, target = torch.rand(2, 1, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
+    context, teacher = torch.randn(2, 4), torch.rand(2, 1, 16, 16)
+    other = target.clone()
+    other[1] = 1 - other[1]
+    t = torch.tensor([300, 600])
+    kwargs = {"timesteps": t, "teacher": teacher}
+    mixed = torch.tensor([1.0, 0.0])
+    a = model.loss(image, target, context, generator=torch.Generator().manual_seed(1), supervised=mixed, **kwargs)
+    b = model.loss(image, other, context, generator=torch.Generator().manual_seed(1), supervised=mixed, **kwargs)
+    torch.testing.assert_close(a["l1"], b["l1"])  # the unlabelled sample's target is not a label
+    torch.testing.assert_close(a["dice"], b["dice"])
+    full = model.loss(image, other, context, generator=torch.Generator().manual_seed(1), **kwargs)
+    assert not torch.isclose(full["dice"], b["dice"])  # ... while supervised, it would be
+    # a batch of unlabelled cases: only the teacher term, and it still reaches the denoiser's weights
+    none = model.loss(image, target, context, generator=torch.Generator().manual_seed(1),
+                      supervised=torch.zeros(2), **kwargs)
+    assert none["l1"] == 0 and none["dice"] == 0 and none["consistency"] > 0
+    torch.testing.assert_close(none["loss"].detach(), none["consistency"])
+    model.zero_grad()
+    none["loss"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.denoiser.parameters())
 
 
 @pytest.mark.parametrize("prediction_type", ["sample", "epsilon"])

@@ -177,3 +177,189 @@ def test_cache_filling_script_fills_once(tmp_path, checkpoint, capsys):
     assert script.main(args) == 0
     assert f"0 computed, {2 * cases} already cached" in capsys.readouterr().out
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 2 * cases
+
+
+def test_point_prompts_are_seeded_and_keyed(checkpoint, case):
+    image, mask = case
+    box = SAM2Teacher(checkpoint, CONFIG, image_size=256, prompt="box")
+    points = SAM2Teacher(checkpoint, CONFIG, image_size=256, prompt="points", num_points=2, seed=3)
+    both = SAM2Teacher(checkpoint, CONFIG, image_size=256, prompt="box+points", num_points=2, seed=3)
+    present = mask.any(axis=(0, 1))
+    outputs = {}
+    for name, t in (("box", box), ("points", points), ("box+points", both)):
+        probs, iou = t.volume(image, mask)
+        assert probs.shape == image.shape and 0 <= probs.min() and probs.max() <= 1
+        assert np.isfinite(iou[present]).all() and np.isnan(iou[~present]).all()  # the same slices are prompted
+        outputs[name] = probs
+    assert not np.allclose(outputs["box"], outputs["points"])  # SAM2 saw other prompts
+    assert not np.allclose(outputs["points"], outputs["box+points"])
+    np.testing.assert_array_equal(points.volume(image, mask)[0], outputs["points"])  # the same seed, the same points
+    other_seed = SAM2Teacher(checkpoint, CONFIG, image_size=256, prompt="points", num_points=2, seed=4)
+    keys = {TeacherCache.key("c", 1, t.settings) for t in (box, points, both, other_seed)}
+    assert len(keys) == 4  # each prompt setting has its own cache entries
+    # settings that do not change a box prompt's output do not split its cache
+    assert box.settings == SAM2Teacher(checkpoint, CONFIG, image_size=256, prompt="box", seed=9).settings
+    with pytest.raises(ValueError, match="prompt must be one of"):
+        SAM2Teacher(checkpoint, CONFIG, image_size=256, prompt="scribble")
+    with pytest.raises(ValueError, match="num_points"):
+        SAM2Teacher(checkpoint, CONFIG, image_size=256, prompt="points", num_points=0)
+
+
+def test_volume_box_prompts_every_slice_of_the_3d_extent(checkpoint, case):
+    """A noisy (e.g. predicted) mask with a missing slice: per-slice boxes skip it, the 3D box covers it."""
+    image, mask = case
+    holed = mask.copy()
+    ks = np.nonzero(mask.any(axis=(0, 1)))[0]
+    gap = int(ks[len(ks) // 2])
+    holed[:, :, gap] = False
+    per_slice = SAM2Teacher(checkpoint, CONFIG, image_size=256, box_mode="slice")
+    per_volume = SAM2Teacher(checkpoint, CONFIG, image_size=256, box_mode="volume")
+    _, iou_slice = per_slice.volume(image, holed)
+    probs, iou_volume = per_volume.volume(image, holed)
+    assert np.isnan(iou_slice[gap]) and np.isfinite(iou_volume[gap])
+    assert np.isfinite(iou_volume[ks.min() : ks.max() + 1]).all()
+    assert np.isnan(np.delete(iou_volume, np.arange(ks.min(), ks.max() + 1))).all()  # nothing outside the extent
+    assert per_slice.settings != per_volume.settings
+    with pytest.raises(ValueError, match="box_mode"):
+        SAM2Teacher(checkpoint, CONFIG, image_size=256, box_mode="cube")
+
+
+def test_a_2d_image_is_one_slice(teacher, case):
+    image, mask = case
+    k = int(np.nonzero(mask.any(axis=(0, 1)))[0][0])
+    probs, iou = teacher.volume(image[:, :, k], mask[:, :, k])
+    assert probs.shape == image.shape[:2] and iou.shape == (1,) and np.isfinite(iou).all()
+    np.testing.assert_allclose(probs, teacher.volume(image, mask)[0][:, :, k], atol=1e-5)  # as the slice of a volume
+    empty, none = teacher.volume(image[:, :, k], np.zeros_like(mask[:, :, k]))
+    assert (empty == 0).all() and np.isnan(none).all()
+
+
+def _meta_image(array: np.ndarray, name: str):
+    from monai.data import MetaTensor
+
+    return MetaTensor(torch.as_tensor(array, dtype=torch.float32)[None], meta={"filename_or_obj": name})
+
+
+def test_teacher_targets_in_2d(tmp_path, teacher, case):
+    from bundle.teacher import TeacherTargetsd
+
+    image, mask = case
+    k = int(np.nonzero(mask.any(axis=(0, 1)))[0][0])
+    label = torch.as_tensor(mask[:, :, k].astype(np.uint8))[None]
+    targets = TeacherTargetsd("image", teacher, tmp_path / "cache", class_values=[1, 2], iou_threshold=0.0)
+    out = targets({"image": _meta_image(image[:, :, k], "slice.nii.gz"), "label": label})
+    assert out["teacher"].shape == (2, *image.shape[:2]) and out["teacher_weight"].shape == out["teacher"].shape
+    assert (out["teacher_weight"][0] == 1).all() and (out["teacher_weight"][1] == 0).all()  # class 2 absent here
+    assert float(out["supervised"]) == 1.0
+
+
+@pytest.fixture(scope="module")
+def shipped_student():
+    """The released SegOne (models/model.pt) as the student: a real trained network placing SAM2's prompts."""
+    from monai.bundle import ConfigParser
+
+    from bundle.checkpoint import load_weights
+    from bundle.teacher import StudentMasks
+    from tests.test_bundle_workflows import CONFIGS, META, ROOT
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.read_meta(META)
+    parser["bundle_root"] = str(ROOT)
+    segmenter = load_weights(parser.get_parsed_content("network_def"), ROOT / "models" / "model.pt")
+    return StudentMasks(segmenter, parser["roi_size"], checkpoint=ROOT / "models" / "model.pt")
+
+
+def test_student_prompts_regularise_an_unlabelled_case(tmp_path, teacher, shipped_student):
+    from bundle.demo import make_phantom
+    from bundle.teacher import TeacherTargetsd
+
+    image, _ = make_phantom(3)
+    image = (image - image[image != 0].mean()) / image[image != 0].std()
+    student = shipped_student(torch.as_tensor(image)[None])
+    assert student.shape == image.shape and set(np.unique(student)) <= {0, 1, 2}
+    assert (student == 1).any() and (student == 2).any()  # the student found both structures: prompts to place
+    targets = TeacherTargetsd("image", teacher, tmp_path / "cache", class_values=[1, 2], iou_threshold=0.0,
+                              prompt_source="student", student=shipped_student)
+    out = targets({"image": _meta_image(image, "unlabelled_3.nii.gz")})  # no label
+    assert float(out["supervised"]) == 0.0
+    for c, value in enumerate((1, 2)):
+        expected, iou = teacher.volume(image, student == value)  # SAM2 prompted from the student's own mask
+        np.testing.assert_allclose(out["teacher"][c].numpy(), expected, atol=1e-3)
+        trusted = np.isfinite(iou)
+        assert (out["teacher_weight"][c].numpy().any(axis=(0, 1)) == trusted).all()
+    # the pseudo-label that makes the diffusion's noisy input: the trusted teacher masks, most probable class
+    teacher_probs = out["teacher"].numpy() * out["teacher_weight"].numpy()
+    pseudo = out["label"][0].numpy()
+    assert out["label"].dtype == torch.uint8 and pseudo.shape == image.shape
+    np.testing.assert_array_equal(pseudo > 0, teacher_probs.max(0) >= 0.5)
+    assert targets.cache.misses == 2
+    targets({"image": _meta_image(image, "unlabelled_3.nii.gz")})
+    assert (targets.cache.hits, targets.cache.misses) == (2, 2)  # the student's masks are the same: cached
+
+
+def test_teacher_modes_refuse_what_they_cannot_do(tmp_path, teacher, checkpoint):
+    from bundle.teacher import TeacherTargetsd, build_student, unlabelled_datalist
+
+    with pytest.raises(ValueError, match="no label to place SAM2's prompts"):
+        TeacherTargetsd("image", teacher, tmp_path, [1, 2])({"image": _meta_image(np.zeros((8, 8, 4)), "u.nii.gz")})
+    with pytest.raises(ValueError, match="needs a student"):
+        TeacherTargetsd("image", teacher, tmp_path, [1, 2], prompt_source="student")
+    with pytest.raises(ValueError, match="prompt_source must be one of"):
+        TeacherTargetsd("image", teacher, tmp_path, [1, 2], prompt_source="atlas")
+    with pytest.raises(ValueError, match="student_checkpoint"):
+        build_student({"checkpoint": str(checkpoint), "prompt_source": "student"}, torch.nn.Linear(1, 1), [8, 8, 8])
+    assert build_student({"checkpoint": None, "prompt_source": "student"}, torch.nn.Linear(1, 1), [8, 8, 8]) is None
+    with pytest.raises(ValueError, match="set teacher#checkpoint"):
+        unlabelled_datalist({"unlabelled_dir": str(tmp_path)})
+    with pytest.raises(ValueError, match="prompt_source to 'student'"):
+        unlabelled_datalist({"unlabelled_dir": str(tmp_path), "checkpoint": str(checkpoint)})
+    assert unlabelled_datalist({"checkpoint": str(checkpoint)}) == []
+
+
+def test_training_with_student_prompts_and_unlabelled_cases(tmp_path, checkpoint, tiny_clip_config):
+    """train.json with SAM2 prompted from a previous run's predictions, on labelled plus unlabelled cases."""
+    import nibabel as nib
+
+    from bundle.demo import make_phantom
+    from bundle.teacher import StudentMasks, TeacherTargetsd
+    from tests.test_bundle_workflows import SHAPE, _train_overrides, _workflow, _write_msd
+
+    data = _write_msd(tmp_path / "msd", num_cases=4)
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    for i in range(2):
+        nib.save(nib.Nifti1Image(make_phantom(200 + i, shape=SHAPE)[0], np.eye(4)), str(unlabelled / f"u_{i}.nii.gz"))
+    first = _workflow("train.json", "train", **_train_overrides(tiny_clip_config, data, tmp_path / "first"))
+    first.initialize()
+    first.run()
+    first.finalize()
+    student_file = tmp_path / "first" / "model.pt"
+
+    out = tmp_path / "run"
+    overrides = {"teacher#checkpoint": str(checkpoint), "teacher#image_size": 256, "teacher#weight": 0.5,
+                 "teacher#iou_threshold": 0.0, "teacher#prompt_source": "student", "teacher#box_mode": "volume",
+                 "teacher#student_checkpoint": str(student_file), "teacher#unlabelled_dir": str(unlabelled),
+                 "teacher#loss": "dice"}
+    wf = _workflow("train.json", "train", **_train_overrides(tiny_clip_config, data, out, **overrides))
+    wf.initialize()
+    assert wf.network_def.consistency_loss == "dice" and wf.network_def.consistency_weight == 0.5
+    datalist = wf.parser.get_parsed_content("train#datalist")
+    assert sum("label" not in item for item in datalist) == 2  # the unlabelled cases joined the training cases
+    dataset = wf.parser.get_parsed_content("train#dataset")
+    targets = next(t for t in dataset.transform.transforms if isinstance(t, TeacherTargetsd))
+    assert isinstance(targets.student, StudentMasks) and targets.student.checkpoint == str(student_file)
+    assert targets.cache.misses == 2 * len(datalist)  # every case and class, labelled or not, asked SAM2 once
+    flags = sorted(float(dataset[i]["supervised"]) for i in range(len(dataset)))
+    assert flags == [0.0, 0.0] + [1.0] * (len(datalist) - 2)
+    student_state = {k: v.clone() for k, v in targets.student.segmenter.state_dict().items()}
+    before = {k: v.clone() for k, v in wf.network_def.state_dict().items()}
+    wf.run()
+    after = wf.network_def.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the network being trained learned
+    saved = torch.load(student_file, weights_only=True)["model"]
+    # the student that places the prompts is the fixed checkpoint, not the network being trained
+    assert all(torch.equal(student_state[k], saved[k]) for k in saved)
+    assert all(torch.equal(v, targets.student.segmenter.state_dict()[k]) for k, v in student_state.items())
+    assert len(list((out / "teacher_cache").glob("*.npz"))) == 2 * len(datalist)
+    wf.finalize()
