@@ -1,16 +1,21 @@
 #!/usr/bin/env python
 """Fill the SAM2 teacher cache ahead of training, with a progress bar (training fills missing entries itself).
 
-Reads train.json (its training split, loading transforms and ``teacher`` section) and computes the teacher volume
-of every training case and class into ``teacher#cache_dir``; entries already there are kept.
+Reads train.json (its training split, plus ``teacher#unlabelled_dir``'s cases, its loading transforms and its
+``teacher`` section) and computes the teacher volume of every training case and class into ``teacher#cache_dir``;
+entries already there are kept. Use the same teacher settings as the training run, or its entries will not match.
 
     python scripts/fill_teacher_cache.py --dataset_dir /path/to/Task04_Hippocampus \\
         --checkpoint /path/to/sam2.1_hiera_tiny.pt [--image_size 512] [--cache_dir runs/train/teacher_cache]
+    # prompts from a trained SegOne's predictions, with the unlabelled cases of imagesTs
+    python scripts/fill_teacher_cache.py --dataset_dir DIR --checkpoint SAM2.pt --prompt_source student \\
+        --student_checkpoint models/model.pt --unlabelled_dir DIR/imagesTs --box_mode volume
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -27,6 +32,13 @@ def main(argv=None) -> int:
     ap.add_argument("--image_size", type=int, default=None)
     ap.add_argument("--cache_dir", default=None, help="default: train.json's teacher#cache_dir")
     ap.add_argument("--output_dir", default=None, help="train.json's output_dir (locates the default cache)")
+    ap.add_argument("--prompt", default=None, choices=["box", "points", "box+points"])
+    ap.add_argument("--box_mode", default=None, choices=["slice", "volume"])
+    ap.add_argument("--prompt_source", default=None, choices=["label", "student"])
+    ap.add_argument("--student_checkpoint", default=None, help="SegOne model.pt whose predictions place the prompts")
+    ap.add_argument("--unlabelled_dir", default=None, help="images without labels (needs --prompt_source student)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="any other train.json override, e.g. teacher#num_points=5 (VALUE parsed as JSON when it can be)")
     args = ap.parse_args(argv)
 
     from monai.bundle import ConfigParser
@@ -38,8 +50,20 @@ def main(argv=None) -> int:
     parser.read_meta(str(ROOT / "configs" / "metadata.json"))
     overrides = {"bundle_root": str(ROOT), "dataset_dir": args.dataset_dir, "teacher#checkpoint": args.checkpoint}
     for key, value in (("teacher#config", args.config), ("teacher#image_size", args.image_size),
-                       ("teacher#cache_dir", args.cache_dir), ("output_dir", args.output_dir)):
+                       ("teacher#cache_dir", args.cache_dir), ("output_dir", args.output_dir),
+                       ("teacher#prompt", args.prompt), ("teacher#box_mode", args.box_mode),
+                       ("teacher#prompt_source", args.prompt_source),
+                       ("teacher#student_checkpoint", args.student_checkpoint),
+                       ("teacher#unlabelled_dir", args.unlabelled_dir)):
         if value is not None:
+            overrides[key] = value
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
             overrides[key] = value
     parser.update(overrides)
     load = Compose(parser.get_parsed_content("load_transforms"))
@@ -50,8 +74,10 @@ def main(argv=None) -> int:
     # every case is loaded (the cache key includes a digest of its image and label); cached entries are only read
     for item in tqdm(datalist, unit="case", desc="SAM2 teacher"):
         targets(load(item))
-    print(f"{len(datalist)} training cases x {len(targets.class_values)} class(es): {cache.misses} computed, "
-          f"{cache.hits} already cached in {cache.directory} ({time.perf_counter() - start:.1f} s)")
+    unlabelled = sum("label" not in item for item in datalist)
+    print(f"{len(datalist)} training cases ({unlabelled} unlabelled) x {len(targets.class_values)} class(es): "
+          f"{cache.misses} computed, {cache.hits} already cached in {cache.directory} "
+          f"({time.perf_counter() - start:.1f} s)")
     return 0
 
 

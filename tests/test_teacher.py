@@ -10,6 +10,8 @@ import torch
 from bundle.teacher import SAM2Teacher, TeacherCache
 
 CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
+# SAM2 runs at any multiple of 16; 128 keeps the suite quick (real use: 256/512/1024)
+SIZE = 128
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def teacher(checkpoint):
-    return SAM2Teacher(checkpoint, CONFIG, image_size=256, axis=2)
+    return SAM2Teacher(checkpoint, CONFIG, image_size=SIZE, axis=2)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +78,7 @@ def test_cache_hit_skips_sam2_and_changed_settings_miss(tmp_path, teacher, check
     assert (cache.hits, cache.misses) == (1, 1)
     key = TeacherCache.case_key("case_7", image, mask)
     assert cache.get(key, 1, teacher.settings) is not None  # the entry the two calls shared
-    other = SAM2Teacher(checkpoint, CONFIG, image_size=256, axis=2, box_margin=4)
+    other = SAM2Teacher(checkpoint, CONFIG, image_size=SIZE, axis=2, box_margin=4)
     assert cache.get(key, 1, other.settings) is None  # another margin: another key
     assert cache.get(key, 2, teacher.settings) is None  # another class
     assert cache.get(TeacherCache.case_key("case_8", image, mask), 1, teacher.settings) is None  # another case
@@ -88,9 +90,9 @@ def test_cache_hit_skips_sam2_and_changed_settings_miss(tmp_path, teacher, check
 
 def test_missing_or_mismatched_checkpoint_is_a_clear_error(tmp_path, checkpoint):
     with pytest.raises(FileNotFoundError, match="never downloads"):
-        SAM2Teacher(tmp_path / "absent.pt", CONFIG, image_size=256)
+        SAM2Teacher(tmp_path / "absent.pt", CONFIG, image_size=SIZE)
     with pytest.raises(RuntimeError, match="does not fit SAM2 config"):
-        SAM2Teacher(checkpoint, "configs/sam2.1/sam2.1_hiera_s.yaml", image_size=256)
+        SAM2Teacher(checkpoint, "configs/sam2.1/sam2.1_hiera_s.yaml", image_size=SIZE)
     with pytest.raises(ValueError, match="multiple of 16"):
         SAM2Teacher(checkpoint, CONFIG, image_size=250)
 
@@ -107,7 +109,7 @@ def test_training_with_the_teacher_fills_the_cache_and_leaves_sam2_unchanged(tmp
     from tests.test_bundle_workflows import _train_overrides, _workflow, _write_msd
 
     data = _write_msd(tmp_path / "msd", num_cases=4)
-    teacher_overrides = {"teacher#checkpoint": str(checkpoint), "teacher#image_size": 256, "teacher#weight": 0.5,
+    teacher_overrides = {"teacher#checkpoint": str(checkpoint), "teacher#image_size": SIZE, "teacher#weight": 0.5,
                          "teacher#iou_threshold": 0.0}
     out = tmp_path / "run"
     wf = _workflow("train.json", "train", **_train_overrides(tiny_clip_config, data, out, **teacher_overrides))
@@ -155,18 +157,23 @@ def test_training_without_a_teacher_checkpoint_has_no_consistency_term(tmp_path,
     assert "SAM2 teacher: off" in caplog.text
 
 
-def test_cache_filling_script_fills_once(tmp_path, checkpoint, capsys):
+def _fill_script():
     import importlib.util
     from pathlib import Path
-
-    from tests.test_bundle_workflows import _write_msd
 
     spec = importlib.util.spec_from_file_location(
         "fill_teacher_cache", Path(__file__).resolve().parents[1] / "scripts" / "fill_teacher_cache.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def test_cache_filling_script_fills_once(tmp_path, checkpoint, capsys):
+    from tests.test_bundle_workflows import _write_msd
+
+    script = _fill_script()
     data = _write_msd(tmp_path / "msd", num_cases=5)
-    args = ["--dataset_dir", str(data), "--checkpoint", str(checkpoint), "--image_size", "256",
+    args = ["--dataset_dir", str(data), "--checkpoint", str(checkpoint), "--image_size", str(SIZE),
             "--cache_dir", str(tmp_path / "cache")]
     assert script.main(args) == 0
     first = capsys.readouterr().out
@@ -181,9 +188,9 @@ def test_cache_filling_script_fills_once(tmp_path, checkpoint, capsys):
 
 def test_point_prompts_are_seeded_and_keyed(checkpoint, case):
     image, mask = case
-    box = SAM2Teacher(checkpoint, CONFIG, image_size=256, prompt="box")
-    points = SAM2Teacher(checkpoint, CONFIG, image_size=256, prompt="points", num_points=2, seed=3)
-    both = SAM2Teacher(checkpoint, CONFIG, image_size=256, prompt="box+points", num_points=2, seed=3)
+    box = SAM2Teacher(checkpoint, CONFIG, image_size=SIZE, prompt="box")
+    points = SAM2Teacher(checkpoint, CONFIG, image_size=SIZE, prompt="points", num_points=2, seed=3)
+    both = SAM2Teacher(checkpoint, CONFIG, image_size=SIZE, prompt="box+points", num_points=2, seed=3)
     present = mask.any(axis=(0, 1))
     outputs = {}
     for name, t in (("box", box), ("points", points), ("box+points", both)):
@@ -194,15 +201,15 @@ def test_point_prompts_are_seeded_and_keyed(checkpoint, case):
     assert not np.allclose(outputs["box"], outputs["points"])  # SAM2 saw other prompts
     assert not np.allclose(outputs["points"], outputs["box+points"])
     np.testing.assert_array_equal(points.volume(image, mask)[0], outputs["points"])  # the same seed, the same points
-    other_seed = SAM2Teacher(checkpoint, CONFIG, image_size=256, prompt="points", num_points=2, seed=4)
+    other_seed = SAM2Teacher(checkpoint, CONFIG, image_size=SIZE, prompt="points", num_points=2, seed=4)
     keys = {TeacherCache.key("c", 1, t.settings) for t in (box, points, both, other_seed)}
     assert len(keys) == 4  # each prompt setting has its own cache entries
     # settings that do not change a box prompt's output do not split its cache
-    assert box.settings == SAM2Teacher(checkpoint, CONFIG, image_size=256, prompt="box", seed=9).settings
+    assert box.settings == SAM2Teacher(checkpoint, CONFIG, image_size=SIZE, prompt="box", seed=9).settings
     with pytest.raises(ValueError, match="prompt must be one of"):
-        SAM2Teacher(checkpoint, CONFIG, image_size=256, prompt="scribble")
+        SAM2Teacher(checkpoint, CONFIG, image_size=SIZE, prompt="scribble")
     with pytest.raises(ValueError, match="num_points"):
-        SAM2Teacher(checkpoint, CONFIG, image_size=256, prompt="points", num_points=0)
+        SAM2Teacher(checkpoint, CONFIG, image_size=SIZE, prompt="points", num_points=0)
 
 
 def test_volume_box_prompts_every_slice_of_the_3d_extent(checkpoint, case):
@@ -212,8 +219,8 @@ def test_volume_box_prompts_every_slice_of_the_3d_extent(checkpoint, case):
     ks = np.nonzero(mask.any(axis=(0, 1)))[0]
     gap = int(ks[len(ks) // 2])
     holed[:, :, gap] = False
-    per_slice = SAM2Teacher(checkpoint, CONFIG, image_size=256, box_mode="slice")
-    per_volume = SAM2Teacher(checkpoint, CONFIG, image_size=256, box_mode="volume")
+    per_slice = SAM2Teacher(checkpoint, CONFIG, image_size=SIZE, box_mode="slice")
+    per_volume = SAM2Teacher(checkpoint, CONFIG, image_size=SIZE, box_mode="volume")
     _, iou_slice = per_slice.volume(image, holed)
     probs, iou_volume = per_volume.volume(image, holed)
     assert np.isnan(iou_slice[gap]) and np.isfinite(iou_volume[gap])
@@ -221,7 +228,7 @@ def test_volume_box_prompts_every_slice_of_the_3d_extent(checkpoint, case):
     assert np.isnan(np.delete(iou_volume, np.arange(ks.min(), ks.max() + 1))).all()  # nothing outside the extent
     assert per_slice.settings != per_volume.settings
     with pytest.raises(ValueError, match="box_mode"):
-        SAM2Teacher(checkpoint, CONFIG, image_size=256, box_mode="cube")
+        SAM2Teacher(checkpoint, CONFIG, image_size=SIZE, box_mode="cube")
 
 
 def test_a_2d_image_is_one_slice(teacher, case):
@@ -337,7 +344,7 @@ def test_training_with_student_prompts_and_unlabelled_cases(tmp_path, checkpoint
     student_file = tmp_path / "first" / "model.pt"
 
     out = tmp_path / "run"
-    overrides = {"teacher#checkpoint": str(checkpoint), "teacher#image_size": 256, "teacher#weight": 0.5,
+    overrides = {"teacher#checkpoint": str(checkpoint), "teacher#image_size": SIZE, "teacher#weight": 0.5,
                  "teacher#iou_threshold": 0.0, "teacher#prompt_source": "student", "teacher#box_mode": "volume",
                  "teacher#student_checkpoint": str(student_file), "teacher#unlabelled_dir": str(unlabelled),
                  "teacher#loss": "dice"}
@@ -363,3 +370,66 @@ def test_training_with_student_prompts_and_unlabelled_cases(tmp_path, checkpoint
     assert all(torch.equal(v, targets.student.segmenter.state_dict()[k]) for k, v in student_state.items())
     assert len(list((out / "teacher_cache").glob("*.npz"))) == 2 * len(datalist)
     wf.finalize()
+
+
+def test_training_in_2d_with_the_teacher(tmp_path, checkpoint, tiny_clip_config):
+    """spatial_dims 2: a 2D SegOne trained by train.json on 2D images, SAM2 prompted once per image."""
+    import json
+
+    import nibabel as nib
+
+    from bundle.demo import DEMO_LABELS, make_phantom
+    from tests.test_bundle_workflows import _train_overrides, _workflow
+
+    root = tmp_path / "msd2d"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    training = []
+    for i in range(5):
+        image, label = make_phantom(100 + i, shape=(32, 40, 32))
+        nib.save(nib.Nifti1Image(image[:, :, 16], np.eye(4)), str(root / "imagesTr" / f"c{i}.nii.gz"))
+        nib.save(nib.Nifti1Image(label[:, :, 16], np.eye(4)), str(root / "labelsTr" / f"c{i}.nii.gz"))
+        training.append({"image": f"./imagesTr/c{i}.nii.gz", "label": f"./labelsTr/c{i}.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps({"labels": DEMO_LABELS, "training": training}))
+    out = tmp_path / "run"
+    overrides = _train_overrides(tiny_clip_config, root, out, spatial_dims=2, roi_size=[16, 16],
+                                 **{"teacher#checkpoint": str(checkpoint), "teacher#image_size": SIZE,
+                                    "teacher#iou_threshold": 0.0, "teacher#prompt": "box+points"})
+    wf = _workflow("train.json", "train", **overrides)
+    wf.initialize()
+    dataset = wf.parser.get_parsed_content("train#dataset")
+    item = dataset[0]
+    assert item["image"].shape == (1, 16, 16) and item["teacher"].shape == (1, 16, 16)  # cropped with the image
+    before = {k: v.clone() for k, v in wf.network_def.state_dict().items()}
+    wf.run()
+    assert any(not torch.equal(before[k], v) for k, v in wf.network_def.state_dict().items())
+    assert (out / "model.pt").is_file()
+    train_cases = len(wf.parser.get_parsed_content("train#datalist"))
+    assert len(list((out / "teacher_cache").glob("*.npz"))) == 2 * train_cases
+    wf.finalize()
+
+
+def test_cache_filling_script_with_student_prompts_and_unlabelled_cases(tmp_path, checkpoint, capsys):
+    """The default train.json network with the released model as the student, as a user would run it."""
+    import nibabel as nib
+
+    from bundle.demo import make_phantom
+    from tests.test_bundle_workflows import ROOT, SHAPE, _write_msd
+
+    data = _write_msd(tmp_path / "msd", num_cases=3)
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    for i in range(2):
+        nib.save(nib.Nifti1Image(make_phantom(300 + i, shape=SHAPE)[0], np.eye(4)), str(unlabelled / f"u_{i}.nii.gz"))
+    args = ["--dataset_dir", str(data), "--checkpoint", str(checkpoint), "--image_size", str(SIZE),
+            "--cache_dir", str(tmp_path / "cache"), "--prompt_source", "student", "--box_mode", "volume",
+            "--student_checkpoint", str(ROOT / "models" / "model.pt"), "--unlabelled_dir", str(unlabelled),
+            "--set", "teacher#prompt=box+points", "--set", "teacher#num_points=2"]
+    assert _fill_script().main(args) == 0
+    printed = capsys.readouterr().out
+    cases = int(printed.split(" training cases")[0])
+    assert "(2 unlabelled)" in printed and f"{2 * cases} computed, 0 already cached" in printed
+    entries = list((tmp_path / "cache").glob("*.npz"))
+    assert len(entries) == 2 * cases
+    ious = [np.load(p)["iou"] for p in entries]
+    assert sum(np.isfinite(i).any() for i in ious) >= cases  # the student's masks placed prompts in most entries
