@@ -63,6 +63,23 @@ def file_sha256(path: PathLike) -> str:
     return digest.hexdigest()
 
 
+class _QuietSAM2Progress(logging.Filter):
+    """Drops SAM2's per-image progress lines, which it logs at INFO on the root logger (three per slice, so tens of
+    thousands while a data set's teacher volumes are computed); everything else passes."""
+
+    MESSAGES = ("For numpy array image, we assume (HxWxC) format", "Computing image embeddings for the provided image",
+                "Image embeddings computed.")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "root" and str(record.msg).startswith(self.MESSAGES))
+
+
+def _quiet_sam2_progress() -> None:
+    root = logging.getLogger()
+    if not any(isinstance(f, _QuietSAM2Progress) for f in root.filters):
+        root.addFilter(_QuietSAM2Progress())
+
+
 def _predictor_class():
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
@@ -137,6 +154,7 @@ class SAM2Teacher:
             p.requires_grad_(False)
         self.model = model.eval()
         self.predictor = _predictor_class()(self.model)
+        _quiet_sam2_progress()
         self.config = config
         self.image_size = int(image_size)
         self.axis = axis

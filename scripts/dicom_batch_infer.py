@@ -55,17 +55,15 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("highdicom").setLevel(logging.WARNING)  # it logs every module it copies, per series
 
+    from bundle.cli import parse_overrides
+
     if not Path(args.input).is_dir():
         ap.error(f"--input {args.input}: no such folder")
     overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            ap.error(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
+    try:
+        overrides.update(parse_overrides(args.set))
+    except ValueError as e:
+        ap.error(str(e))
     runner = build_runner({
         **overrides,
         "ckpt_path": str(Path(args.ckpt).resolve()),

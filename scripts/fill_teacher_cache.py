@@ -15,7 +15,6 @@ entries already there are kept. Use the same teacher settings as the training ru
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -45,6 +44,8 @@ def main(argv=None) -> int:
     from monai.transforms import Compose
     from tqdm import tqdm
 
+    from bundle.cli import parse_overrides
+
     parser = ConfigParser()
     parser.read_config(str(ROOT / "configs" / "train.json"))
     parser.read_meta(str(ROOT / "configs" / "metadata.json"))
@@ -57,14 +58,10 @@ def main(argv=None) -> int:
                        ("teacher#unlabelled_dir", args.unlabelled_dir)):
         if value is not None:
             overrides[key] = value
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            ap.error(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
+    try:
+        overrides.update(parse_overrides(args.set))
+    except ValueError as e:
+        ap.error(str(e))
     parser.update(overrides)
     load = Compose(parser.get_parsed_content("load_transforms"))
     targets = parser.get_parsed_content("train#random_transforms#0")  # TeacherTargetsd, first of the chain

@@ -40,9 +40,11 @@ def case():
     return image, mask
 
 
-def test_teacher_volume_shapes_ranges_and_unprompted_slices(teacher, case):
+def test_teacher_volume_shapes_ranges_and_unprompted_slices(teacher, case, caplog):
     image, mask = case
-    probs, iou = teacher.volume(image, mask)
+    with caplog.at_level("INFO"):
+        probs, iou = teacher.volume(image, mask)
+    assert "Image embeddings computed" not in caplog.text  # SAM2's per-slice progress lines are dropped
     assert probs.shape == image.shape and probs.dtype == np.float32
     assert iou.shape == (image.shape[2],)
     assert 0.0 <= probs.min() and probs.max() <= 1.0
@@ -317,6 +319,21 @@ def test_teacher_modes_refuse_what_they_cannot_do(tmp_path, teacher, checkpoint)
     with pytest.raises(ValueError, match="student_checkpoint"):
         build_student({"checkpoint": str(checkpoint), "prompt_source": "student"}, torch.nn.Linear(1, 1), [8, 8, 8])
     assert build_student({"checkpoint": None, "prompt_source": "student"}, torch.nn.Linear(1, 1), [8, 8, 8]) is None
+    from bundle.checkpoint import CheckpointError
+    from bundle.diffusion import MaskDiffusion
+    from bundle.networks import SegOne
+
+    def diffusion(features):
+        return MaskDiffusion(SegOne(3, 2, 1, features=features, with_timestep=True, text_dim=4), num_prompts=2,
+                             embed_dim=4)
+
+    other = tmp_path / "other_student.pt"
+    torch.save({"model": diffusion((8, 16, 32)).state_dict()}, other)
+    settings = {"checkpoint": str(checkpoint), "prompt_source": "student", "student_checkpoint": str(other)}
+    with pytest.raises(CheckpointError, match="other_student.pt"):  # a student of another architecture
+        build_student(settings, diffusion((4, 8, 16)), [16, 16, 16])
+    with pytest.raises(CheckpointError, match="absent.pt"):
+        build_student({**settings, "student_checkpoint": str(tmp_path / "absent.pt")}, diffusion((4, 8, 16)), [16] * 3)
     with pytest.raises(ValueError, match="set teacher#checkpoint"):
         unlabelled_datalist({"unlabelled_dir": str(tmp_path)})
     with pytest.raises(ValueError, match="prompt_source to 'student'"):
@@ -433,3 +450,39 @@ def test_cache_filling_script_with_student_prompts_and_unlabelled_cases(tmp_path
     assert len(entries) == 2 * cases
     ious = [np.load(p)["iou"] for p in entries]
     assert sum(np.isfinite(i).any() for i in ious) >= cases  # the student's masks placed prompts in most entries
+
+
+@pytest.mark.slow
+def test_ablation_script_runs_both_arms(tmp_path, checkpoint, tiny_clip_config, capsys):
+    """The with/without comparison end to end on tiny settings (plumbing only: a random SAM2 gives no result)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from tests.test_bundle_workflows import _infer_overrides, _train_overrides, _write_msd
+
+    spec = importlib.util.spec_from_file_location(
+        "ablate_teacher", Path(__file__).resolve().parents[1] / "scripts" / "ablate_teacher.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    data = _write_msd(tmp_path / "msd", num_cases=5)
+    # val_interval past max_epochs: no validation runs, and the table says so rather than failing
+    train = _train_overrides(tiny_clip_config, data, tmp_path, val_interval=5, **{"teacher#iou_threshold": 0.0})
+    evaluate = _infer_overrides(tmp_path, data, tmp_path, val_fraction=train["val_fraction"],
+                                test_fraction=train["test_fraction"])
+    skip = {"dataset_dir", "output_dir", "max_epochs", "ckpt_path"}
+    as_set = lambda d: [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in d.items() if k not in skip]  # noqa: E731
+    args = ["--dataset_dir", str(data), "--checkpoint", str(checkpoint), "--image_size", str(SIZE),
+            "--max_epochs", "1", "--output_dir", str(tmp_path / "ablate"), "--teacher_set", "teacher#loss=bce"]
+    for item in as_set(train):
+        args += ["--set", item]
+    for item in as_set(evaluate):
+        args += ["--eval_set", item]
+    assert script.main(args) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| with")]
+    assert [line.split(" |")[0] for line in table] == ["| without teacher", "| with SAM2 teacher"]
+    assert all(line.split(" | ")[1] == "no validation" for line in table)
+    without, with_teacher = tmp_path / "ablate" / "without_teacher", tmp_path / "ablate" / "with_SAM2_teacher"
+    for run in (without, with_teacher):
+        assert (run / "model.pt").is_file() and (run / "evaluation" / "metrics.json").is_file()
+    assert not (without / "teacher_cache").exists() and list((with_teacher / "teacher_cache").glob("*.npz"))
