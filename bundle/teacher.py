@@ -195,7 +195,6 @@ class SAM2Teacher:
         pick = rng.choice(rows.size, size=min(self.num_points, rows.size), replace=False)
         return np.stack([cols[pick], rows[pick]], axis=1).astype(np.float32), np.ones(pick.size, np.int32)
 
-    @torch.inference_mode()
     def volume(self, image: np.ndarray, mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Teacher mask probabilities for ``mask``'s structure, slice by slice.
 
@@ -209,21 +208,29 @@ class SAM2Teacher:
             ``image``); IoU ``[n_slices]`` float32 (``[1]`` for a 2D image). Slices without a prompt get
             probability 0 and IoU NaN (no teacher opinion).
         """
-        image, mask = np.asarray(image, np.float32), np.asarray(mask).astype(bool)
-        if image.ndim not in (2, 3) or image.shape != mask.shape:
-            raise ValueError(f"image and mask must be the same [X, Y, Z] or [X, Y] shape, got {image.shape} and {mask.shape}")
+        return self.volumes(image, {0: mask})[0]
+
+    @torch.inference_mode()
+    def volumes(self, image: np.ndarray, masks: Mapping[int, np.ndarray]) -> Dict[int, Tuple[np.ndarray, np.ndarray]]:
+        """:meth:`volume` for several structures of one image at once: ``{class: (probabilities, IoU)}``.
+
+        SAM2's image encoder, most of its cost, runs once per slice for all the structures prompted there.
+        """
+        image = np.asarray(image, np.float32)
+        masks = {c: np.asarray(m).astype(bool) for c, m in masks.items()}
+        if image.ndim not in (2, 3) or any(m.shape != image.shape for m in masks.values()):
+            shapes = ", ".join(str(m.shape) for m in masks.values())
+            raise ValueError(f"image and mask must be the same [X, Y, Z] or [X, Y] shape, got {image.shape} and {shapes}")
         if not np.isfinite(image).all():
             raise ValueError("image contains NaN or Inf")
         if image.ndim == 2:  # a 2D image is one slice, whatever the axis
-            probs, ious = self._slices(image[None], mask[None])
-            return probs[0], ious
-        probs, ious = self._slices(np.moveaxis(image, self.axis, 0), np.moveaxis(mask, self.axis, 0))
-        return np.moveaxis(probs, 0, self.axis), ious
+            out = self._slices(image[None], {c: m[None] for c, m in masks.items()})
+            return {c: (p[0], iou) for c, (p, iou) in out.items()}
+        out = self._slices(np.moveaxis(image, self.axis, 0), {c: np.moveaxis(m, self.axis, 0) for c, m in masks.items()})
+        return {c: (np.moveaxis(p, 0, self.axis), iou) for c, (p, iou) in out.items()}
 
-    def _slices(self, img: np.ndarray, msk: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """:meth:`volume` on ``[n_slices, A, B]`` arrays (slice axis first)."""
-        probs = np.zeros(img.shape, np.float32)
-        ious = np.full(img.shape[0], np.nan, np.float32)
+    def _prompts(self, msk: np.ndarray) -> Dict[int, Dict[str, Any]]:
+        """``{slice: SAM2 prompt kwargs}`` of one structure's ``[n_slices, A, B]`` mask (slice axis first)."""
         prompted = msk.any(axis=(1, 2))
         volume_box = None
         if self.box_mode == "volume" and prompted.any():
@@ -231,6 +238,7 @@ class SAM2Teacher:
             prompted[ks.min() : ks.max() + 1] = True  # every slice of the 3D box's extent, gaps included
             rows, cols = np.nonzero(msk.any(axis=0))
             volume_box = self._box(rows, cols, msk.shape[1:])
+        prompts: Dict[int, Dict[str, Any]] = {}
         for k in np.nonzero(prompted)[0]:
             rows, cols = np.nonzero(msk[k])  # slice axes (a, b) -> SAM2 image rows a, columns b
             kwargs: Dict[str, Any] = {}
@@ -238,13 +246,22 @@ class SAM2Teacher:
                 kwargs["box"] = volume_box if volume_box is not None else self._box(rows, cols, msk.shape[1:])
             if "points" in self.prompt and rows.size:
                 kwargs["point_coords"], kwargs["point_labels"] = self._points(rows, cols, int(k))
-            if not kwargs:  # point prompts on a gap slice of a 3D box: nothing to place
-                continue
+            if kwargs:  # point prompts on a gap slice of a 3D box: nothing to place
+                prompts[int(k)] = kwargs
+        return prompts
+
+    def _slices(self, img: np.ndarray, msks: Mapping[int, np.ndarray]) -> Dict[int, Tuple[np.ndarray, np.ndarray]]:
+        """:meth:`volumes` on ``[n_slices, A, B]`` arrays (slice axis first)."""
+        prompts = {c: self._prompts(m) for c, m in msks.items()}
+        out = {c: (np.zeros(img.shape, np.float32), np.full(img.shape[0], np.nan, np.float32)) for c in msks}
+        for k in sorted(set().union(*(p.keys() for p in prompts.values()))):
             self.predictor.set_image(self._to_rgb(img[k]))
-            logits, iou, _ = self.predictor.predict(multimask_output=False, return_logits=True, **kwargs)
-            probs[k] = 1.0 / (1.0 + np.exp(-logits[0].astype(np.float32)))
-            ious[k] = float(iou[0])
-        return probs, ious
+            for c, per_slice in prompts.items():
+                if k in per_slice:
+                    logits, iou, _ = self.predictor.predict(multimask_output=False, return_logits=True, **per_slice[k])
+                    out[c][0][k] = 1.0 / (1.0 + np.exp(-logits[0].astype(np.float32)))
+                    out[c][1][k] = float(iou[0])
+        return out
 
 
 class TeacherCache:
@@ -299,15 +316,26 @@ class TeacherCache:
     def get_or_compute(self, teacher: SAM2Teacher, case: str, label: int, image: np.ndarray,
                        mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """The cached teacher volume, or SAM2's, computed now and stored."""
-        settings, key = teacher.settings, self.case_key(case, image, mask)
-        cached = self.get(key, label, settings)
-        if cached is not None:
-            self.hits += 1
-            return cached
-        self.misses += 1
-        probs, iou = teacher.volume(image, mask)
-        self.put(key, label, settings, probs, iou)
-        return probs, iou
+        return self.get_or_compute_many(teacher, case, image, {label: mask})[label]
+
+    def get_or_compute_many(self, teacher: SAM2Teacher, case: str, image: np.ndarray,
+                            masks: Mapping[int, np.ndarray]) -> Dict[int, Tuple[np.ndarray, np.ndarray]]:
+        """:meth:`get_or_compute` for several classes of one case; the missing ones share SAM2's image encoding."""
+        settings = teacher.settings
+        keys = {label: self.case_key(case, image, mask) for label, mask in masks.items()}
+        out: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
+        for label, key in keys.items():
+            cached = self.get(key, label, settings)
+            if cached is not None:
+                out[label] = cached
+        self.hits += len(out)
+        missing = {label: mask for label, mask in masks.items() if label not in out}
+        self.misses += len(missing)
+        if missing:
+            for label, (probs, iou) in teacher.volumes(image, missing).items():
+                self.put(keys[label], label, settings, probs, iou)
+                out[label] = (probs, iou)
+        return {label: out[label] for label in masks}
 
 
 def build_teacher(settings: Mapping[str, Any]) -> Optional[SAM2Teacher]:
@@ -488,9 +516,10 @@ class TeacherTargetsd(MapTransform):
             else:
                 lab = torch.as_tensor(d[self.label_key])[0].detach().cpu().numpy()
                 masks = {v: lab == v for v in self.class_values}
+            volumes = self.cache.get_or_compute_many(self.teacher, case, img, masks)
             probs, weights = [], []
             for value in self.class_values:
-                p, iou = self.cache.get_or_compute(self.teacher, case, value, img, masks[value])
+                p, iou = volumes[value]
                 # unprompted slices (IoU NaN) carry no teacher opinion, whatever the threshold
                 trusted = np.isfinite(iou) & (np.nan_to_num(iou, nan=0.0) >= self.iou_threshold)
                 shape = [1] * p.ndim

@@ -5,7 +5,8 @@ Prints three markdown tables:
 
 1. SAM2 seconds per prompted slice by image size and prompt kind (box, points, box+points).
 2. Per case and class: prompted slices, SAM2 time with a cold cache, the cache entry's size and the time of a warm
-   read, with prompts from the label, from the student's per-slice boxes and from the student's 3D box.
+   read, with prompts from the label, from the student's per-slice boxes and from the student's 3D box; and both
+   classes together, as training computes them (one image encoding per slice).
 3. With ``--data`` (an MSD folder): on the held-out split, how the released SegOne's own masks (the student of
    ``prompt_source="student"``) compare with the ground truth as SAM2 prompts: the IoU of the per-slice boxes,
    and the label's slices the student misses or adds. This needs no SAM2 weights.
@@ -161,6 +162,14 @@ def main(argv=None) -> int:
             warm = (time.perf_counter() - start) * 1000
             what = f"{source}, {box_mode} box" + ("es" if box_mode == "slice" else "")
             print(f"| {what} | {value} | {np.isfinite(iou).sum()} | {cold:.1f} | {size_kib:.0f} | {warm:.1f} |")
+        # as training does it: both classes together, one image encoding per slice prompted for either
+        masks = {v: (label if source == "label" else predicted) == v for v in (1, 2)}
+        cache = TeacherCache(tmp / f"cache-{source}-{box_mode}-together")
+        start = time.perf_counter()
+        both = cache.get_or_compute_many(teacher, name, image, masks)
+        cold = time.perf_counter() - start
+        union = np.logical_or(*(np.isfinite(iou) for _, iou in both.values())).sum()
+        print(f"| {what} | 1 and 2 together | {union} (encoded) | {cold:.1f} | | |")
 
     if args.data:
         print(f"\n## The student's masks as prompts, {len(cases)} held-out cases ({args.student})\n")

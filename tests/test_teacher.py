@@ -64,13 +64,13 @@ def test_cache_hit_skips_sam2_and_changed_settings_miss(tmp_path, teacher, check
     image, mask = case
     cache = TeacherCache(tmp_path / "cache")
     calls = []
-    real_volume = teacher.volume
+    real_volumes = teacher.volumes
 
     def counted(*args):
         calls.append(1)
-        return real_volume(*args)
+        return real_volumes(*args)
 
-    monkeypatch.setattr(teacher, "volume", counted)
+    monkeypatch.setattr(teacher, "volumes", counted)
     first = cache.get_or_compute(teacher, "case_7", 1, image, mask)
     second = cache.get_or_compute(teacher, "case_7", 1, image, mask)
     assert len(calls) == 1  # the second call read the cache; SAM2 did not run again
@@ -88,6 +88,27 @@ def test_cache_hit_skips_sam2_and_changed_settings_miss(tmp_path, teacher, check
     edited[0, 0, 0] += 1.0  # the same case name with an edited image: SAM2 runs again
     cache.get_or_compute(teacher, "case_7", 1, edited, mask)
     assert len(calls) == 2 and cache.misses == 2
+
+
+def test_classes_of_a_case_share_sam2_image_encoding(tmp_path, teacher, monkeypatch):
+    from bundle.demo import make_phantom
+
+    image, label = make_phantom(5, shape=(24, 32, 12))
+    masks = {1: label == 1, 2: label == 2}
+    separately = {c: teacher.volume(image, m) for c, m in masks.items()}
+    encoded = []
+    real_set_image = teacher.predictor.set_image
+    monkeypatch.setattr(teacher.predictor, "set_image", lambda img: encoded.append(1) or real_set_image(img))
+    cache = TeacherCache(tmp_path / "cache")
+    together = cache.get_or_compute_many(teacher, "case_5", image, masks)
+    either = (label == 1).any(axis=(0, 1)) | (label == 2).any(axis=(0, 1))
+    assert len(encoded) == either.sum() < sum(m.any(axis=(0, 1)).sum() for m in masks.values())  # once per slice
+    for c in masks:
+        np.testing.assert_allclose(together[c][0], separately[c][0], atol=1e-5)
+        np.testing.assert_array_equal(together[c][1], separately[c][1])
+    assert (cache.hits, cache.misses) == (0, 2)
+    cache.get_or_compute(teacher, "case_5", 2, image, masks[2])
+    assert (cache.hits, cache.misses) == (1, 2) and len(encoded) == either.sum()  # read back: SAM2 not run
 
 
 def test_missing_or_mismatched_checkpoint_is_a_clear_error(tmp_path, checkpoint):
