@@ -420,14 +420,22 @@ def build_student(settings: Mapping[str, Any], diffusion: torch.nn.Module, roi_s
                         checkpoint=path)
 
 
-def unlabelled_datalist(settings: Mapping[str, Any]) -> List[Dict[str, str]]:
+def unlabelled_datalist(settings: Mapping[str, Any],
+                        labelled: Sequence[Mapping[str, str]] = ()) -> List[Dict[str, str]]:
     """``[{"image": path}, ...]`` of ``teacher#unlabelled_dir`` (an MSD folder's ``imagesTs``, or NIfTI files).
 
     Empty when ``unlabelled_dir`` is not set. Unlabelled cases train only through the teacher, so they need it on
     and its prompts from the student.
 
+    Args:
+        settings: train.json's ``teacher`` section.
+        labelled: the data set's labelled cases (every split): none of their images may come back as unlabelled,
+            or validation and test images would enter training (an MSD folder without ``imagesTs`` falls back to
+            ``imagesTr``).
+
     Raises:
-        ValueError: ``unlabelled_dir`` is set but the teacher is off or its prompts come from labels.
+        ValueError: ``unlabelled_dir`` is set but the teacher is off, its prompts come from labels, or the folder
+            holds images of the labelled data set.
     """
     from bundle.data import find_images
 
@@ -440,7 +448,13 @@ def unlabelled_datalist(settings: Mapping[str, Any]) -> List[Dict[str, str]]:
     if settings.get("prompt_source", "label") != "student":
         raise ValueError(f"teacher#unlabelled_dir {folder}: unlabelled cases have no label to place SAM2's prompts; "
                          "set teacher#prompt_source to 'student'")
-    return find_images(folder)
+    items = find_images(folder)
+    known = {os.path.realpath(item["image"]) for item in labelled}
+    overlap = [item["image"] for item in items if os.path.realpath(item["image"]) in known]
+    if overlap:
+        raise ValueError(f"teacher#unlabelled_dir {folder}: {len(overlap)} image(s) belong to the labelled data set "
+                         f"(e.g. {overlap[0]}); point it at images outside it, such as an MSD folder's imagesTs")
+    return items
 
 
 class TeacherTargetsd(MapTransform):

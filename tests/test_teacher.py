@@ -360,6 +360,14 @@ def test_teacher_modes_refuse_what_they_cannot_do(tmp_path, teacher, checkpoint)
     with pytest.raises(ValueError, match="prompt_source to 'student'"):
         unlabelled_datalist({"unlabelled_dir": str(tmp_path), "checkpoint": str(checkpoint)})
     assert unlabelled_datalist({"checkpoint": str(checkpoint)}) == []
+    from tests.test_bundle_workflows import _write_msd
+
+    data = _write_msd(tmp_path / "msd", num_cases=2)  # no imagesTs: find_images falls back to imagesTr
+    student_settings = {"checkpoint": str(checkpoint), "prompt_source": "student", "unlabelled_dir": str(data)}
+    labelled = [{"image": str(data / "imagesTr" / f"case_{i}.nii.gz")} for i in range(2)]
+    with pytest.raises(ValueError, match="2 image\\(s\\) belong to the labelled data set"):
+        unlabelled_datalist(student_settings, labelled)
+    assert len(unlabelled_datalist(student_settings, labelled[:0])) == 2
 
 
 def test_training_with_student_prompts_and_unlabelled_cases(tmp_path, checkpoint, tiny_clip_config):
