@@ -370,19 +370,26 @@ def test_teacher_modes_refuse_what_they_cannot_do(tmp_path, teacher, checkpoint)
     assert len(unlabelled_datalist(student_settings, labelled[:0])) == 2
 
 
-def test_training_with_student_prompts_and_unlabelled_cases(tmp_path, checkpoint, tiny_clip_config):
-    """train.json with SAM2 prompted from a previous run's predictions, on labelled plus unlabelled cases."""
+def _write_unlabelled(folder, seed: int, num_cases: int = 2):
+    """A folder of phantom images without labels (the unlabelled_dir of student mode)."""
     import nibabel as nib
 
     from bundle.demo import make_phantom
+    from tests.test_bundle_workflows import SHAPE
+
+    folder.mkdir()
+    for i in range(num_cases):
+        nib.save(nib.Nifti1Image(make_phantom(seed + i, shape=SHAPE)[0], np.eye(4)), str(folder / f"u_{i}.nii.gz"))
+    return folder
+
+
+def test_training_with_student_prompts_and_unlabelled_cases(tmp_path, checkpoint, tiny_clip_config):
+    """train.json with SAM2 prompted from a previous run's predictions, on labelled plus unlabelled cases."""
     from bundle.teacher import StudentMasks, TeacherTargetsd
-    from tests.test_bundle_workflows import SHAPE, _train_overrides, _workflow, _write_msd
+    from tests.test_bundle_workflows import _train_overrides, _workflow, _write_msd
 
     data = _write_msd(tmp_path / "msd", num_cases=4)
-    unlabelled = tmp_path / "unlabelled"
-    unlabelled.mkdir()
-    for i in range(2):
-        nib.save(nib.Nifti1Image(make_phantom(200 + i, shape=SHAPE)[0], np.eye(4)), str(unlabelled / f"u_{i}.nii.gz"))
+    unlabelled = _write_unlabelled(tmp_path / "unlabelled", seed=200)
     first = _workflow("train.json", "train", **_train_overrides(tiny_clip_config, data, tmp_path / "first"))
     first.initialize()
     first.run()
@@ -457,16 +464,10 @@ def test_training_in_2d_with_the_teacher(tmp_path, checkpoint, tiny_clip_config)
 
 def test_cache_filling_script_with_student_prompts_and_unlabelled_cases(tmp_path, checkpoint, capsys):
     """The default train.json network with the released model as the student, as a user would run it."""
-    import nibabel as nib
-
-    from bundle.demo import make_phantom
-    from tests.test_bundle_workflows import ROOT, SHAPE, _write_msd
+    from tests.test_bundle_workflows import ROOT, _write_msd
 
     data = _write_msd(tmp_path / "msd", num_cases=3)
-    unlabelled = tmp_path / "unlabelled"
-    unlabelled.mkdir()
-    for i in range(2):
-        nib.save(nib.Nifti1Image(make_phantom(300 + i, shape=SHAPE)[0], np.eye(4)), str(unlabelled / f"u_{i}.nii.gz"))
+    unlabelled = _write_unlabelled(tmp_path / "unlabelled", seed=300)
     args = ["--dataset_dir", str(data), "--checkpoint", str(checkpoint), "--image_size", str(SIZE),
             "--cache_dir", str(tmp_path / "cache"), "--prompt_source", "student", "--box_mode", "volume",
             "--student_checkpoint", str(ROOT / "models" / "model.pt"), "--unlabelled_dir", str(unlabelled),
