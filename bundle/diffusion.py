@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
-__all__ = ["MaskDiffusion", "PromptedSegmenter", "seeded_normal", "soft_dice_loss"]
+__all__ = ["MaskDiffusion", "PromptedSegmenter", "seeded_normal", "soft_dice_loss", "consistency_loss", "CONSISTENCY_LOSSES"]
 
 PREDICTION_TYPES = ("sample", "epsilon")
 

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -287,7 +288,15 @@ class TeacherCache:
     @staticmethod
     def case_key(case: str, image: np.ndarray, mask: np.ndarray) -> str:
         """``"<case>#<digest>"``: the case name and the SHA-256 (16 hex digits) of the teacher's inputs."""
-        digest = hashlib.sha256(np.ascontiguousarray(image, np.float32).tobytes())
+        return TeacherCache._case_key(case, TeacherCache._image_digest(image), mask)
+
+    @staticmethod
+    def _image_digest(image: np.ndarray) -> "hashlib._Hash":
+        return hashlib.sha256(np.ascontiguousarray(image, np.float32).tobytes())
+
+    @staticmethod
+    def _case_key(case: str, image_digest: "hashlib._Hash", mask: np.ndarray) -> str:
+        digest = image_digest.copy()  # the image is hashed once per case, whatever the number of classes
         digest.update(np.ascontiguousarray(mask, bool).tobytes())
         return f"{case}#{digest.hexdigest()[:16]}"
 
@@ -303,8 +312,13 @@ class TeacherCache:
         path = self.path(case, label, settings)
         if not path.is_file():
             return None
-        with np.load(path) as data:
-            return data["probs"].astype(np.float32), data["iou"].astype(np.float32)
+        try:
+            with np.load(path) as data:
+                return data["probs"].astype(np.float32), data["iou"].astype(np.float32)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:  # a damaged entry is recomputed, not fatal
+            logger.warning("teacher cache entry %s is unreadable (%s: %s); computing it again", path,
+                           type(e).__name__, e)
+            return None
 
     def put(self, case: str, label: int, settings: Dict[str, Any], probs: np.ndarray, iou: np.ndarray) -> Path:
         path = self.path(case, label, settings)
@@ -321,8 +335,8 @@ class TeacherCache:
     def get_or_compute_many(self, teacher: SAM2Teacher, case: str, image: np.ndarray,
                             masks: Mapping[int, np.ndarray]) -> Dict[int, Tuple[np.ndarray, np.ndarray]]:
         """:meth:`get_or_compute` for several classes of one case; the missing ones share SAM2's image encoding."""
-        settings = teacher.settings
-        keys = {label: self.case_key(case, image, mask) for label, mask in masks.items()}
+        settings, image_digest = teacher.settings, self._image_digest(image)
+        keys = {label: self._case_key(case, image_digest, mask) for label, mask in masks.items()}
         out: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
         for label, key in keys.items():
             cached = self.get(key, label, settings)
@@ -376,6 +390,26 @@ class StudentMasks:
         self.roi_size = tuple(int(r) for r in roi_size)
         self.overlap = overlap
         self.checkpoint = checkpoint
+
+    @classmethod
+    def from_inference_config(cls, checkpoint: PathLike, bundle_root: PathLike, **overrides: Any) -> "StudentMasks":
+        """A student from a SegOne model file with ``configs/inference.json``'s network and window (e.g. the
+        released ``models/model.pt``), outside a training run.
+
+        Raises:
+            bundle.checkpoint.CheckpointError: naming the file, when it is missing or does not fit the network.
+        """
+        from monai.bundle import ConfigParser
+
+        from bundle.checkpoint import load_weights
+
+        root = Path(bundle_root)
+        parser = ConfigParser()
+        parser.read_config(str(root / "configs" / "inference.json"))
+        parser.read_meta(str(root / "configs" / "metadata.json"))
+        parser.update({"bundle_root": str(root), **overrides})
+        segmenter = load_weights(parser.get_parsed_content("network_def"), checkpoint)
+        return cls(segmenter, parser["roi_size"], overlap=parser["overlap"], checkpoint=checkpoint)
 
     @torch.no_grad()
     def __call__(self, image: torch.Tensor) -> np.ndarray:

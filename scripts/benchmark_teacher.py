@@ -43,21 +43,6 @@ def random_sam2(path: Path) -> Path:
     return path
 
 
-def shipped_student(ckpt: Path):
-    """The released SegOne as a :class:`~bundle.teacher.StudentMasks` (inference.json's network, its window)."""
-    from monai.bundle import ConfigParser
-
-    from bundle.checkpoint import load_weights
-    from bundle.teacher import StudentMasks
-
-    parser = ConfigParser()
-    parser.read_config(str(ROOT / "configs" / "inference.json"))
-    parser.read_meta(str(ROOT / "configs" / "metadata.json"))
-    parser["bundle_root"] = str(ROOT)
-    return StudentMasks(load_weights(parser.get_parsed_content("network_def"), ckpt), parser["roi_size"],
-                        checkpoint=ckpt)
-
-
 def load_cases(data: str, split: str, limit: int):
     """``[(name, image [X, Y, Z], label [X, Y, Z])]`` through train.json's loading transforms (RAS, normalised)."""
     from monai.bundle import ConfigParser
@@ -134,7 +119,9 @@ def main(argv=None) -> int:
             row.append((time.perf_counter() - start) / np.isfinite(iou).sum())
         print(f"| {size} | " + " | ".join(f"{s:.2f}" for s in row) + " |")
 
-    student = shipped_student(Path(args.student))
+    from bundle.teacher import StudentMasks
+
+    student = StudentMasks.from_inference_config(args.student, ROOT)
     x = torch.as_tensor(image)[None]
     student(x)
     times = []

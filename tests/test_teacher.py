@@ -88,6 +88,14 @@ def test_cache_hit_skips_sam2_and_changed_settings_miss(tmp_path, teacher, check
     edited[0, 0, 0] += 1.0  # the same case name with an edited image: SAM2 runs again
     cache.get_or_compute(teacher, "case_7", 1, edited, mask)
     assert len(calls) == 2 and cache.misses == 2
+    # a damaged entry (a disk error, a hand-edited file) is computed again and rewritten, not a crash
+    entry = cache.path(key, 1, teacher.settings)
+    entry.write_bytes(b"not an npz")
+    again = cache.get_or_compute(teacher, "case_7", 1, image, mask)
+    assert len(calls) == 3 and cache.misses == 3
+    np.testing.assert_array_equal(again[1], first[1])
+    cache.get_or_compute(teacher, "case_7", 1, image, mask)
+    assert len(calls) == 3 and cache.hits == 2  # the rewritten entry reads back
 
 
 def test_classes_of_a_case_share_sam2_image_encoding(tmp_path, teacher, monkeypatch):
@@ -286,18 +294,10 @@ def test_teacher_targets_in_2d(tmp_path, teacher, case):
 @pytest.fixture(scope="module")
 def shipped_student():
     """The released SegOne (models/model.pt) as the student: a real trained network placing SAM2's prompts."""
-    from monai.bundle import ConfigParser
-
-    from bundle.checkpoint import load_weights
     from bundle.teacher import StudentMasks
-    from tests.test_bundle_workflows import CONFIGS, META, ROOT
+    from tests.test_bundle_workflows import ROOT
 
-    parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "inference.json"))
-    parser.read_meta(META)
-    parser["bundle_root"] = str(ROOT)
-    segmenter = load_weights(parser.get_parsed_content("network_def"), ROOT / "models" / "model.pt")
-    return StudentMasks(segmenter, parser["roi_size"], checkpoint=ROOT / "models" / "model.pt")
+    return StudentMasks.from_inference_config(ROOT / "models" / "model.pt", ROOT)
 
 
 def test_student_prompts_regularise_an_unlabelled_case(tmp_path, teacher, shipped_student):
