@@ -57,7 +57,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from bundle.cli import parse_overrides
+    from bundle.utils.cli import parse_overrides
 
     try:
         common, teacher_set, eval_set = (parse_overrides(x) for x in (args.set, args.teacher_set, args.eval_set))

@@ -68,7 +68,7 @@ def main() -> None:
     import numpy as np
     import requests
 
-    from bundle.monailabel_app.launch import start_server, stop_server
+    from bundle.apps.monailabel.launch import start_server, stop_server
 
     work = Path(tempfile.mkdtemp(prefix="segone-ml-bench-"))
     studies = work / "studies"
@@ -77,7 +77,7 @@ def main() -> None:
         for path in sorted(Path(args.images).glob("*.nii.gz"))[: args.count]:
             shutil.copy(path, studies / path.name)
     else:
-        from bundle.demo import make_phantom
+        from bundle.data.demo import make_phantom
 
         for i in range(args.count):
             image, _ = make_phantom(i, shape=(36, 50, 36))

@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("highdicom").setLevel(logging.WARNING)  # it logs every module it copies, per series
 
-    from bundle.cli import parse_overrides
+    from bundle.utils.cli import parse_overrides
 
     if not Path(args.input).is_dir():
         ap.error(f"--input {args.input}: no such folder")

@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     from monai.transforms import Compose
     from tqdm import tqdm
 
-    from bundle.cli import parse_overrides
+    from bundle.utils.cli import parse_overrides
 
     parser = ConfigParser()
     parser.read_config(str(ROOT / "configs" / "train.json"))

@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
-    from bundle.demo import ensure_demo_dataset
+    from bundle.data.demo import ensure_demo_dataset
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--output_dir", default=str(ROOT / "data" / "demo"))

@@ -1,15 +1,13 @@
-"""Shared fixtures: a tiny open_clip architecture registered for the tests."""
+"""Shared fixtures: a tiny open_clip architecture registered for the tests, and a small synthetic MSD folder."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-TINY_CLIP = "segone-test-tiny-clip"
-
-
-TINY_CLIP_DIM = 32
+from tests.helpers.bundle_runs import TINY_CLIP, TINY_CLIP_DIM, write_msd
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +32,9 @@ def tiny_clip(tiny_clip_config) -> str:
         open_clip.add_model_config(tiny_clip_config)
     return TINY_CLIP
 
+
+
+@pytest.fixture(scope="module")
+def msd_dir(tmp_path_factory) -> Path:
+    """A synthetic MSD-layout folder of six phantoms (``tests.helpers.bundle_runs.write_msd``)."""
+    return write_msd(tmp_path_factory.mktemp("msd") / "Task")

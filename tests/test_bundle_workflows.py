@@ -20,101 +20,24 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TINY_CLIP, TINY_CLIP_DIM
-
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
-META = str(CONFIGS / "metadata.json")
-SHAPE = (32, 40, 32)
-
-
-def _write_msd(root: Path, num_cases: int = 6) -> Path:
-    from bundle.demo import DEMO_LABELS, make_phantom
-
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
-    training = []
-    affine = np.diag([1.0, 1.2, 1.0, 1.0])
-    affine[:3, 3] = [5.0, -3.0, 2.0]
-    for i in range(num_cases):
-        image, label = make_phantom(100 + i, shape=SHAPE)
-        nib.save(nib.Nifti1Image(image, affine), str(root / "imagesTr" / f"case_{i}.nii.gz"))
-        nib.save(nib.Nifti1Image(label, affine), str(root / "labelsTr" / f"case_{i}.nii.gz"))
-        training.append({"image": f"./imagesTr/case_{i}.nii.gz", "label": f"./labelsTr/case_{i}.nii.gz"})
-    (root / "dataset.json").write_text(json.dumps({"labels": DEMO_LABELS, "training": training, "test": []}))
-    return root
-
-
-@pytest.fixture(scope="module")
-def msd_dir(tmp_path_factory) -> Path:
-    return _write_msd(tmp_path_factory.mktemp("msd") / "Task")
-
-
-# the network sizes every test run shares (a 3-level SegOne: sizes in multiples of 4)
-SMALL = {"features": [4, 8, 16], "roi_size": [16, 16, 16]}
-
-
-def _train_overrides(tiny_clip_config: str, dataset_dir: Path, output_dir: Path, **extra) -> dict:
-    overrides = {
-        **SMALL,
-        "text_encoder#model_name": TINY_CLIP,
-        "text_encoder#model_config": tiny_clip_config,
-        "dataset_dir": str(dataset_dir),
-        "output_dir": str(output_dir),
-        "max_epochs": 1,
-        "val_interval": 1,
-        "batch_size": 2,
-        "val_fraction": 0.2,
-        "test_fraction": 0.2,
-        "diffusion#val_steps": 1,
-    }
-    overrides.update(extra)
-    return overrides
-
-
-def _infer_overrides(ckpt: Path, dataset_dir: Path, output_dir: Path, **extra) -> dict:
-    overrides = {
-        **SMALL,
-        "text_dim": TINY_CLIP_DIM,
-        "ckpt_path": str(ckpt),
-        "dataset_dir": str(dataset_dir),
-        "output_dir": str(output_dir),
-        "num_inference_steps": 1,
-    }
-    overrides.update(extra)
-    return overrides
-
-
-def _workflow(config: str, workflow_type: str, **overrides):
-    from monai.bundle import ConfigWorkflow
-
-    wf = ConfigWorkflow(
-        config_file=str(CONFIGS / config), meta_file=META, logging_file=False, workflow_type=workflow_type, **overrides
-    )
-    return wf
-
-
-def _chain(exc: BaseException) -> str:
-    """The messages of an exception and its causes (MONAI's config resolution wraps the original error)."""
-    parts = []
-    while exc is not None and len(parts) < 10:
-        parts.append(f"{type(exc).__name__}: {exc}")
-        exc = exc.__cause__ or exc.__context__
-    return "\n".join(parts)
-
-
-def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
+from tests.helpers.bundle_runs import (
+    CONFIGS,
+    META,
+    ROOT,
+    TINY_CLIP_DIM,
+    bundle_cli,
+    error_chain,
+    infer_overrides,
+    train_overrides,
+    workflow,
+)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_clip_config, msd_dir) -> Path:
     """One short training run with the real train.json; returns its output folder."""
     out = tmp_path_factory.mktemp("train")
-    wf = _workflow("train.json", "train", **_train_overrides(tiny_clip_config, msd_dir, out, max_epochs=2))
+    wf = workflow("train.json", "train", **train_overrides(tiny_clip_config, msd_dir, out, max_epochs=2))
     wf.initialize()
     assert not wf.check_properties()
     wf.run()
@@ -126,10 +49,13 @@ def test_training_writes_model_report_and_events(trained):
     for name in ("model.pt", "last.pt", "curves.png", "overlays.png", "history.json"):
         assert (trained / name).is_file(), name
     assert list((trained / "events").glob("events.out.tfevents.*"))
-    ckpt = torch.load(trained / "model.pt", weights_only=True)
-    assert set(ckpt) == {"model", "prompt_table", "metadata"}
-    assert ckpt["prompt_table"]["prompts"] == ["anterior hippocampus", "posterior hippocampus"]
-    assert ckpt["model"]["prompt_embeddings"].shape == (2, TINY_CLIP_DIM)
+    state = torch.load(trained / "model.pt", weights_only=True)  # a plain state dict of the network
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    assert state["prompt_embeddings"].shape == (2, TINY_CLIP_DIM)
+    info = torch.load(trained / "model.prompts.pt", weights_only=True)
+    assert set(info) == {"prompt_table", "metadata"}
+    assert info["prompt_table"]["prompts"] == ["anterior hippocampus", "posterior hippocampus"]
+    assert info["metadata"]["epoch"] in (1, 2) and info["metadata"]["metric_name"] == "val_mean_dice"
     history = json.loads((trained / "history.json").read_text())
     assert [e for e, _ in history["loss"]] == [1, 2] and [e for e, _ in history["metric"]] == [1, 2]
     last = torch.load(trained / "last.pt", weights_only=True)
@@ -139,9 +65,9 @@ def test_training_writes_model_report_and_events(trained):
 
 def test_training_without_dataset_dir_generates_demo_data(tmp_path, tiny_clip_config):
     demo = tmp_path / "demo"
-    overrides = _train_overrides(tiny_clip_config, Path(""), tmp_path / "out", demo_dir=str(demo))
+    overrides = train_overrides(tiny_clip_config, Path(""), tmp_path / "out", demo_dir=str(demo))
     overrides["dataset_dir"] = ""
-    wf = _workflow("train.json", "train", **overrides)
+    wf = workflow("train.json", "train", **overrides)
     wf.initialize()
     assert not demo.exists()
     assert len(wf.parser.get_parsed_content("train#datalist")) == 14  # 24 demo cases less 20 % val and 20 % test (5 each)
@@ -150,7 +76,7 @@ def test_training_without_dataset_dir_generates_demo_data(tmp_path, tiny_clip_co
 
 def test_training_resumes_after_sigkill(tmp_path, tiny_clip_config, msd_dir):
     out = tmp_path / "run"
-    overrides = _train_overrides(tiny_clip_config, msd_dir, out, max_epochs=40, val_interval=100)
+    overrides = train_overrides(tiny_clip_config, msd_dir, out, max_epochs=40, val_interval=100)
     args = ["run", "training", "--config_file", str(CONFIGS / "train.json"), "--meta_file", META]
     for k, v in overrides.items():
         args += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
@@ -193,12 +119,12 @@ def test_inference_segments_a_folder_and_survives_bad_files(tmp_path, trained, m
     before = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in images.iterdir()}
 
     out = tmp_path / "out"
-    wf = _workflow("inference.json", "infer", **_infer_overrides(trained / "model.pt", images, out))
+    wf = workflow("inference.json", "infer", **infer_overrides(trained / "model.pt", images, out))
     wf.initialize()
     assert not wf.check_properties()
     with pytest.raises(Exception) as err:
         wf.run()
-    message = _chain(err.value)
+    message = error_chain(err.value)
     assert "2 of 4 image(s) failed" in message, message
     assert "truncated.nii.gz" in message and "nan.nii.gz" in message and "NaN" in message
     for f in good:
@@ -217,37 +143,37 @@ def test_inference_segments_a_folder_and_survives_bad_files(tmp_path, trained, m
 
 def test_inference_with_a_selected_prompt(tmp_path, trained, msd_dir):
     out = tmp_path / "out"
-    overrides = _infer_overrides(trained / "model.pt", msd_dir, out, prompts="Posterior Hippocampus")
-    wf = _workflow("inference.json", "infer", **overrides)
+    overrides = infer_overrides(trained / "model.pt", msd_dir, out, prompts="Posterior Hippocampus")
+    wf = workflow("inference.json", "infer", **overrides)
     wf.initialize()
     wf.run()
     assert json.loads((out / "labels.json").read_text()) == {"0": "background", "2": "posterior hippocampus"}
     seg = np.asarray(nib.load(str(next(out.glob("*_seg.nii.gz")))).dataobj)
     assert set(np.unique(seg)) <= {0, 2}
 
-    wf = _workflow("inference.json", "infer", **_infer_overrides(trained / "model.pt", msd_dir, out, prompts="edema"))
+    wf = workflow("inference.json", "infer", **infer_overrides(trained / "model.pt", msd_dir, out, prompts="edema"))
     with pytest.raises(Exception) as err:
         wf.initialize()
         wf.run()
-    message = _chain(err.value)
+    message = error_chain(err.value)
     assert "UnknownPromptError" in message and "'edema'" in message and "anterior hippocampus" in message
 
 
 def test_inference_rejects_a_checkpoint_of_another_architecture(tmp_path, trained, msd_dir):
-    wf = _workflow(
-        "inference.json", "infer", **_infer_overrides(trained / "model.pt", msd_dir, tmp_path, features=[4, 8, 32])
+    wf = workflow(
+        "inference.json", "infer", **infer_overrides(trained / "model.pt", msd_dir, tmp_path, features=[4, 8, 32])
     )
     wf.initialize()
     with pytest.raises(Exception) as err:
         wf.parser.get_parsed_content("network")
-    assert "model.pt: checkpoint does not fit PromptedSegmenter" in _chain(err.value)
-    assert "shape mismatch" in _chain(err.value)
+    assert "model.pt: checkpoint does not fit PromptedSegmenter" in error_chain(err.value)
+    assert "shape mismatch" in error_chain(err.value)
 
 
 def test_evaluation_writes_metrics(tmp_path, trained, msd_dir):
     out = tmp_path / "eval"
-    overrides = _infer_overrides(trained / "model.pt", msd_dir, out, eval_split="test", test_fraction=0.34)
-    wf = _workflow("evaluate.json", "infer", **overrides)
+    overrides = infer_overrides(trained / "model.pt", msd_dir, out, eval_split="test", test_fraction=0.34)
+    wf = workflow("evaluate.json", "infer", **overrides)
     wf.initialize()
     wf.run()
     metrics = json.loads((out / "metrics.json").read_text())
@@ -266,15 +192,15 @@ def test_evaluation_writes_metrics(tmp_path, trained, msd_dir):
 
 def test_cli_verify_net_in_out_and_torchscript_export(tmp_path, trained):
     overrides = ["--features", "[4, 8, 16]", "--text_dim", str(TINY_CLIP_DIM), "--num_inference_steps", "1"]
-    result = _cli(
+    result = bundle_cli(
         "verify_net_in_out", "network_def", "--meta_file", META, "--config_file", str(CONFIGS / "inference.json"),
         "--n", "2", *overrides,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     ts = tmp_path / "model.ts"
-    result = _cli(
+    result = bundle_cli(
         "ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(trained / "model.pt"),
-        "--key_in_ckpt", "model", "--meta_file", META, "--config_file", str(CONFIGS / "inference.json"),
+        "--meta_file", META, "--config_file", str(CONFIGS / "inference.json"),
         "--use_trace", "True", "--input_shape", "[1, 1, 16, 16, 16]", *overrides,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -286,7 +212,7 @@ def test_cli_verify_net_in_out_and_torchscript_export(tmp_path, trained):
                refine_channels=8, refine_inputs=[1]),
         num_prompts=2, embed_dim=TINY_CLIP_DIM, num_inference_steps=1,
     )
-    net.load_state_dict(torch.load(trained / "model.pt", weights_only=True)["model"])
+    net.load_state_dict(torch.load(trained / "model.pt", weights_only=True))
     scripted = torch.jit.load(str(ts))
     x = torch.rand(1, 1, 32, 16, 16)
     torch.testing.assert_close(scripted(x), net.eval()(x), rtol=1e-4, atol=1e-4)
@@ -296,7 +222,7 @@ def test_multi_gpu_config_trains_with_two_processes_on_cpu(tmp_path, tiny_clip_c
     """multi_gpu_train.json merged over train.json under torchrun: DDP with the gloo backend, 2 processes."""
     out = tmp_path / "ddp"
     # 2 validation cases, so each process validates one; 3 training cases, padded to 4 by the sampler
-    overrides = _train_overrides(tiny_clip_config, msd_dir, out, max_epochs=2, val_fraction=0.34)
+    overrides = train_overrides(tiny_clip_config, msd_dir, out, max_epochs=2, val_fraction=0.34)
     args = ["--nnodes", "1", "--nproc_per_node", "2", "-m", "monai.bundle", "run", "training", "--config_file",
             json.dumps([str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")]), "--meta_file", META]
     for k, v in overrides.items():
@@ -309,12 +235,12 @@ def test_multi_gpu_config_trains_with_two_processes_on_cpu(tmp_path, tiny_clip_c
     last = torch.load(out / "last.pt", weights_only=True)
     # each process saw half of the (padded) 4 training cases per epoch: 1 batch of 2, for 2 epochs
     assert last["trainer"]["iteration"] == 2
-    assert not any(k.startswith("module.") for k in ckpt["model"])  # saved unwrapped, loadable without DDP
+    assert not any(k.startswith("module.") for k in ckpt)  # saved unwrapped, loadable without DDP
 
 
 def test_shipped_model_segments_held_out_hippocampus_cases():
     """models/model.pt on real MSD hippocampus test-split cases (never used in training), through evaluate.json."""
-    from tests.shared_data import shared_path
+    from tests.helpers.shared_data import shared_path
 
     data = shared_path("hippocampus")
     model = ROOT / "models" / "model.pt"

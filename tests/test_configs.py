@@ -6,14 +6,14 @@ import json
 import subprocess
 import sys
 from importlib.metadata import version
-from pathlib import Path
 
 import monai
 import numpy
 import torch
-from monai.bundle import ConfigParser
 
-ROOT = Path(__file__).resolve().parents[1]
+from bundle.utils.config import BUNDLE_ROOT, load_bundle_config
+
+ROOT = BUNDLE_ROOT
 CONFIGS = ROOT / "configs"
 MANDATORY = [
     "version", "changelog", "monai_version", "pytorch_version", "numpy_version", "required_packages_version",
@@ -43,20 +43,35 @@ def test_metadata_versions_are_the_installed_ones():
             assert version(package) == pinned, f"{group}: {package} {pinned} != installed {version(package)}"
 
 
-def test_network_config_matches_metadata_channels():
+def test_inference_network_matches_metadata_channels():
     meta = _metadata()["network_data_format"]
-    parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "network.json"))
-    net = parser.get_parsed_content("network_def")
-    assert net.in_channels == meta["inputs"]["image"]["num_channels"]
-    assert net.out_channels == meta["outputs"]["pred"]["num_channels"]
-    assert net.size_divisor == 16  # "16*n" in spatial_shape
+    net = load_bundle_config("inference.json").get_parsed_content("network_def")
+    # the denoiser sees [noisy mask, image]; the segmenter answers background + one channel per class prompt
+    assert net.denoiser.in_channels == 1 + meta["inputs"]["image"]["num_channels"]
+    assert 1 + net.prompt_embeddings.shape[0] == meta["outputs"]["pred"]["num_channels"]
+
+
+def test_the_network_is_defined_once():
+    """train.json and evaluate.json take the denoiser from inference.json (the file monai.bundle.load reads)."""
+    for name in ("train.json", "evaluate.json"):
+        config = json.loads((CONFIGS / name).read_text())
+        assert config["denoiser_def"] == "%configs/inference.json#denoiser_def", name
+    train = load_bundle_config("train.json").get_parsed_content("network_def")
+    infer = load_bundle_config("inference.json").get_parsed_content("network_def")
+    assert set(train.state_dict()) == set(infer.state_dict())
+    assert all(a.shape == b.shape for a, b in zip(train.state_dict().values(), infer.state_dict().values()))
+
+
+def test_configs_are_pretty_printed_with_indent_4():
+    for path in sorted(CONFIGS.glob("*.json")):
+        text = path.read_text()
+        assert text == json.dumps(json.loads(text), indent=4) + "\n", f"{path.name}: not formatted with indent 4"
 
 
 def test_monai_verify_net_in_out():
     cmd = [
         sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def",
-        "--meta_file", str(CONFIGS / "metadata.json"), "--config_file", str(CONFIGS / "network.json"),
+        "--meta_file", str(CONFIGS / "metadata.json"), "--config_file", str(CONFIGS / "inference.json"),
         "--n", "3",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)

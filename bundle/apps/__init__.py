@@ -1,0 +1,1 @@
+"""Applications serving the bundle: the MONAI Label app (:mod:`bundle.apps.monailabel`)."""

@@ -1,0 +1,195 @@
+"""MONAI Label tasks that serve this repository's bundle in place: inference with text prompts, and fine-tuning.
+
+Both read the bundle's own configs (``configs/inference.json``, ``configs/train.json``) from the repository, so
+the server runs exactly the bundle's preprocessing, network, sliding windows and training, with no copy of the
+bundle and nothing downloaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Sequence, Union
+
+import torch
+from fastapi import HTTPException
+from monai.inferers import Inferer
+from monai.transforms import AsDiscreted, MapLabelValued, SqueezeDimd, ToNumpyd
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.basic_infer import BasicInferTask, CallBackTypes
+from monailabel.tasks.train.bundle import BundleConstants, BundleTrainTask
+from monailabel.transform.post import Restored
+
+from bundle.inference import prompted_inference
+from bundle.text import PromptEmbeddingTable, PromptSelection, UnknownPromptError
+from bundle.utils.checkpoint import load_prompt_table
+from bundle.utils.config import load_bundle_config
+from bundle.utils.metadata import class_names_from_metadata
+
+__all__ = ["SegOneInfer", "SegOneTrain"]
+
+logger = logging.getLogger(__name__)
+
+
+class SegOneInfer(BasicInferTask):
+    """Segmentation by text prompt with the bundle's inference pipeline.
+
+    Request parameters beyond MONAI Label's own: ``prompts`` (a list of texts, or one comma-separated string;
+    default every class of ``channel_def``). Prompts naming a class keep its label value; others get the next
+    values and need a text encoder (``text_encoder`` in inference.json) to be embedded. The result's label values
+    and names are in the result JSON under ``prompt_labels``.
+
+    Args:
+        bundle_root: the repository (the bundle) root.
+        model_paths: checkpoint files, in increasing priority: the last one that exists is used (the shipped model,
+            then fine-tuned weights written by :class:`SegOneTrain`); a changed file is reloaded on the next request.
+        overrides: inference.json overrides (e.g. ``num_inference_steps``).
+    """
+
+    def __init__(
+        self,
+        bundle_root: Union[str, os.PathLike],
+        model_paths: Sequence[Union[str, os.PathLike]],
+        overrides: Optional[Dict[str, Any]] = None,
+        description: str = "SegOne: text-prompted segmentation by mask diffusion",
+    ) -> None:
+        self.bundle_root = Path(bundle_root)
+        self.parser = load_bundle_config("inference.json", bundle_root=self.bundle_root, overrides=overrides)
+        self.class_names: Dict[int, str] = class_names_from_metadata(self.parser.get("_meta_"))
+        labels = {name: int(value) for value, name in self.class_names.items()}
+        network = self.parser.get_parsed_content("network_def", instantiate=True)
+        self.preprocessing = self.parser.get_parsed_content("preprocessing", instantiate=True)
+        self.invert = self.parser.get_parsed_content("postprocessing", instantiate=True).transforms[0]
+        self._inferer: Inferer = self.parser.get_parsed_content("inferer", instantiate=True)
+        self._text_encoder = self.parser.get_parsed_content("text_encoder", instantiate=True)
+        self._table_lock = threading.Lock()
+        self._table_key: Optional[tuple] = None
+        self._cached_table: Optional[PromptEmbeddingTable] = None
+        super().__init__(
+            path=[str(p) for p in model_paths],
+            network=network,
+            type=InferType.SEGMENTATION,
+            labels=labels,
+            dimension=3,
+            description=description,
+            model_state_dict="model",
+            load_strict=True,
+            roi_size=self.parser.get("roi_size"),
+            config={"prompts": ""},
+        )
+
+    def _table(self) -> PromptEmbeddingTable:
+        """The served checkpoint's prompt table, read again only when the file changes (fine-tuning)."""
+        path = self.get_path()
+        key = (path, os.stat(path).st_mtime)
+        with self._table_lock:
+            if self._table_key != key:
+                self._cached_table, self._table_key = load_prompt_table(path, self._text_encoder), key
+            return self._cached_table
+
+    def _selection(self, data: Dict[str, Any]) -> PromptSelection:
+        return PromptSelection(data.get("prompts") or None, self.class_names, self._table)
+
+    def __call__(self, request, callbacks=None):
+        # a request naming prompts the model cannot embed is the client's error: answer 422 with the known prompts
+        # (MONAI Label turns any other exception into a bare "Internal Server Error")
+        try:
+            selection = self._selection({**self._config, **request})
+        except (UnknownPromptError, ValueError) as e:
+            raise HTTPException(status_code=422, detail=str(e)) from e
+        # hand the selection to run_inferer and the post transforms through MONAI Label's pre-transform callback
+        callbacks = dict(callbacks or {})
+        user_callback = callbacks.get(CallBackTypes.PRE_TRANSFORMS)
+
+        def with_selection(data: Dict[str, Any]) -> Dict[str, Any]:
+            data = user_callback(data) if user_callback else data
+            data["prompt_selection"] = selection
+            return data
+
+        callbacks[CallBackTypes.PRE_TRANSFORMS] = with_selection
+        return super().__call__(request, callbacks)
+
+    def pre_transforms(self, data: Optional[Dict[str, Any]] = None) -> Sequence[Callable]:
+        return list(self.preprocessing.transforms)
+
+    def inferer(self, data: Optional[Dict[str, Any]] = None) -> Inferer:
+        return self._inferer
+
+    def run_inferer(self, data: Dict[str, Any], convert_to_batch: bool = True, device: str = "cpu") -> Dict[str, Any]:
+        selection: PromptSelection = data["prompt_selection"]  # set once per request in __call__
+        network = self._get_network(device, data)
+        image = data[self.input_key]
+        image = (image if torch.is_tensor(image) else torch.as_tensor(image))[None].to(torch.device(device))
+        pred = prompted_inference(self._inferer, network, image, selection.embeddings)
+        data[self.output_label_key] = pred[0]
+        return data
+
+    def post_transforms(self, data: Optional[Dict[str, Any]] = None) -> Sequence[Callable]:
+        selection: PromptSelection = (data or {}).get("prompt_selection") or PromptSelection(None, self.class_names)
+        return [
+            self.invert,
+            AsDiscreted(keys="pred", argmax=True),
+            MapLabelValued(keys="pred", orig_labels=list(range(len(selection.values) + 1)),
+                           target_labels=[0] + list(selection.values)),
+            SqueezeDimd(keys="pred", dim=0),
+            ToNumpyd(keys="pred"),
+            Restored(keys="pred", ref_image="image", has_channel=False),
+        ]
+
+    def writer(self, data: Dict[str, Any], extension=None, dtype=None):
+        selection: PromptSelection = data.pop("prompt_selection")
+        result_file, result_json = super().writer(data, extension=extension, dtype=dtype)
+        result_json["prompt_labels"] = selection.label_map
+        return result_file, result_json
+
+
+class SegOneTrain(BundleTrainTask):
+    """Fine-tunes the bundle's model on the annotated studies through ``configs/train.json``.
+
+    MONAI Label passes the labelled image/label pairs (``train#dataset#data``, ``validate#dataset#data``), the
+    epochs, and a CheckpointLoader for the starting weights; it runs ``run`` without ``initialize``/``finalize``,
+    and train.json needs neither. The new weights go to ``output_dir/model.pt`` (with the prompt table), where
+    :class:`SegOneInfer` picks them up on its next request.
+
+    Args:
+        bundle_root: the repository (the bundle) root.
+        start_weights: the checkpoint fine-tuning starts from (the shipped model, or the last fine-tuned one).
+        output_dir: where the training run writes (model.pt, last.pt, report).
+        overrides: further train.json overrides.
+    """
+
+    def __init__(
+        self,
+        bundle_root: Union[str, os.PathLike],
+        start_weights: Callable[[], str],
+        output_dir: Union[str, os.PathLike],
+        overrides: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        self.start_weights = start_weights
+        self.output_dir = Path(output_dir)
+        self.extra_overrides = dict(overrides or {})
+        # train.json uses MONAI Label's default bundle keys (train#dataset#data, train#trainer#max_epochs, ...)
+        super().__init__(str(bundle_root), conf={}, const=BundleConstants(), model_dict_key="model", load_strict=True)
+
+    def _load_checkpoint(self, model_pytorch, pretrained, train_handlers) -> None:
+        # the weights to start from are the served ones (shipped or fine-tuned), not bundle_root/models/<name>
+        if pretrained:
+            super()._load_checkpoint(self.start_weights(), pretrained, train_handlers)
+
+    def _update_overrides(self, overrides: Dict[str, Any]) -> Dict[str, Any]:
+        overrides.update(
+            {
+                "output_dir": str(self.output_dir),
+                "resume": False,  # a new fine-tuning run each time, from the CheckpointLoader's weights
+                "val_interval": 1,
+                "max_epochs": overrides["train#trainer#max_epochs"],  # the LR schedule's length too
+                **self.extra_overrides,
+            }
+        )
+        if not overrides.get("validate#dataset#data"):
+            # no held-out pairs (val_split 0, or too few labelled studies): validate on the training pairs, so the
+            # best-model selection still has a metric
+            overrides["validate#dataset#data"] = overrides["train#dataset#data"]
+        return overrides

@@ -1,0 +1,120 @@
+"""Datalists: MSD-layout folders, a seeded train/val/test split, and image discovery for inference."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Union
+
+__all__ = ["NIFTI_SUFFIXES", "load_msd_datalist", "split_datalist", "dataset_split", "find_images"]
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+PathLike = Union[str, os.PathLike]
+
+
+def load_msd_datalist(dataset_dir: PathLike, section: str = "training") -> List[Dict[str, str]]:
+    """``[{"image": path, "label": path}, ...]`` (absolute paths) from an MSD ``dataset.json``.
+
+    Raises:
+        FileNotFoundError: no ``dataset.json``, or a listed file does not exist (all missing files are named).
+        ValueError: ``dataset.json`` is not valid JSON or lacks ``section``.
+    """
+    root = Path(dataset_dir).expanduser().resolve()
+    meta_path = root / "dataset.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path}: not found; --dataset_dir must be an MSD-layout folder")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{meta_path}: invalid JSON ({e})") from e
+    entries = meta.get(section)
+    if not isinstance(entries, list):
+        raise ValueError(f"{meta_path}: no '{section}' list")
+    items: List[Dict[str, str]] = []
+    missing: List[str] = []
+    for entry in entries:
+        if isinstance(entry, str):  # MSD "test" entries are bare image paths
+            entry = {"image": entry}
+        item = {k: str((root / v).resolve()) for k, v in entry.items() if k in ("image", "label")}
+        if "image" not in item:
+            raise ValueError(f"{meta_path}: an entry of '{section}' has no image: {entry}")
+        missing += [p for p in item.values() if not Path(p).is_file()]
+        items.append(item)
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise FileNotFoundError(f"{meta_path}: {len(missing)} listed file(s) missing: {shown}")
+    return items
+
+
+def split_datalist(
+    items: Sequence[Mapping[str, str]], val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0
+) -> Dict[str, List[Dict[str, str]]]:
+    """Seeded split into ``train``/``val``/``test``, independent of the order of ``items``.
+
+    Items are sorted by image path before a seeded shuffle, so the same data and seed always give the same split.
+    """
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(f"fractions must be in [0, 1) with a sum below 1, got val {val_fraction}, test {test_fraction}")
+    ordered = sorted((dict(i) for i in items), key=lambda i: i["image"])
+    random.Random(seed).shuffle(ordered)
+    n = len(ordered)
+    n_test = int(round(n * test_fraction))
+    n_val = int(round(n * val_fraction))
+    if n and n - n_test - n_val < 1:
+        raise ValueError(f"{n} items leave nothing to train on with val {val_fraction} and test {test_fraction}")
+    return {
+        "test": ordered[:n_test],
+        "val": ordered[n_test : n_test + n_val],
+        "train": ordered[n_test + n_val :],
+    }
+
+
+def dataset_split(
+    dataset_dir: Optional[PathLike],
+    split: str,
+    demo_dir: Optional[PathLike] = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> List[Dict[str, str]]:
+    """One part (``train``, ``val``, ``test`` or ``all``) of the seeded split of an MSD folder's training cases.
+
+    With an empty ``dataset_dir`` the embedded demo dataset at ``demo_dir`` is used, generated first when absent
+    (so the bundle's training command works on a fresh clone).
+    """
+    if not dataset_dir:
+        if demo_dir is None:
+            raise ValueError("no dataset_dir given and no demo_dir to generate the demo data in")
+        from bundle.data.demo import ensure_demo_dataset
+
+        dataset_dir = ensure_demo_dataset(demo_dir)
+    items = load_msd_datalist(dataset_dir, "training")
+    if split == "all":
+        return sorted(items, key=lambda i: i["image"])
+    parts = split_datalist(items, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    if split not in parts:
+        raise ValueError(f"split must be one of train, val, test, all; got {split!r}")
+    return parts[split]
+
+
+def find_images(path: PathLike) -> List[Dict[str, str]]:
+    """Images to segment: an MSD folder (``imagesTs/``, else ``imagesTr/``), a folder of NIfTI files, or one file."""
+    p = Path(path).expanduser().resolve()
+    if p.is_file():
+        if not p.name.endswith(NIFTI_SUFFIXES):
+            raise ValueError(f"{p}: not a NIfTI file ({'/'.join(NIFTI_SUFFIXES)})")
+        return [{"image": str(p)}]
+    if not p.is_dir():
+        raise FileNotFoundError(f"{p}: no such file or folder")
+    for sub in ("imagesTs", "imagesTr"):
+        if (p / sub).is_dir() and any((p / sub).iterdir()):
+            p = p / sub
+            break
+    files = sorted(f for f in p.iterdir() if f.is_file() and f.name.endswith(NIFTI_SUFFIXES) and not f.name.startswith("."))
+    if not files:
+        raise FileNotFoundError(f"{p}: no NIfTI images (*.nii, *.nii.gz)")
+    return [{"image": str(f)} for f in files]

@@ -1,0 +1,271 @@
+"""Batch inference over a tree of DICOM studies: one checked DICOM SEG per image series, resumable.
+
+:class:`DicomBatch` runs the bundle's own inference pieces (``configs/inference.json``'s network, prompts,
+preprocessing, sliding-window inferer and postprocessing, with :class:`~bundle.dicom.LoadSeriesd` as the loader
+and :class:`~bundle.dicom.seg.SaveDicomSegd` as the writer; see ``configs/dicom_batch.json``) over every series that
+:func:`~bundle.dicom.discover_series` selects. Every series gets a row in ``OUT/manifest.jsonl`` (:class:`Manifest`):
+done, failed or skipped, with the reason, timings, outputs and model version. A re-run skips the series already
+done with the same model version, so a killed batch resumes where it stopped. One series failing never stops the
+batch; the input folder is only read.
+
+Reading the next series (header parsing, pixel decoding, preprocessing) runs in worker threads while the current
+one is segmented, so disk and decoding time overlaps with inference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
+
+import torch
+
+from bundle.dicom import SeriesInfo, discover_series
+from bundle.dicom.seg import TEMP_MARK
+from bundle.inference import prompted_inference
+
+__all__ = ["Manifest", "DicomBatch", "BatchFailures", "model_version", "run_batch"]
+
+logger = logging.getLogger(__name__)
+
+
+def model_version(version: str, ckpt_path: Union[str, os.PathLike]) -> str:
+    """``"<bundle version>+<first 12 hex digits of the checkpoint's SHA-256>"``: retrained weights are a new version."""
+    digest = hashlib.sha256()
+    with open(ckpt_path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"{version}+{digest.hexdigest()[:12]}"
+
+
+class Manifest:
+    """``manifest.jsonl``: one JSON object per line, appended and flushed to disk as each series ends.
+
+    A line cut short by a kill is ignored when reading (with a warning); the latest row of a series wins.
+    """
+
+    def __init__(self, path: Union[str, os.PathLike]) -> None:
+        self.path = Path(path)
+        self.rows: List[Dict[str, Any]] = []
+        if self.path.is_file():
+            for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    self.rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    logger.warning("%s line %d is incomplete (an interrupted write); ignored", self.path, number)
+
+    def latest(self, key: str) -> Optional[Dict[str, Any]]:
+        for row in reversed(self.rows):
+            if row.get("series") == key:
+                return row
+        return None
+
+    def is_done(self, key: str, version: str) -> bool:
+        """Done with this model version, and every output it listed still exists."""
+        row = self.latest(key)
+        return (
+            row is not None
+            and row.get("status") == "done"
+            and row.get("model_version") == version
+            and all(Path(p).is_file() for p in row.get("outputs", []))
+        )
+
+    def append(self, row: Dict[str, Any]) -> None:
+        row = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), **row}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(row)
+        # a line from an earlier killed run may lack its newline: start on a fresh line
+        needs_newline = self.path.is_file() and self.path.stat().st_size > 0 and not self._ends_with_newline()
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(("\n" if needs_newline else "") + text + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.rows.append(row)
+
+    def _ends_with_newline(self) -> bool:
+        with open(self.path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+
+
+class DicomBatch:
+    """Segments every selected series under an input folder and writes a checked DICOM SEG for each.
+
+    Args:
+        network: the bundle's inference network (``forward(image) -> [B, 1 + K, *S]``).
+        inferer: the bundle's inferer (sliding windows).
+        preprocessing: the bundle's preprocessing, starting with :class:`~bundle.dicom.LoadSeriesd`.
+        postprocessing: the bundle's postprocessing, ending with :class:`~bundle.dicom.seg.SaveDicomSegd`
+            (which adds ``"outputs"``).
+        output_dir: the output folder (manifest, SEGs).
+        version: model version for the manifest and the resume check (see :func:`model_version`).
+        prompt_embeddings: ``[K, E]`` embeddings of prompts other than the network's own class prompts, or ``None``.
+        device: where the network runs.
+        workers: threads reading series ahead of inference (0: read in the main thread, no overlap).
+        progress: show a progress bar over series (on standard error).
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        inferer: Callable[..., torch.Tensor],
+        preprocessing: Callable[[Dict[str, Any]], Dict[str, Any]],
+        postprocessing: Callable[[Dict[str, Any]], Dict[str, Any]],
+        output_dir: Union[str, os.PathLike],
+        version: str,
+        prompt_embeddings: Optional[torch.Tensor] = None,
+        device: Union[str, torch.device] = "cpu",
+        workers: int = 1,
+        progress: bool = True,
+    ) -> None:
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0, got {workers}")
+        self.network = network
+        self.inferer = inferer
+        self.preprocessing = preprocessing
+        self.postprocessing = postprocessing
+        self.output_dir = Path(output_dir)
+        self.version = version
+        self.prompt_embeddings = prompt_embeddings
+        self.device = torch.device(device)
+        self.workers = workers
+        self.progress = progress
+
+    def _load(self, info: SeriesInfo) -> Tuple[Dict[str, Any], float]:
+        start = time.perf_counter()
+        data = self.preprocessing({"image": info, "series": info})
+        return data, time.perf_counter() - start
+
+    def _segment(self, data: Dict[str, Any]) -> Tuple[Dict[str, Any], float, float]:
+        start = time.perf_counter()
+        image = data["image"].unsqueeze(0).to(self.device)
+        pred = prompted_inference(self.inferer, self.network, image, self.prompt_embeddings)
+        data["pred"] = pred[0].cpu()
+        middle = time.perf_counter()
+        data = self.postprocessing(data)
+        return data, middle - start, time.perf_counter() - middle
+
+    def _remove_leftovers(self) -> None:
+        """Temporary files of a killed run (never a finished output: those are renamed into place when complete)."""
+        if self.output_dir.is_dir():
+            for path in self.output_dir.rglob(f"*{TEMP_MARK}*"):
+                if path.is_file():
+                    path.unlink()
+                    logger.info("removed %s, left by an interrupted run", path)
+
+    def run(
+        self, input_dir: Union[str, os.PathLike], modality: Optional[str] = "MR", series_description: Optional[str] = None
+    ) -> Dict[str, Any]:
+        """Processes every selected series under ``input_dir``.
+
+        Returns:
+            ``{"done", "failed", "skipped", "already_done", "seconds", "series_per_minute", "failures"}``;
+            ``failures`` lists ``(series, reason)``.
+        """
+        input_dir = Path(input_dir).resolve()
+        out = self.output_dir.resolve()
+        if out == input_dir or input_dir in out.parents:
+            raise ValueError(f"output folder {out} is inside the input folder {input_dir}; the input is never written")
+        self._remove_leftovers()
+        manifest = Manifest(self.output_dir / "manifest.jsonl")
+        series, skipped = discover_series(input_dir, modality=modality, description=series_description)
+        logged_skips = {(r.get("series"), r.get("reason")) for r in manifest.rows if r.get("status") == "skipped"}
+        for item in skipped:
+            logger.info("skipped %s: %s", item.what, item.reason)
+            if (item.what, item.reason) not in logged_skips:
+                manifest.append({"series": item.what, "status": "skipped", "reason": item.reason})
+        todo = [s for s in series if not manifest.is_done(s.key, self.version)]
+        already = len(series) - len(todo)
+        if already:
+            logger.info("%d series already done with model %s (manifest); not repeated", already, self.version)
+        logger.info("%d series to segment with model %s, %d reader thread(s)", len(todo), self.version, self.workers)
+
+        summary: Dict[str, Any] = {"done": 0, "failed": 0, "skipped": len(skipped), "already_done": already,
+                                   "failures": []}
+        start = time.perf_counter()
+        bar = _progress_bar(len(todo), self.progress)
+        pool = ThreadPoolExecutor(max_workers=self.workers) if self.workers > 0 else None
+        pending: Deque[Tuple[SeriesInfo, Optional[Future]]] = deque()
+        queue = iter(todo)
+
+        def submit_next() -> None:
+            info = next(queue, None)
+            if info is not None:
+                pending.append((info, pool.submit(self._load, info) if pool is not None else None))
+
+        try:
+            for _ in range(max(self.workers, 1)):
+                submit_next()
+            while pending:
+                info, future = pending.popleft()
+                submit_next()  # the next read runs while this series is segmented
+                row: Dict[str, Any] = {"series": info.key, "study_uid": info.study_uid, "series_uid": info.series_uid,
+                                       "description": info.description, "files": len(info.files),
+                                       "model_version": self.version}
+                try:
+                    data, read_s = self._load(info) if future is None else future.result()
+                    data, infer_s, write_s = self._segment(data)
+                    row.update(status="done", outputs=list(data.get("outputs", [])),
+                               seconds={"read": round(read_s, 3), "infer": round(infer_s, 3),
+                                        "write": round(write_s, 3)})
+                    summary["done"] += 1
+                except Exception as e:  # noqa: BLE001 - one series failing never stops the batch
+                    reason = _reason(e)
+                    logger.error("series %s (%s) failed: %s", info.series_uid, info.files[0].parent, reason)
+                    row.update(status="failed", reason=reason)
+                    summary["failed"] += 1
+                    summary["failures"].append((info.key, reason))
+                manifest.append(row)
+                bar.update(1)
+        finally:
+            bar.close()
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        seconds = time.perf_counter() - start
+        summary["seconds"] = round(seconds, 2)
+        summary["series_per_minute"] = round(60.0 * summary["done"] / seconds, 2) if summary["done"] else 0.0
+        logger.info(
+            "%d done, %d failed, %d skipped, %d already done; %.1f s, %.2f series/minute; manifest %s",
+            summary["done"], summary["failed"], summary["skipped"], already, seconds, summary["series_per_minute"],
+            manifest.path,
+        )
+        return summary
+
+
+def _reason(exc: BaseException) -> str:
+    """The root cause's message: MONAI's Compose wraps a transform's error in "applying transform ..." errors."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="series", file=sys.stderr, desc="DICOM series", disable=not enabled)
+
+
+class BatchFailures(RuntimeError):
+    """Raised after a batch in which some series failed (the others were processed)."""
+
+
+def run_batch(
+    runner: DicomBatch, input_dir: str, modality: Optional[str] = "MR", series_description: Optional[str] = None
+) -> Dict[str, Any]:
+    """The bundle's ``run`` entry: runs the batch, then raises :class:`BatchFailures` if any series failed, so
+    ``python -m monai.bundle run`` exits with a non-zero status."""
+    summary = runner.run(input_dir, modality or None, series_description or None)
+    if summary["failed"]:
+        listed = "\n".join(f"  {key}: {reason}" for key, reason in summary["failures"])
+        raise BatchFailures(f"{summary['failed']} series failed (see {runner.output_dir / 'manifest.jsonl'}):\n{listed}")
+    return summary

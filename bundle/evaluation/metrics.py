@@ -1,0 +1,85 @@
+"""Per-case, per-class Dice, IoU, HD95, precision and recall, and their summary."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["METRICS", "hd95", "case_metrics", "summarize", "format_table"]
+
+METRICS = ("dice", "iou", "hd95", "precision", "recall")
+
+
+def hd95(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) -> float:
+    """MONAI's 95th-percentile Hausdorff distance (mm) between two binary masks; NaN when either is empty."""
+    from monai.metrics import compute_hausdorff_distance
+
+    if not pred.any() or not gt.any():
+        return math.nan
+    p = torch.as_tensor(pred[None, None])
+    g = torch.as_tensor(gt[None, None])
+    return float(compute_hausdorff_distance(p, g, include_background=True, percentile=95, spacing=[float(s) for s in spacing]))
+
+
+def case_metrics(
+    pred: np.ndarray, gt: np.ndarray, classes: Mapping[int, str], spacing: Optional[Sequence[float]] = None
+) -> Dict[str, Dict[str, float]]:
+    """``{class name: {dice, iou, hd95, precision, recall}}`` for integer label maps of the same shape."""
+    pred, gt = np.asarray(pred), np.asarray(gt)
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from ground truth {gt.shape}")
+    spacing = list(spacing) if spacing is not None else [1.0] * gt.ndim
+    out: Dict[str, Dict[str, float]] = {}
+    for value, name in classes.items():
+        p, g = pred == value, gt == value
+        tp = float(np.logical_and(p, g).sum())
+        np_, ng = float(p.sum()), float(g.sum())
+        if np_ == 0 and ng == 0:
+            out[name] = {"dice": 1.0, "iou": 1.0, "hd95": 0.0, "precision": 1.0, "recall": 1.0}
+            continue
+        out[name] = {
+            "dice": 2 * tp / (np_ + ng),
+            "iou": tp / (np_ + ng - tp),
+            "hd95": hd95(p, g, spacing),
+            "precision": tp / np_ if np_ else 0.0,
+            "recall": tp / ng if ng else 0.0,
+        }
+    return out
+
+
+def _mean(values: List[float]) -> Optional[float]:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
+
+
+def summarize(cases: Sequence[Mapping[str, Any]], class_names: Sequence[str]) -> Dict[str, Any]:
+    """The ``metrics.json`` structure from per-case results (``{"image", NAME: {...}}``)."""
+    classes = {
+        name: {m: _mean([c[name][m] for c in cases if name in c]) for m in METRICS} for name in class_names
+    }
+    mean = {m: _mean([classes[n][m] for n in class_names if classes[n][m] is not None]) for m in METRICS}
+
+    def _clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, Mapping):
+            return {k: _clean(x) for k, x in v.items()}
+        return v
+
+    return {"mean": mean, "classes": classes, "cases": [_clean(dict(c)) for c in cases]}
+
+
+def format_table(summary: Mapping[str, Any]) -> str:
+    """A plain-text table: one row per class and the mean."""
+
+    def fmt(v: Optional[float]) -> str:
+        return "   -  " if v is None else f"{v:6.3f}"
+
+    rows = [("class", *METRICS)]
+    rows += [(name, *(fmt(vals[m]) for m in METRICS)) for name, vals in summary["classes"].items()]
+    rows.append(("mean", *(fmt(summary["mean"][m]) for m in METRICS)))
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{r[0]:<{width}}  " + "  ".join(f"{x:>9}" for x in r[1:]) for r in rows)

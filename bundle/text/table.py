@@ -1,0 +1,105 @@
+"""Prompt -> embedding table that travels with the model, so known prompts need no text tower."""
+
+from __future__ import annotations
+
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+
+import torch
+
+from bundle.text.encoder import TextPromptEncoder, normalize_prompt
+
+__all__ = ["UnknownPromptError", "PromptEmbeddingTable"]
+
+class UnknownPromptError(KeyError):
+    """A prompt that is not in the table, and no text encoder to embed it."""
+
+    def __str__(self) -> str:  # KeyError's default repr-quotes the message
+        return str(self.args[0])
+
+
+class PromptEmbeddingTable:
+    """Prompt -> embedding lookup, built once with a text encoder and saved with the checkpoint.
+
+    Args:
+        embeddings: normalised prompt -> ``[embed_dim]`` tensor.
+        encoder_config: how the embeddings were made (model name, pretrained, template, seed).
+        encoder: optional encoder for prompts that are not in the table.
+    """
+
+    def __init__(
+        self,
+        embeddings: Mapping[str, torch.Tensor],
+        encoder_config: Optional[Mapping[str, object]] = None,
+        encoder: Optional[TextPromptEncoder] = None,
+    ) -> None:
+        self.embeddings: Dict[str, torch.Tensor] = {
+            normalize_prompt(k): v.detach().float().cpu() for k, v in embeddings.items()
+        }
+        dims = {v.shape for v in self.embeddings.values()}
+        if len(dims) > 1:
+            raise ValueError(f"prompt embeddings of different shapes: {sorted(map(tuple, dims))}")
+        self.encoder_config = dict(encoder_config or (encoder.config if encoder is not None else {}))
+        self.encoder = encoder
+        if encoder is not None and dims and next(iter(dims))[-1] != encoder.embed_dim:
+            raise ValueError(f"table embeddings have {next(iter(dims))[-1]} dims, the encoder {encoder.embed_dim}")
+
+    @classmethod
+    def build(cls, prompts: Iterable[str], encoder: TextPromptEncoder) -> "PromptEmbeddingTable":
+        """Embed ``prompts`` with ``encoder`` and keep the encoder for later prompts."""
+        keys = list(dict.fromkeys(normalize_prompt(p) for p in prompts))
+        return cls(dict(zip(keys, encoder(keys))), encoder=encoder)
+
+    @property
+    def prompts(self) -> List[str]:
+        return list(self.embeddings)
+
+    @property
+    def embed_dim(self) -> int:
+        if self.embeddings:
+            return int(next(iter(self.embeddings.values())).shape[-1])
+        if self.encoder is not None:
+            return self.encoder.embed_dim
+        raise ValueError("empty prompt table without an encoder: the embedding size is unknown")
+
+    def __contains__(self, prompt: str) -> bool:
+        return normalize_prompt(prompt) in self.embeddings
+
+    def __len__(self) -> int:
+        return len(self.embeddings)
+
+    def __call__(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Embeddings ``[N, embed_dim]`` of ``prompts``; unknown prompts are encoded (and added) when possible."""
+        keys = [normalize_prompt(p) for p in prompts]
+        unknown = [k for k in dict.fromkeys(keys) if k not in self.embeddings]
+        if unknown:
+            if self.encoder is None:
+                raise UnknownPromptError(
+                    f"unknown prompt(s) {unknown}: no text encoder is loaded to embed new prompts. "
+                    f"Known prompts: {self.prompts}."
+                )
+            for key, emb in zip(unknown, self.encoder(unknown)):
+                self.embeddings[key] = emb.cpu()
+        return torch.stack([self.embeddings[k] for k in keys])
+
+    def state_dict(self) -> Dict[str, object]:
+        """Plain tensors, strings and lists only, so ``torch.load(weights_only=True)`` can read it back."""
+        return {
+            "prompts": self.prompts,
+            "embeddings": torch.stack(list(self.embeddings.values())) if self.embeddings else torch.zeros(0),
+            "encoder_config": {k: v for k, v in self.encoder_config.items()},
+        }
+
+    @classmethod
+    def from_state_dict(
+        cls, state: Mapping[str, object], encoder: Optional[TextPromptEncoder] = None
+    ) -> "PromptEmbeddingTable":
+        try:
+            prompts, emb = list(state["prompts"]), state["embeddings"]  # type: ignore[call-overload]
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"not a prompt table state (needs 'prompts' and 'embeddings'): {e}") from e
+        if not isinstance(emb, torch.Tensor) or (prompts and emb.shape[0] != len(prompts)):
+            raise ValueError(f"prompt table: {len(prompts)} prompts but embeddings of shape {getattr(emb, 'shape', None)}")
+        config = dict(state.get("encoder_config", {}))  # type: ignore[union-attr]
+        if encoder is not None and config and encoder.config != config:
+            raise ValueError(f"the table was built with encoder {config}, the given encoder is {encoder.config}")
+        return cls(dict(zip(prompts, emb)), config, encoder)

@@ -1,0 +1,149 @@
+"""The diffusion trainer: MONAI's SupervisedTrainer whose iteration evaluates the mask diffusion objective.
+
+:class:`DiffusionTrainer` takes its inputs through MONAI's ``prepare_batch`` mechanism (:class:`DiffusionPrepareBatch`
+by default) and calls ``network(image, target, context, **extra)``, which returns the loss terms
+(:meth:`~bundle.diffusion.MaskDiffusion.loss`), so MONAI's handlers (stats, TensorBoard, validation, checkpoints, LR
+schedules) and distributed data parallel work unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents, PrepareBatch
+from monai.utils import CommonKeys as Keys
+
+__all__ = ["DiffusionPrepareBatch", "DiffusionTrainer"]
+
+
+class DiffusionPrepareBatch(PrepareBatch):
+    """MONAI ``prepare_batch`` for mask diffusion: ``(image, target, (context,), extra)`` on the device.
+
+    Args:
+        image_key: the image ``[B, C, *S]``.
+        target_key: the binary target ``[B, 1, *S]`` (:class:`~bundle.transforms.RandPromptd`).
+        context_key: the prompt embedding ``[B, E]`` (:class:`~bundle.transforms.EmbedPromptd`).
+        teacher_key: the SAM2 teacher's probabilities ``[B, 1, *S]``, handed on as ``teacher`` when present.
+        teacher_weight_key: the teacher's trust weights ``[B, 1, *S]``, handed on as ``teacher_weight``.
+        supervised_key: ``[B]`` flags, 0 for unlabelled cases (:class:`~bundle.transforms.TeacherTargetsd`), handed
+            on as ``supervised``.
+    """
+
+    def __init__(
+        self,
+        image_key: str = "image",
+        target_key: str = "target",
+        context_key: str = "prompt_embedding",
+        teacher_key: str = "teacher",
+        teacher_weight_key: str = "teacher_weight",
+        supervised_key: str = "supervised",
+    ) -> None:
+        self.image_key, self.target_key, self.context_key = image_key, target_key, context_key
+        self.extra_keys = {"teacher": teacher_key, "teacher_weight": teacher_weight_key, "supervised": supervised_key}
+
+    def __call__(
+        self,
+        batchdata: Mapping[str, Any],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor], dict[str, torch.Tensor]]:
+        """Moves a collated batch to ``device``.
+
+        Args:
+            batchdata: the collated batch.
+            device: the target device.
+            non_blocking: non-blocking copies.
+            kwargs: ``Tensor.to`` arguments (MONAI's ``to_kwargs``).
+
+        Returns:
+            ``(image, target, (context,), extra)``: ``extra`` holds the optional teacher entries present in the batch.
+
+        Raises:
+            KeyError: the batch lacks the image, the target or the prompt embedding.
+        """
+        missing = [k for k in (self.image_key, self.target_key, self.context_key) if k not in batchdata]
+        if missing:
+            raise KeyError(f"training batch lacks {missing}: the transforms must include RandPromptd and EmbedPromptd")
+
+        def _to(key: str) -> torch.Tensor:
+            return torch.as_tensor(batchdata[key]).to(device, non_blocking=non_blocking, **kwargs)
+
+        extra = {name: _to(key).float() for name, key in self.extra_keys.items() if key in batchdata}
+        return _to(self.image_key), _to(self.target_key), (_to(self.context_key).float(),), extra
+
+
+class DiffusionTrainer(SupervisedTrainer):
+    """SupervisedTrainer for mask diffusion: ``network(image, target, context, **extra)`` returns the loss terms.
+
+    Args:
+        args: :class:`~monai.engines.SupervisedTrainer`'s positional arguments.
+        prepare_batch: MONAI ``prepare_batch`` returning ``(image, target, (context,), extra)``; default
+            :class:`DiffusionPrepareBatch`.
+        loss_function: not used (the network computes its loss); accepted for MONAI's signature.
+        kwargs: :class:`~monai.engines.SupervisedTrainer`'s other arguments.
+
+    The iteration output holds ``image``, ``label`` (the binary target), ``pred`` (the implied clean-mask
+    probability), ``loss`` and its terms ``l1``, ``dice`` and ``consistency``.
+
+    Raises:
+        NotImplementedError: ``accumulation_steps > 1`` or ``compile=True``, which this iteration does not support.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        prepare_batch: Callable | None = None,
+        loss_function: Callable | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            *args, prepare_batch=prepare_batch or DiffusionPrepareBatch(), loss_function=loss_function, **kwargs
+        )
+        if self.accumulation_steps > 1 or self.compile:
+            # this iteration replaces SupervisedTrainer's; say so rather than silently ignore the options
+            raise NotImplementedError("DiffusionTrainer supports neither accumulation_steps > 1 nor compile=True")
+
+    def _iteration(self, engine: DiffusionTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:  # type: ignore[override]
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        image, target, args, extra = engine.prepare_batch(
+            batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs
+        )
+        engine.state.output = {Keys.IMAGE: image, Keys.LABEL: target}
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        if engine.amp and engine.scaler is not None:
+            device = engine.state.device
+            with torch.autocast(device.type if isinstance(device, torch.device) else str(device), **engine.amp_kwargs):
+                terms = engine.network(image, target, *args, **extra)
+        else:
+            terms = engine.network(image, target, *args, **extra)
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        loss = terms["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss {float(loss)} at iteration {engine.state.iteration}")
+        engine.state.output.update(
+            {
+                Keys.PRED: terms["pred_mask"],
+                Keys.LOSS: loss,
+                "l1": terms["l1"],
+                "dice": terms["dice"],
+                "consistency": terms["consistency"],
+            }
+        )
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        if engine.amp and engine.scaler is not None:
+            engine.scaler.scale(loss).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.scaler.step(engine.optimizer)
+            engine.scaler.update()
+        else:
+            loss.backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output

@@ -1,0 +1,113 @@
+"""Text-prompt transforms: a sampled class prompt and its binary target (training), prompt embeddings."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, Randomizable
+
+from bundle.text import PromptEmbeddingTable, normalize_prompt
+from bundle.utils.metadata import source_name
+
+__all__ = ["RandPromptd", "EmbedPromptd"]
+
+class RandPromptd(Randomizable, MapTransform):
+    """Samples one class prompt per item and writes its binary target.
+
+    Args:
+        keys: the multi-label map (``[1, *S]`` or ``[*S]`` integer labels).
+        class_names: ``{label value: name}`` (background excluded), e.g. from :func:`class_names_from_metadata`.
+        target_key: where the binary target ``[1, *S]`` (float32) goes.
+        prompt_key: where the prompt text goes.
+        class_key: where the sampled label value goes (an int; 0 never occurs).
+        absent_prob: probability of prompting a class that is absent from the map (empty target), when there is one.
+
+    Raises:
+        ValueError: naming the label file, when the map holds values outside ``class_names`` and background.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        class_names: Mapping[int, str],
+        target_key: str = "target",
+        prompt_key: str = "prompt",
+        class_key: str = "prompt_class",
+        absent_prob: float = 0.1,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        if not class_names:
+            raise ValueError("RandPromptd needs at least one class name")
+        if 0 in class_names:
+            raise ValueError("class 0 is the background and cannot be prompted")
+        if not 0.0 <= absent_prob <= 1.0:
+            raise ValueError(f"absent_prob must be in [0, 1], got {absent_prob}")
+        self.class_names = {int(k): normalize_prompt(v) for k, v in class_names.items()}
+        self.target_key, self.prompt_key, self.class_key = target_key, prompt_key, class_key
+        self.absent_prob = absent_prob
+        self._choice: Optional[int] = None
+
+    def randomize(self, present: Sequence[int]) -> None:  # type: ignore[override]
+        absent = [c for c in self.class_names if c not in present]
+        if absent and (not present or self.R.rand() < self.absent_prob):
+            self._choice = int(self.R.choice(absent))
+        else:
+            self._choice = int(self.R.choice(list(present)))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            label = d[key]
+            values = torch.as_tensor(label).unique().tolist()
+            unknown = sorted(v for v in values if int(v) != v or (int(v) != 0 and int(v) not in self.class_names))
+            if unknown:
+                raise ValueError(
+                    f"{source_name(d, key)}: label values {unknown} are not in channel_def "
+                    f"(known: 0 background, {self.class_names})"
+                )
+            present = [int(v) for v in values if int(v) in self.class_names]
+            self.randomize(present)
+            assert self._choice is not None
+            target = (torch.as_tensor(label) == self._choice).float()
+            if target.shape[0] != 1:  # a label without its channel axis
+                target = target[None]
+            d[self.target_key] = target
+            d[self.prompt_key] = self.class_names[self._choice]
+            d[self.class_key] = self._choice
+        return d
+
+
+class EmbedPromptd(MapTransform):
+    """Replaces prompt text with its embedding from a :class:`~bundle.text.PromptEmbeddingTable`.
+
+    Args:
+        keys: the prompt entries: a string, or a list of strings (one embedding each).
+        table: the prompt table (unknown prompts are encoded when it has an encoder, else a clear error).
+        embedding_key: where the embedding goes: ``[embed_dim]`` for one prompt, ``[N, embed_dim]`` for a list.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        table: PromptEmbeddingTable,
+        embedding_key: str = "prompt_embedding",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.table = table
+        self.embedding_key = embedding_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            prompts = d[key]
+            if isinstance(prompts, str):
+                d[self.embedding_key] = self.table([prompts])[0]
+            else:
+                as_list: List[str] = [str(p) for p in np.asarray(prompts, dtype=object).ravel()]
+                d[self.embedding_key] = self.table(as_list)
+        return d

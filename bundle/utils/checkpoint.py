@@ -1,0 +1,235 @@
+"""Checkpoints: the model file format, ``weights_only`` reads, and errors that name the file and the problem.
+
+A SegOne model is two files, so that MONAI's own loaders get the weights with their default arguments
+(``monai.bundle.load(..., workflow_type="inference")``, ``ckpt_export``, MONAI Label):
+
+- ``model.pt``: the plain state dict of the network (the denoiser and the class prompts' embeddings,
+  :class:`~bundle.diffusion.MaskDiffusion`), the same keys for the training and the inference network;
+- ``model.prompts.pt`` beside it (:func:`prompt_table_path`): ``{"prompt_table", "metadata"}``: the
+  :class:`~bundle.text.PromptEmbeddingTable` state (prompt strings, embeddings and the text encoder's settings, so
+  known prompts need no text tower) and plain facts about the run (bundle version, epoch, metric).
+
+Model files of bundle 0.4 and older (one dict ``{"model", "prompt_table", "metadata"}``) still load. Training's resume
+file (``last.pt``) is ``{"model", "optimizer", "trainer", "lr_scheduler"}``. Everything is tensors, numbers, strings,
+lists and dicts, so ``torch.load(..., weights_only=True)`` reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from bundle.text import PromptEmbeddingTable, TextPromptEncoder
+from bundle.utils.io import PathLike, save_torch_atomic
+
+__all__ = [
+    "CheckpointError",
+    "load_checkpoint",
+    "load_model_info",
+    "load_prompt_table",
+    "load_state",
+    "load_weights",
+    "prompt_table_path",
+    "save_model",
+]
+
+# the entry of a legacy (bundle <= 0.4) model file, and of a resume file, that holds the weights
+LEGACY_MODEL_KEY = "model"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, unreadable, or does not fit the network."""
+
+
+def prompt_table_path(model_path: PathLike) -> Path:
+    """The prompt-table file that goes with a model file: ``model.pt`` -> ``model.prompts.pt``.
+
+    Args:
+        model_path: the model file.
+
+    Returns:
+        The path beside it.
+    """
+    path = Path(model_path)
+    return path.with_name(f"{path.stem}.prompts.pt")
+
+
+def save_model(
+    network: nn.Module, path: PathLike, prompt_table: PromptEmbeddingTable, metadata: Mapping[str, Any]
+) -> Path:
+    """Writes a model: the network's plain state dict to ``path`` and the prompt table beside it, both atomically.
+
+    The prompt table is written first: a reader that finds the new weights also finds their prompts.
+
+    Args:
+        network: the network (unwrapped from DDP by the caller).
+        path: the model file.
+        prompt_table: the table the class prompts' embeddings came from.
+        metadata: plain facts about the run (numbers, strings).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    save_torch_atomic({"prompt_table": prompt_table.state_dict(), "metadata": dict(metadata)}, prompt_table_path(path))
+    return save_torch_atomic({k: v.detach().cpu() for k, v in network.state_dict().items()}, path)
+
+
+def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Reads a checkpoint with ``weights_only=True``.
+
+    Args:
+        path: the file.
+        map_location: where tensors go.
+
+    Returns:
+        The checkpoint's dict.
+
+    Raises:
+        CheckpointError: naming the file when it is missing, truncated or corrupt, or not a dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, pickle errors, foreign formats
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
+    return ckpt
+
+
+def _is_state_dict(value: Any) -> bool:
+    return isinstance(value, Mapping) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
+def _state_dict_of(ckpt: Mapping[str, Any], path: PathLike, key: str | None) -> Mapping[str, torch.Tensor]:
+    if key is not None:
+        if key not in ckpt:
+            raise CheckpointError(f"{path}: no '{key}' entry (entries: {sorted(ckpt)})")
+        state = ckpt[key]
+    elif _is_state_dict(ckpt):
+        state = ckpt
+    elif _is_state_dict(ckpt.get(LEGACY_MODEL_KEY)):  # a model file of bundle <= 0.4, or a resume file
+        state = ckpt[LEGACY_MODEL_KEY]
+    else:
+        raise CheckpointError(
+            f"{path}: neither a state dict nor a SegOne model or resume file (entries: {sorted(ckpt)[:8]})"
+        )
+    if not _is_state_dict(state):
+        raise CheckpointError(f"{path}: '{key}' is not a state dict of tensors")
+    return state
+
+
+def load_weights(
+    network: nn.Module, path: PathLike, key: str | None = None, map_location: str | torch.device = "cpu"
+) -> nn.Module:
+    """Loads a checkpoint into ``network`` strictly (see :func:`load_state`).
+
+    Args:
+        network: the network as configured.
+        path: a model file (plain state dict, or a legacy model file) or a resume file.
+        key: the entry holding the state dict; ``None`` finds it (the file itself, or its ``"model"`` entry).
+        map_location: where tensors go.
+
+    Returns:
+        ``network``, loaded.
+    """
+    return load_state(network, load_checkpoint(path, map_location), path, key)
+
+
+def load_state(network: nn.Module, ckpt: Mapping[str, Any], path: PathLike, key: str | None = None) -> nn.Module:
+    """Loads a checkpoint already read from ``path`` into ``network`` strictly.
+
+    Args:
+        network: the network as configured.
+        ckpt: the checkpoint's dict.
+        path: its file (for messages).
+        key: the entry holding the state dict; ``None`` finds it.
+
+    Returns:
+        ``network``, loaded.
+
+    Raises:
+        CheckpointError: naming the file and listing missing keys, unexpected keys and shape mismatches, when the
+            checkpoint was saved from another architecture or configuration.
+    """
+    state = _state_dict_of(ckpt, path, key)
+    own = network.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} in file, {tuple(v.shape)} in network"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or shapes:
+
+        def _few(items: list) -> str:
+            return ", ".join(items[:4]) + (f" (+{len(items) - 4} more)" if len(items) > 4 else "")
+
+        problems = []
+        if shapes:
+            problems.append(f"{len(shapes)} shape mismatch(es): {_few(shapes)}")
+        if missing:
+            problems.append(f"{len(missing)} missing key(s): {_few(missing)}")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected key(s): {_few(unexpected)}")
+        raise CheckpointError(
+            f"{path}: checkpoint does not fit {type(network).__name__} as configured (another architecture or "
+            f"other network settings?): " + "; ".join(problems)
+        )
+    network.load_state_dict(state, strict=True)
+    return network
+
+
+def load_model_info(path: PathLike) -> dict[str, Any]:
+    """The prompt table state and run metadata that go with a model file.
+
+    Args:
+        path: the model file.
+
+    Returns:
+        ``{"prompt_table": state, "metadata": dict}`` from ``model.prompts.pt``, or from the model file itself when
+        it is a legacy (bundle <= 0.4) model file.
+
+    Raises:
+        CheckpointError: naming the files, when neither holds a prompt table.
+    """
+    side = prompt_table_path(path)
+    if side.is_file():
+        info = load_checkpoint(side)
+        source = side
+    else:
+        info = load_checkpoint(path)
+        source = Path(path)
+    if "prompt_table" not in info:
+        raise CheckpointError(
+            f"{path}: no prompt table ({side} is missing and the model file has no 'prompt_table' entry); "
+            "was it saved by SegOne training?"
+        )
+    return {"prompt_table": info["prompt_table"], "metadata": dict(info.get("metadata") or {}), "source": str(source)}
+
+
+def load_prompt_table(path: PathLike, encoder: TextPromptEncoder | None = None) -> PromptEmbeddingTable:
+    """The prompt table saved with a model file.
+
+    Args:
+        path: the model file.
+        encoder: embeds prompts that are not in the table (``None``: unknown prompts are an error).
+
+    Returns:
+        The table.
+
+    Raises:
+        CheckpointError: naming the file, when it has no prompt table or the table does not fit ``encoder``.
+    """
+    info = load_model_info(path)
+    try:
+        return PromptEmbeddingTable.from_state_dict(info["prompt_table"], encoder=encoder)
+    except ValueError as e:
+        raise CheckpointError(f"{info['source']}: {e}") from e

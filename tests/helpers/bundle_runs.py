@@ -1,0 +1,109 @@
+"""Small bundle runs for the tests: a synthetic MSD folder, shrunk config overrides, workflows and the bundle CLI.
+
+Everything is shrunk by overrides (tiny text tower, 3-level network, one 16^3 window) as model-zoo CI does, so the
+real configs and code paths run in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from bundle.utils.config import BUNDLE_ROOT
+
+__all__ = ["ROOT", "CONFIGS", "META", "SHAPE", "SMALL", "TINY_CLIP", "TINY_CLIP_DIM", "write_msd", "train_overrides",
+           "infer_overrides", "workflow", "error_chain", "bundle_cli"]
+
+# a small open_clip architecture registered for the tests (tests/conftest.py)
+TINY_CLIP = "segone-test-tiny-clip"
+TINY_CLIP_DIM = 32
+
+ROOT = BUNDLE_ROOT
+CONFIGS = ROOT / "configs"
+META = str(CONFIGS / "metadata.json")
+SHAPE = (32, 40, 32)
+
+
+def write_msd(root: Path, num_cases: int = 6) -> Path:
+    from bundle.data.demo import DEMO_LABELS, make_phantom
+
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    training = []
+    affine = np.diag([1.0, 1.2, 1.0, 1.0])
+    affine[:3, 3] = [5.0, -3.0, 2.0]
+    for i in range(num_cases):
+        image, label = make_phantom(100 + i, shape=SHAPE)
+        nib.save(nib.Nifti1Image(image, affine), str(root / "imagesTr" / f"case_{i}.nii.gz"))
+        nib.save(nib.Nifti1Image(label, affine), str(root / "labelsTr" / f"case_{i}.nii.gz"))
+        training.append({"image": f"./imagesTr/case_{i}.nii.gz", "label": f"./labelsTr/case_{i}.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps({"labels": DEMO_LABELS, "training": training, "test": []}))
+    return root
+
+
+# the network sizes every test run shares (a 3-level SegOne: sizes in multiples of 4)
+SMALL = {"features": [4, 8, 16], "roi_size": [16, 16, 16]}
+
+
+def train_overrides(tiny_clip_config: str, dataset_dir: Path, output_dir: Path, **extra) -> dict:
+    overrides = {
+        **SMALL,
+        "text_encoder#model_name": TINY_CLIP,
+        "text_encoder#model_config": tiny_clip_config,
+        "dataset_dir": str(dataset_dir),
+        "output_dir": str(output_dir),
+        "max_epochs": 1,
+        "val_interval": 1,
+        "batch_size": 2,
+        "val_fraction": 0.2,
+        "test_fraction": 0.2,
+        "diffusion#val_steps": 1,
+    }
+    overrides.update(extra)
+    return overrides
+
+
+def infer_overrides(ckpt: Path, dataset_dir: Path, output_dir: Path, **extra) -> dict:
+    overrides = {
+        **SMALL,
+        "text_dim": TINY_CLIP_DIM,
+        "ckpt_path": str(ckpt),
+        "dataset_dir": str(dataset_dir),
+        "output_dir": str(output_dir),
+        "num_inference_steps": 1,
+    }
+    overrides.update(extra)
+    return overrides
+
+
+def workflow(config: str, workflow_type: str, **overrides):
+    from monai.bundle import ConfigWorkflow
+
+    wf = ConfigWorkflow(
+        config_file=str(CONFIGS / config), meta_file=META, logging_file=False, workflow_type=workflow_type, **overrides
+    )
+    return wf
+
+
+def error_chain(exc: BaseException) -> str:
+    """The messages of an exception and its causes (MONAI's config resolution wraps the original error)."""
+    parts = []
+    while exc is not None and len(parts) < 10:
+        parts.append(f"{type(exc).__name__}: {exc}")
+        exc = exc.__cause__ or exc.__context__
+    return "\n".join(parts)
+
+
+def bundle_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+

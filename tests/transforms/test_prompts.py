@@ -1,0 +1,83 @@
+"""Prompt transforms: sampling present/absent classes, binary targets, label checks, embeddings."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from bundle.text import PromptEmbeddingTable, UnknownPromptError
+from bundle.transforms import EmbedPromptd, RandPromptd
+from bundle.utils.config import BUNDLE_ROOT
+from bundle.utils.metadata import class_names_from_metadata
+
+ROOT = BUNDLE_ROOT
+NAMES = {1: "anterior hippocampus", 2: "posterior hippocampus"}
+
+
+def _label(values=(1,)) -> torch.Tensor:
+    lab = torch.zeros(1, 8, 8, 8, dtype=torch.uint8)
+    for i, v in enumerate(values):
+        lab[0, i * 2 : i * 2 + 2] = v
+    return lab
+
+
+def test_class_names_from_bundle_metadata():
+    assert class_names_from_metadata(ROOT / "configs" / "metadata.json") == NAMES
+    with pytest.raises(ValueError, match="channel_def"):
+        class_names_from_metadata({"network_data_format": {"outputs": {}}})
+
+
+def test_present_class_gives_its_binary_target():
+    t = RandPromptd("label", NAMES, absent_prob=0.0)
+    t.set_random_state(0)
+    lab = _label((1, 2))
+    for _ in range(20):
+        out = t({"label": lab})
+        c = out["prompt_class"]
+        assert out["prompt"] == NAMES[c]
+        assert out["target"].shape == (1, 8, 8, 8) and out["target"].dtype == torch.float32
+        assert torch.equal(out["target"].bool(), lab == c)
+
+
+def test_absent_classes_are_sampled_with_empty_targets():
+    t = RandPromptd("label", NAMES, absent_prob=0.5)
+    t.set_random_state(1)
+    counts = Counter()
+    for _ in range(200):
+        out = t({"label": _label((1,))})
+        counts[out["prompt_class"]] += 1
+        if out["prompt_class"] == 2:
+            assert not out["target"].any()
+    assert 60 < counts[2] < 140 and counts[1] + counts[2] == 200
+    # an empty map can only be prompted with absent classes
+    out = t({"label": torch.zeros(1, 4, 4, 4)})
+    assert not out["target"].any() and out["prompt_class"] in NAMES
+
+
+def test_sampling_is_reproducible_with_a_seed():
+    a, b = RandPromptd("label", NAMES, absent_prob=0.3), RandPromptd("label", NAMES, absent_prob=0.3)
+    a.set_random_state(5)
+    b.set_random_state(5)
+    lab = _label((1, 2))
+    assert [a({"label": lab})["prompt"] for _ in range(10)] == [b({"label": lab})["prompt"] for _ in range(10)]
+
+
+def test_labels_outside_channel_def_name_the_file():
+    lab = MetaTensor(_label((1, 5)), meta={"filename_or_obj": "/data/labelsTr/case_007.nii.gz"})
+    with pytest.raises(ValueError, match=r"case_007\.nii\.gz: label values \[5\]"):
+        RandPromptd("label", NAMES)({"label": lab})
+    with pytest.raises(ValueError, match="background"):
+        RandPromptd("label", {0: "background"})
+
+
+def test_embed_prompts_single_and_list():
+    table = PromptEmbeddingTable({"anterior hippocampus": torch.ones(4), "posterior hippocampus": torch.zeros(4)})
+    t = EmbedPromptd("prompt", table)
+    assert torch.equal(t({"prompt": "Anterior Hippocampus"})["prompt_embedding"], torch.ones(4))
+    out = t({"prompt": ["posterior hippocampus", "anterior hippocampus"]})["prompt_embedding"]
+    assert out.shape == (2, 4) and torch.equal(out[0], torch.zeros(4))
+    with pytest.raises(UnknownPromptError, match="Known prompts"):
+        t({"prompt": "amygdala"})

@@ -1,0 +1,82 @@
+"""Model and checkpoint files: the plain-state-dict format with its prompt table, legacy files, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bundle.text import PromptEmbeddingTable
+from bundle.utils.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model_info,
+    load_prompt_table,
+    load_weights,
+    prompt_table_path,
+    save_model,
+)
+from bundle.utils.io import save_torch_atomic
+
+
+def _net(width: int = 4) -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Conv3d(1, width, 1), torch.nn.Conv3d(width, 2, 1))
+
+
+def _table() -> PromptEmbeddingTable:
+    return PromptEmbeddingTable({"liver": torch.ones(3), "spleen": torch.zeros(3)}, {"model_name": "x"})
+
+
+def test_save_model_writes_a_plain_state_dict_and_the_prompt_table_beside_it(tmp_path):
+    net = _net()
+    path = save_model(net, tmp_path / "sub" / "model.pt", _table(), {"epoch": 3, "metric": 0.5})
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.prompts.pt", "model.pt"]
+    assert prompt_table_path(path) == path.parent / "model.prompts.pt"
+    state = torch.load(path, weights_only=True)
+    assert set(state) == set(net.state_dict())  # MONAI's loaders take it with their default arguments
+    other = load_weights(_net(), path)
+    for a, b in zip(net.parameters(), other.parameters()):
+        assert torch.equal(a, b)
+    assert load_prompt_table(path).prompts == ["liver", "spleen"]
+    assert load_model_info(path)["metadata"] == {"epoch": 3, "metric": 0.5}
+
+
+def test_a_model_file_of_bundle_0_4_still_loads(tmp_path):
+    net = _net()
+    legacy = {"model": net.state_dict(), "prompt_table": _table().state_dict(), "metadata": {"epoch": 1}}
+    path = save_torch_atomic(legacy, tmp_path / "old.pt")
+    other = load_weights(_net(), path)
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), other.parameters()))
+    assert load_prompt_table(path).prompts == ["liver", "spleen"]
+    assert load_model_info(path)["metadata"] == {"epoch": 1}
+
+
+def test_truncated_and_missing_files_name_the_file(tmp_path):
+    path = save_model(_net(), tmp_path / "model.pt", _table(), {})
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="truncated.pt: not a readable PyTorch checkpoint"):
+        load_checkpoint(truncated)
+    with pytest.raises(CheckpointError, match="absent.pt: checkpoint not found"):
+        load_checkpoint(tmp_path / "absent.pt")
+
+
+def test_checkpoint_of_another_architecture_is_explained(tmp_path):
+    path = save_model(_net(4), tmp_path / "model.pt", _table(), {})
+    with pytest.raises(CheckpointError, match=r"model.pt: checkpoint does not fit Sequential.*shape mismatch"):
+        load_weights(_net(8), path)
+    extra = torch.nn.Sequential(_net(4), torch.nn.Conv3d(2, 2, 1))
+    with pytest.raises(CheckpointError, match="missing key"):
+        load_weights(extra, path)
+
+
+def test_a_model_without_its_prompt_table_is_explained(tmp_path):
+    path = save_torch_atomic(_net().state_dict(), tmp_path / "bare.pt")
+    load_weights(_net(), path)  # a bare state dict loads
+    with pytest.raises(CheckpointError, match=r"bare.pt: no prompt table \(.*bare.prompts.pt is missing"):
+        load_prompt_table(path)
+
+
+def test_a_file_that_is_no_checkpoint_of_ours_is_refused_by_name(tmp_path):
+    path = save_torch_atomic({"weights": [1, 2], "epoch": 3}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="foreign.pt: neither a state dict nor a SegOne model"):
+        load_weights(_net(), path)

@@ -1,0 +1,19 @@
+"""The scripts' ``--set KEY=VALUE`` parsing."""
+
+import pytest
+
+from bundle.utils.cli import parse_overrides
+
+
+def test_parse_overrides_reads_json_values_and_keeps_strings():
+    parsed = parse_overrides(["overlap=0.5", "roi_size=[16, 16, 16]", "teacher#checkpoint=null", "resume=true",
+                              "teacher#loss=dice", "name=a=b", "val=False", "path=/data/x.nii.gz"])
+    assert parsed == {"overlap": 0.5, "roi_size": [16, 16, 16], "teacher#checkpoint": None, "resume": True,
+                      "teacher#loss": "dice", "name": "a=b", "val": False, "path": "/data/x.nii.gz"}
+    assert parse_overrides([]) == {}
+
+
+@pytest.mark.parametrize("item", ["overlap", "=1"])
+def test_parse_overrides_names_a_malformed_item(item):
+    with pytest.raises(ValueError, match=f"--set '{item}': expected KEY=VALUE"):
+        parse_overrides([item])
