@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup test demo benchmark clean-env
+.PHONY: setup test test-fast demo benchmark clean-env
 
 DEMO_EPOCHS ?= 40
 
@@ -11,6 +11,10 @@ setup:
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# the unit tests (no end-to-end runs marked slow): a few minutes
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
 
 # the main job on the embedded demo data: generate it, train briefly, segment it, score the held-out cases
 demo: setup
@@ -22,14 +26,14 @@ demo: setup
 	$(PY) -m monai.bundle run evaluating --config_file configs/evaluate.json --eval_split test \
 		--ckpt_path runs/demo/model.pt --output_dir runs/demo/evaluation
 	@echo ""
-	@echo "demo outputs in runs/demo/: model.pt (weights + prompt table), curves.png and overlays.png (training report),"
+	@echo "demo outputs in runs/demo/: model.pt (weights) and model.prompts.pt (prompt table), curves.png and overlays.png (training report),"
 	@echo "events/ (TensorBoard), inference/*_seg.nii.gz (label maps, labels in inference/labels.json),"
 	@echo "evaluation/metrics.json and metrics.csv (held-out demo cases)."
 	@echo "This is a brief run ($(DEMO_EPOCHS) epochs, about a minute of training): expect a rough segmentation (mean Dice"
 	@echo "about 0.5 on the held-out phantoms). The trained hippocampus model and its results: docs/README.md."
 
 benchmark: setup
-	$(PY) scripts/benchmark_network.py
+	$(PY) scripts/benchmarks/benchmark_network.py
 
 clean-env:
 	rm -rf .venv

@@ -33,7 +33,6 @@ def tiny_clip(tiny_clip_config) -> str:
     return TINY_CLIP
 
 
-
 @pytest.fixture(scope="module")
 def msd_dir(tmp_path_factory) -> Path:
     """A synthetic MSD-layout folder of six phantoms (``tests.helpers.bundle_runs.write_msd``)."""

@@ -32,6 +32,9 @@ from tests.helpers.bundle_runs import (
     workflow,
 )
 
+# end-to-end: not part of the fast lane (make test-fast)
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_clip_config, msd_dir) -> Path:
@@ -70,7 +73,9 @@ def test_training_without_dataset_dir_generates_demo_data(tmp_path, tiny_clip_co
     wf = workflow("train.json", "train", **overrides)
     wf.initialize()
     assert not demo.exists()
-    assert len(wf.parser.get_parsed_content("train#datalist")) == 14  # 24 demo cases less 20 % val and 20 % test (5 each)
+    assert (
+        len(wf.parser.get_parsed_content("train#datalist")) == 14
+    )  # 24 demo cases less 20 % val and 20 % test (5 each)
     assert (demo / "dataset.json").is_file()
 
 
@@ -81,8 +86,13 @@ def test_training_resumes_after_sigkill(tmp_path, tiny_clip_config, msd_dir):
     for k, v in overrides.items():
         args += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "monai.bundle", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "monai.bundle", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     last = out / "last.pt"
     deadline = time.time() + 300
     while time.time() < deadline and not last.exists() and proc.poll() is None:
@@ -96,8 +106,9 @@ def test_training_resumes_after_sigkill(tmp_path, tiny_clip_config, msd_dir):
     assert saved_epochs >= 1
     # the resumed run starts after the last saved epoch and runs only the remaining ones
     args[args.index("--max_epochs") + 1] = str(saved_epochs + 2)
-    result = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert f"resumed from {last} at epoch {saved_epochs}" in log
@@ -134,7 +145,9 @@ def test_inference_segments_a_folder_and_survives_bad_files(tmp_path, trained, m
         np.testing.assert_allclose(seg.affine, src.affine, atol=1e-5)
         assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2}
     assert json.loads((out / "labels.json").read_text()) == {
-        "0": "background", "1": "anterior hippocampus", "2": "posterior hippocampus"
+        "0": "background",
+        "1": "anterior hippocampus",
+        "2": "posterior hippocampus",
     }
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
     after = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in images.iterdir()}
@@ -152,8 +165,8 @@ def test_inference_with_a_selected_prompt(tmp_path, trained, msd_dir):
     assert set(np.unique(seg)) <= {0, 2}
 
     wf = workflow("inference.json", "infer", **infer_overrides(trained / "model.pt", msd_dir, out, prompts="edema"))
+    wf.initialize()
     with pytest.raises(Exception) as err:
-        wf.initialize()
         wf.run()
     message = error_chain(err.value)
     assert "UnknownPromptError" in message and "'edema'" in message and "anterior hippocampus" in message
@@ -193,24 +206,54 @@ def test_evaluation_writes_metrics(tmp_path, trained, msd_dir):
 def test_cli_verify_net_in_out_and_torchscript_export(tmp_path, trained):
     overrides = ["--features", "[4, 8, 16]", "--text_dim", str(TINY_CLIP_DIM), "--num_inference_steps", "1"]
     result = bundle_cli(
-        "verify_net_in_out", "network_def", "--meta_file", META, "--config_file", str(CONFIGS / "inference.json"),
-        "--n", "2", *overrides,
+        "verify_net_in_out",
+        "network_def",
+        "--meta_file",
+        META,
+        "--config_file",
+        str(CONFIGS / "inference.json"),
+        "--n",
+        "2",
+        *overrides,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     ts = tmp_path / "model.ts"
     result = bundle_cli(
-        "ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(trained / "model.pt"),
-        "--meta_file", META, "--config_file", str(CONFIGS / "inference.json"),
-        "--use_trace", "True", "--input_shape", "[1, 1, 16, 16, 16]", *overrides,
+        "ckpt_export",
+        "network_def",
+        "--filepath",
+        str(ts),
+        "--ckpt_file",
+        str(trained / "model.pt"),
+        "--meta_file",
+        META,
+        "--config_file",
+        str(CONFIGS / "inference.json"),
+        "--use_trace",
+        "True",
+        "--input_shape",
+        "[1, 1, 16, 16, 16]",
+        *overrides,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     from bundle.diffusion import PromptedSegmenter
     from bundle.networks import SegOne
 
     net = PromptedSegmenter(
-        SegOne(3, 2, 1, features=(4, 8, 16), with_timestep=True, text_dim=TINY_CLIP_DIM, stem_scale=2,
-               refine_channels=8, refine_inputs=[1]),
-        num_prompts=2, embed_dim=TINY_CLIP_DIM, num_inference_steps=1,
+        SegOne(
+            3,
+            2,
+            1,
+            features=(4, 8, 16),
+            with_timestep=True,
+            text_dim=TINY_CLIP_DIM,
+            stem_scale=2,
+            refine_channels=8,
+            refine_inputs=[1],
+        ),
+        num_prompts=2,
+        embed_dim=TINY_CLIP_DIM,
+        num_inference_steps=1,
     )
     net.load_state_dict(torch.load(trained / "model.pt", weights_only=True))
     scripted = torch.jit.load(str(ts))
@@ -223,13 +266,31 @@ def test_multi_gpu_config_trains_with_two_processes_on_cpu(tmp_path, tiny_clip_c
     out = tmp_path / "ddp"
     # 2 validation cases, so each process validates one; 3 training cases, padded to 4 by the sampler
     overrides = train_overrides(tiny_clip_config, msd_dir, out, max_epochs=2, val_fraction=0.34)
-    args = ["--nnodes", "1", "--nproc_per_node", "2", "-m", "monai.bundle", "run", "training", "--config_file",
-            json.dumps([str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")]), "--meta_file", META]
+    args = [
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        json.dumps([str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")]),
+        "--meta_file",
+        META,
+    ]
     for k, v in overrides.items():
         args += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", *args], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     ckpt = torch.load(out / "model.pt", weights_only=True)
     last = torch.load(out / "last.pt", weights_only=True)

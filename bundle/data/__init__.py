@@ -3,6 +3,7 @@
 Errors name the file and the problem: a missing image, a label whose shape or geometry differs from its image,
 non-finite intensities, a volume of the wrong dimensionality.
 """
+
 from .checks import CheckInputd
 from .datalist import NIFTI_SUFFIXES, dataset_split, find_images, load_msd_datalist, split_datalist
 from .demo import DEMO_LABELS, ensure_demo_dataset, make_phantom, write_demo_dataset

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Hashable, Mapping, Optional
+from collections.abc import Hashable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,6 +13,7 @@ from monai.transforms import MapTransform
 from bundle.utils.metadata import source_name
 
 __all__ = ["CheckInputd"]
+
 
 class CheckInputd(MapTransform):
     """Fails early, naming the file, on inputs that would otherwise give silent garbage.
@@ -29,7 +31,7 @@ class CheckInputd(MapTransform):
     def __init__(
         self,
         keys: KeysCollection = "image",
-        label_key: Optional[str] = "label",
+        label_key: str | None = "label",
         spatial_dims: int = 3,
         atol: float = 1e-3,
         allow_missing_keys: bool = False,
@@ -39,9 +41,9 @@ class CheckInputd(MapTransform):
         self.spatial_dims = spatial_dims
         self.atol = atol
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        first: Optional[Hashable] = None
+        first: Hashable | None = None
         for key in self.key_iterator(d):
             first = first if first is not None else key
             img = torch.as_tensor(d[key])
@@ -62,8 +64,10 @@ class CheckInputd(MapTransform):
                     f"{source_name(d, first)} shape {tuple(img.shape[1:])}"
                 )
             a_img, a_lab = getattr(img, "affine", None), getattr(lab, "affine", None)
-            if a_img is not None and a_lab is not None and not np.allclose(
-                np.asarray(a_img), np.asarray(a_lab), atol=self.atol
+            if (
+                a_img is not None
+                and a_lab is not None
+                and not np.allclose(np.asarray(a_img), np.asarray(a_lab), atol=self.atol)
             ):
                 raise ValueError(
                     f"{source_name(d, self.label_key)}: label geometry (affine) differs from image "

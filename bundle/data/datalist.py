@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import random
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+
+from bundle.utils.io import PathLike
 
 __all__ = ["NIFTI_SUFFIXES", "load_msd_datalist", "split_datalist", "dataset_split", "find_images"]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
-PathLike = Union[str, os.PathLike]
-
-
-def load_msd_datalist(dataset_dir: PathLike, section: str = "training") -> List[Dict[str, str]]:
+def load_msd_datalist(dataset_dir: PathLike, section: str = "training") -> list[dict[str, str]]:
     """``[{"image": path, "label": path}, ...]`` (absolute paths) from an MSD ``dataset.json``.
 
     Raises:
@@ -34,8 +32,8 @@ def load_msd_datalist(dataset_dir: PathLike, section: str = "training") -> List[
     entries = meta.get(section)
     if not isinstance(entries, list):
         raise ValueError(f"{meta_path}: no '{section}' list")
-    items: List[Dict[str, str]] = []
-    missing: List[str] = []
+    items: list[dict[str, str]] = []
+    missing: list[str] = []
     for entry in entries:
         if isinstance(entry, str):  # MSD "test" entries are bare image paths
             entry = {"image": entry}
@@ -52,13 +50,15 @@ def load_msd_datalist(dataset_dir: PathLike, section: str = "training") -> List[
 
 def split_datalist(
     items: Sequence[Mapping[str, str]], val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0
-) -> Dict[str, List[Dict[str, str]]]:
+) -> dict[str, list[dict[str, str]]]:
     """Seeded split into ``train``/``val``/``test``, independent of the order of ``items``.
 
     Items are sorted by image path before a seeded shuffle, so the same data and seed always give the same split.
     """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(f"fractions must be in [0, 1) with a sum below 1, got val {val_fraction}, test {test_fraction}")
+        raise ValueError(
+            f"fractions must be in [0, 1) with a sum below 1, got val {val_fraction}, test {test_fraction}"
+        )
     ordered = sorted((dict(i) for i in items), key=lambda i: i["image"])
     random.Random(seed).shuffle(ordered)
     n = len(ordered)
@@ -66,21 +66,17 @@ def split_datalist(
     n_val = int(round(n * val_fraction))
     if n and n - n_test - n_val < 1:
         raise ValueError(f"{n} items leave nothing to train on with val {val_fraction} and test {test_fraction}")
-    return {
-        "test": ordered[:n_test],
-        "val": ordered[n_test : n_test + n_val],
-        "train": ordered[n_test + n_val :],
-    }
+    return {"test": ordered[:n_test], "val": ordered[n_test : n_test + n_val], "train": ordered[n_test + n_val :]}
 
 
 def dataset_split(
-    dataset_dir: Optional[PathLike],
+    dataset_dir: PathLike | None,
     split: str,
-    demo_dir: Optional[PathLike] = None,
+    demo_dir: PathLike | None = None,
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
     seed: int = 0,
-) -> List[Dict[str, str]]:
+) -> list[dict[str, str]]:
     """One part (``train``, ``val``, ``test`` or ``all``) of the seeded split of an MSD folder's training cases.
 
     With an empty ``dataset_dir`` the embedded demo dataset at ``demo_dir`` is used, generated first when absent
@@ -101,7 +97,7 @@ def dataset_split(
     return parts[split]
 
 
-def find_images(path: PathLike) -> List[Dict[str, str]]:
+def find_images(path: PathLike) -> list[dict[str, str]]:
     """Images to segment: an MSD folder (``imagesTs/``, else ``imagesTr/``), a folder of NIfTI files, or one file."""
     p = Path(path).expanduser().resolve()
     if p.is_file():
@@ -114,7 +110,9 @@ def find_images(path: PathLike) -> List[Dict[str, str]]:
         if (p / sub).is_dir() and any((p / sub).iterdir()):
             p = p / sub
             break
-    files = sorted(f for f in p.iterdir() if f.is_file() and f.name.endswith(NIFTI_SUFFIXES) and not f.name.startswith("."))
+    files = sorted(
+        f for f in p.iterdir() if f.is_file() and f.name.endswith(NIFTI_SUFFIXES) and not f.name.startswith(".")
+    )
     if not files:
         raise FileNotFoundError(f"{p}: no NIfTI images (*.nii, *.nii.gz)")
     return [{"image": str(f)} for f in files]

@@ -3,6 +3,7 @@
 Modules: :mod:`.discover` (find image series in a tree of studies), :mod:`.read` (order, check and read a series),
 :mod:`.seg` (checked DICOM SEG writing), :mod:`.batch` (resumable batch inference with a manifest).
 """
+
 from .discover import NON_IMAGE_MODALITIES, SeriesInfo, Skipped, discover_series, safe_name
 from .read import LoadSeriesd, SeriesError, read_series, read_series_with_files, sorted_slices
 

@@ -14,36 +14,32 @@ one is segmented, so disk and decoding time overlaps with inference.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
+from typing import Any
 
 import torch
 
 from bundle.dicom import SeriesInfo, discover_series
-from bundle.dicom.seg import TEMP_MARK
 from bundle.inference import prompted_inference
+from bundle.utils.io import TEMP_MARK, file_sha256
 
 __all__ = ["Manifest", "DicomBatch", "BatchFailures", "model_version", "run_batch"]
 
 logger = logging.getLogger(__name__)
 
 
-def model_version(version: str, ckpt_path: Union[str, os.PathLike]) -> str:
+def model_version(version: str, ckpt_path: str | os.PathLike) -> str:
     """``"<bundle version>+<first 12 hex digits of the checkpoint's SHA-256>"``: retrained weights are a new version."""
-    digest = hashlib.sha256()
-    with open(ckpt_path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return f"{version}+{digest.hexdigest()[:12]}"
+    return f"{version}+{file_sha256(ckpt_path)[:12]}"
 
 
 class Manifest:
@@ -52,9 +48,9 @@ class Manifest:
     A line cut short by a kill is ignored when reading (with a warning); the latest row of a series wins.
     """
 
-    def __init__(self, path: Union[str, os.PathLike]) -> None:
+    def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self.rows: List[Dict[str, Any]] = []
+        self.rows: list[dict[str, Any]] = []
         if self.path.is_file():
             for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), start=1):
                 if not line.strip():
@@ -64,7 +60,7 @@ class Manifest:
                 except json.JSONDecodeError:
                     logger.warning("%s line %d is incomplete (an interrupted write); ignored", self.path, number)
 
-    def latest(self, key: str) -> Optional[Dict[str, Any]]:
+    def latest(self, key: str) -> dict[str, Any] | None:
         for row in reversed(self.rows):
             if row.get("series") == key:
                 return row
@@ -80,7 +76,7 @@ class Manifest:
             and all(Path(p).is_file() for p in row.get("outputs", []))
         )
 
-    def append(self, row: Dict[str, Any]) -> None:
+    def append(self, row: dict[str, Any]) -> None:
         row = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), **row}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(row)
@@ -119,12 +115,12 @@ class DicomBatch:
         self,
         network: torch.nn.Module,
         inferer: Callable[..., torch.Tensor],
-        preprocessing: Callable[[Dict[str, Any]], Dict[str, Any]],
-        postprocessing: Callable[[Dict[str, Any]], Dict[str, Any]],
-        output_dir: Union[str, os.PathLike],
+        preprocessing: Callable[[dict[str, Any]], dict[str, Any]],
+        postprocessing: Callable[[dict[str, Any]], dict[str, Any]],
+        output_dir: str | os.PathLike,
         version: str,
-        prompt_embeddings: Optional[torch.Tensor] = None,
-        device: Union[str, torch.device] = "cpu",
+        prompt_embeddings: torch.Tensor | None = None,
+        device: str | torch.device = "cpu",
         workers: int = 1,
         progress: bool = True,
     ) -> None:
@@ -141,12 +137,12 @@ class DicomBatch:
         self.workers = workers
         self.progress = progress
 
-    def _load(self, info: SeriesInfo) -> Tuple[Dict[str, Any], float]:
+    def _load(self, info: SeriesInfo) -> tuple[dict[str, Any], float]:
         start = time.perf_counter()
         data = self.preprocessing({"image": info, "series": info})
         return data, time.perf_counter() - start
 
-    def _segment(self, data: Dict[str, Any]) -> Tuple[Dict[str, Any], float, float]:
+    def _segment(self, data: dict[str, Any]) -> tuple[dict[str, Any], float, float]:
         start = time.perf_counter()
         image = data["image"].unsqueeze(0).to(self.device)
         pred = prompted_inference(self.inferer, self.network, image, self.prompt_embeddings)
@@ -164,8 +160,8 @@ class DicomBatch:
                     logger.info("removed %s, left by an interrupted run", path)
 
     def run(
-        self, input_dir: Union[str, os.PathLike], modality: Optional[str] = "MR", series_description: Optional[str] = None
-    ) -> Dict[str, Any]:
+        self, input_dir: str | os.PathLike, modality: str | None = "MR", series_description: str | None = None
+    ) -> dict[str, Any]:
         """Processes every selected series under ``input_dir``.
 
         Returns:
@@ -190,12 +186,17 @@ class DicomBatch:
             logger.info("%d series already done with model %s (manifest); not repeated", already, self.version)
         logger.info("%d series to segment with model %s, %d reader thread(s)", len(todo), self.version, self.workers)
 
-        summary: Dict[str, Any] = {"done": 0, "failed": 0, "skipped": len(skipped), "already_done": already,
-                                   "failures": []}
+        summary: dict[str, Any] = {
+            "done": 0,
+            "failed": 0,
+            "skipped": len(skipped),
+            "already_done": already,
+            "failures": [],
+        }
         start = time.perf_counter()
         bar = _progress_bar(len(todo), self.progress)
         pool = ThreadPoolExecutor(max_workers=self.workers) if self.workers > 0 else None
-        pending: Deque[Tuple[SeriesInfo, Optional[Future]]] = deque()
+        pending: deque[tuple[SeriesInfo, Future | None]] = deque()
         queue = iter(todo)
 
         def submit_next() -> None:
@@ -209,15 +210,22 @@ class DicomBatch:
             while pending:
                 info, future = pending.popleft()
                 submit_next()  # the next read runs while this series is segmented
-                row: Dict[str, Any] = {"series": info.key, "study_uid": info.study_uid, "series_uid": info.series_uid,
-                                       "description": info.description, "files": len(info.files),
-                                       "model_version": self.version}
+                row: dict[str, Any] = {
+                    "series": info.key,
+                    "study_uid": info.study_uid,
+                    "series_uid": info.series_uid,
+                    "description": info.description,
+                    "files": len(info.files),
+                    "model_version": self.version,
+                }
                 try:
                     data, read_s = self._load(info) if future is None else future.result()
                     data, infer_s, write_s = self._segment(data)
-                    row.update(status="done", outputs=list(data.get("outputs", [])),
-                               seconds={"read": round(read_s, 3), "infer": round(infer_s, 3),
-                                        "write": round(write_s, 3)})
+                    row.update(
+                        status="done",
+                        outputs=list(data.get("outputs", [])),
+                        seconds={"read": round(read_s, 3), "infer": round(infer_s, 3), "write": round(write_s, 3)},
+                    )
                     summary["done"] += 1
                 except Exception as e:  # noqa: BLE001 - one series failing never stops the batch
                     reason = _reason(e)
@@ -236,7 +244,12 @@ class DicomBatch:
         summary["series_per_minute"] = round(60.0 * summary["done"] / seconds, 2) if summary["done"] else 0.0
         logger.info(
             "%d done, %d failed, %d skipped, %d already done; %.1f s, %.2f series/minute; manifest %s",
-            summary["done"], summary["failed"], summary["skipped"], already, seconds, summary["series_per_minute"],
+            summary["done"],
+            summary["failed"],
+            summary["skipped"],
+            already,
+            seconds,
+            summary["series_per_minute"],
             manifest.path,
         )
         return summary
@@ -260,12 +273,14 @@ class BatchFailures(RuntimeError):
 
 
 def run_batch(
-    runner: DicomBatch, input_dir: str, modality: Optional[str] = "MR", series_description: Optional[str] = None
-) -> Dict[str, Any]:
+    runner: DicomBatch, input_dir: str, modality: str | None = "MR", series_description: str | None = None
+) -> dict[str, Any]:
     """The bundle's ``run`` entry: runs the batch, then raises :class:`BatchFailures` if any series failed, so
     ``python -m monai.bundle run`` exits with a non-zero status."""
     summary = runner.run(input_dir, modality or None, series_description or None)
     if summary["failed"]:
         listed = "\n".join(f"  {key}: {reason}" for key, reason in summary["failures"])
-        raise BatchFailures(f"{summary['failed']} series failed (see {runner.output_dir / 'manifest.jsonl'}):\n{listed}")
+        raise BatchFailures(
+            f"{summary['failed']} series failed (see {runner.output_dir / 'manifest.jsonl'}):\n{listed}"
+        )
     return summary

@@ -6,18 +6,33 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
 
 __all__ = ["NON_IMAGE_MODALITIES", "SeriesInfo", "Skipped", "safe_name", "discover_series"]
 
 # Modality values of DICOM objects that carry no image to segment
-NON_IMAGE_MODALITIES = {"SR": "structured report", "SEG": "segmentation", "PR": "presentation state",
-                        "KO": "key object selection", "RTSTRUCT": "RT structure set", "REG": "registration",
-                        "DOC": "encapsulated document", "RWV": "real world value map"}
+NON_IMAGE_MODALITIES = {
+    "SR": "structured report",
+    "SEG": "segmentation",
+    "PR": "presentation state",
+    "KO": "key object selection",
+    "RTSTRUCT": "RT structure set",
+    "REG": "registration",
+    "DOC": "encapsulated document",
+    "RWV": "real world value map",
+}
 
 
-_HEADER_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Modality",
-                "SeriesDescription", "InstanceNumber", "Rows", "Columns"]
+_HEADER_TAGS = [
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "Modality",
+    "SeriesDescription",
+    "InstanceNumber",
+    "Rows",
+    "Columns",
+]
 
 
 @dataclass
@@ -28,7 +43,7 @@ class SeriesInfo:
     series_uid: str
     modality: str
     description: str
-    files: List[Path] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -56,8 +71,8 @@ def safe_name(value: object, max_length: int = 96) -> str:
 
 
 def discover_series(
-    root: Union[str, os.PathLike], modality: Optional[str] = "MR", description: Optional[str] = None
-) -> Tuple[List[SeriesInfo], List[Skipped]]:
+    root: str | os.PathLike, modality: str | None = "MR", description: str | None = None
+) -> tuple[list[SeriesInfo], list[Skipped]]:
     """The image series under ``root`` and everything skipped, with reasons.
 
     Args:
@@ -74,12 +89,14 @@ def discover_series(
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"{root}: no such folder or file")
-    paths = [root] if root.is_file() else sorted(
-        Path(d) / f for d, _, files in os.walk(root) for f in files if not f.startswith(".")
+    paths = (
+        [root]
+        if root.is_file()
+        else sorted(Path(d) / f for d, _, files in os.walk(root) for f in files if not f.startswith("."))
     )
     pattern = re.compile(description) if description else None
-    groups: Dict[Tuple[str, str], SeriesInfo] = {}
-    skipped: List[Skipped] = []
+    groups: dict[tuple[str, str], SeriesInfo] = {}
+    skipped: list[Skipped] = []
     for path in paths:
         try:
             ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
@@ -95,10 +112,12 @@ def discover_series(
             SeriesInfo(study, series, str(ds.get("Modality", "") or ""), str(ds.get("SeriesDescription", "") or "")),
         )
         info.files.append(path)
-    selected: List[SeriesInfo] = []
+    selected: list[SeriesInfo] = []
     for (study, series), info in sorted(groups.items()):
-        what = f"series {series} (study {study}, {info.modality or 'no modality'}, {info.description!r}, " \
-               f"{len(info.files)} file(s))"
+        what = (
+            f"series {series} (study {study}, {info.modality or 'no modality'}, {info.description!r}, "
+            f"{len(info.files)} file(s))"
+        )
         if info.modality in NON_IMAGE_MODALITIES:
             skipped.append(Skipped(what, f"non-image object: {NON_IMAGE_MODALITIES[info.modality]}"))
         elif modality and info.modality != modality:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping
 from pathlib import Path
-from typing import Any, Dict, Hashable, List, Mapping, Tuple
+from typing import Any
 
 import numpy as np
 from monai.config import KeysCollection
@@ -13,15 +14,23 @@ from bundle.dicom.discover import SeriesInfo
 
 __all__ = ["SeriesError", "sorted_slices", "read_series", "read_series_with_files", "LoadSeriesd"]
 
+
 class SeriesError(ValueError):
     """A series that cannot become one volume with trustworthy geometry."""
 
 
-_GEOMETRY_TAGS = ["ImagePositionPatient", "ImageOrientationPatient", "Rows", "Columns", "PixelSpacing",
-                  "NumberOfFrames", "SeriesInstanceUID"]
+_GEOMETRY_TAGS = [
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "Rows",
+    "Columns",
+    "PixelSpacing",
+    "NumberOfFrames",
+    "SeriesInstanceUID",
+]
 
 
-def sorted_slices(info: SeriesInfo, rel_tol: float = 0.01, abs_tol: float = 0.01) -> Tuple[List[Path], float]:
+def sorted_slices(info: SeriesInfo, rel_tol: float = 0.01, abs_tol: float = 0.01) -> tuple[list[Path], float]:
     """The series' files ordered along the slice normal, and the slice spacing (mm), after geometry checks.
 
     Slices are ordered by the projection of ImagePositionPatient on the normal of ImageOrientationPatient (not by
@@ -45,8 +54,15 @@ def sorted_slices(info: SeriesInfo, rel_tol: float = 0.01, abs_tol: float = 0.01
             raise SeriesError(f"{name}: {path} is a multi-frame object ({ds.NumberOfFrames} frames); not supported")
         if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
             raise SeriesError(f"{name}: {path} has no ImagePositionPatient/ImageOrientationPatient")
-        records.append((path, np.asarray(ds.ImagePositionPatient, float), np.asarray(ds.ImageOrientationPatient, float),
-                        (int(ds.Rows), int(ds.Columns)), tuple(float(v) for v in ds.get("PixelSpacing", [1, 1]))))
+        records.append(
+            (
+                path,
+                np.asarray(ds.ImagePositionPatient, float),
+                np.asarray(ds.ImageOrientationPatient, float),
+                (int(ds.Rows), int(ds.Columns)),
+                tuple(float(v) for v in ds.get("PixelSpacing", [1, 1])),
+            )
+        )
     orient = records[0][2]
     for path, _, o, size, spacing in records:
         if not np.allclose(o, orient, atol=1e-4):
@@ -75,16 +91,16 @@ def sorted_slices(info: SeriesInfo, rel_tol: float = 0.01, abs_tol: float = 0.01
     return [r[0] for r in records], step
 
 
-def read_series(info: SeriesInfo) -> Tuple[np.ndarray, np.ndarray]:
+def read_series(info: SeriesInfo) -> tuple[np.ndarray, np.ndarray]:
     """The series as a volume ``[X, Y, Z]`` (float32) and its RAS affine (NIfTI convention), after
     :func:`sorted_slices`' checks. Pixel values are rescaled (RescaleSlope/Intercept) by SimpleITK."""
     array, affine, _ = read_series_with_files(info)
     return array, affine
 
 
-def read_series_with_files(info: SeriesInfo) -> Tuple[np.ndarray, np.ndarray, List[Path]]:
+def read_series_with_files(info: SeriesInfo) -> tuple[np.ndarray, np.ndarray, list[Path]]:
     """:func:`read_series`, plus the files in the volume's slice order (the last array axis)."""
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: N813 (SimpleITK's own convention)
 
     files, _ = sorted_slices(info)
     reader = sitk.ImageSeriesReader()
@@ -121,7 +137,7 @@ class LoadSeriesd(MapTransform):
         super().__init__(keys)
         self.files_key = files_key
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         import torch
         from monai.data import MetaTensor
 
@@ -131,8 +147,13 @@ class LoadSeriesd(MapTransform):
             if not isinstance(info, SeriesInfo):
                 raise TypeError(f"LoadSeriesd expects a SeriesInfo under {key!r}, got {type(info).__name__}")
             array, affine, files = read_series_with_files(info)
-            meta = {"filename_or_obj": f"series {info.series_uid} ({files[0].parent})", "original_affine": affine,
-                    "space": "RAS", "series_uid": info.series_uid, "study_uid": info.study_uid}
+            meta = {
+                "filename_or_obj": f"series {info.series_uid} ({files[0].parent})",
+                "original_affine": affine,
+                "space": "RAS",
+                "series_uid": info.series_uid,
+                "study_uid": info.study_uid,
+            }
             d[key] = MetaTensor(torch.from_numpy(array[None]), affine=torch.as_tensor(affine), meta=meta)
             d[self.files_key] = [str(f) for f in files]
         return d

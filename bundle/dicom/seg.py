@@ -14,8 +14,9 @@ import logging
 import os
 import shutil
 import subprocess
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,15 +24,11 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
 from bundle.dicom import safe_name
-from bundle.utils.io import atomic_path
+from bundle.utils.io import TEMP_MARK, atomic_path
 
-__all__ = ["coded_concepts", "write_seg", "check_seg", "SegCheckError", "SaveDicomSegd", "dciodvfy_errors",
-           "TEMP_MARK"]
+__all__ = ["coded_concepts", "write_seg", "check_seg", "SegCheckError", "SaveDicomSegd", "dciodvfy_errors", "TEMP_MARK"]
 
 logger = logging.getLogger(__name__)
-
-# Written files carry this in their name until they are complete; a re-run removes leftovers of a killed run
-TEMP_MARK = ".segone-tmp"
 
 
 def _code(value: str, meaning: str) -> Any:
@@ -45,7 +42,7 @@ def _code(value: str, meaning: str) -> Any:
 _ANATOMY = ("91723000", "Anatomical Structure")
 _ALTERED = ("49755003", "Morphologically Altered Structure")
 _TISSUE = ("85756007", "Tissue")
-_CONCEPTS: List[Tuple[str, Tuple[str, str], Tuple[str, str]]] = [
+_CONCEPTS: list[tuple[str, tuple[str, str], tuple[str, str]]] = [
     ("hippocamp", _ANATOMY, ("5366008", "Hippocampus")),
     ("edema", _ALTERED, ("79654002", "Edema")),
     ("oedema", _ALTERED, ("79654002", "Edema")),
@@ -58,7 +55,7 @@ _CONCEPTS: List[Tuple[str, Tuple[str, str], Tuple[str, str]]] = [
 ]
 
 
-def coded_concepts(prompt: str) -> Tuple[Any, Any]:
+def coded_concepts(prompt: str) -> tuple[Any, Any]:
     """``(segmented property category, segmented property type)`` SNOMED CT codes for a prompt text."""
     text = prompt.lower()
     for keyword, category, kind in _CONCEPTS:
@@ -71,7 +68,7 @@ class SegCheckError(RuntimeError):
     """A written SEG that does not read back as what was meant."""
 
 
-def _segment_descriptions(prompts: Sequence[str], version: str) -> List[Any]:
+def _segment_descriptions(prompts: Sequence[str], version: str) -> list[Any]:
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -96,8 +93,17 @@ def _segment_descriptions(prompts: Sequence[str], version: str) -> List[Any]:
 
 # Type 2 patient and study attributes (present, may be empty) that highdicom copies from the source; anonymised
 # series often drop them entirely, and the SEG may carry them empty
-_TYPE2_COPIED = ["PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
-                 "StudyDate", "StudyTime", "ReferringPhysicianName"]
+_TYPE2_COPIED = [
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+]
 
 
 def _with_type2_defaults(ds: Any) -> Any:
@@ -110,9 +116,9 @@ def _with_type2_defaults(ds: Any) -> Any:
 
 def write_seg(
     segments: np.ndarray,
-    source_files: Sequence[Union[str, os.PathLike]],
+    source_files: Sequence[str | os.PathLike],
     prompts: Sequence[str],
-    path: Union[str, os.PathLike],
+    path: str | os.PathLike,
     version: str,
     series_number: int = 9901,
 ) -> Path:
@@ -163,13 +169,13 @@ def write_seg(
         omit_empty_frames=False,
     )
     path = Path(path)
-    with atomic_path(path, mark=TEMP_MARK) as tmp:
+    with atomic_path(path) as tmp:
         seg.save_as(str(tmp))
         check_seg(tmp, sources, prompts, segments)
     return path
 
 
-def check_seg(path: Union[str, os.PathLike], sources: Sequence[Any], prompts: Sequence[str], segments: np.ndarray) -> None:
+def check_seg(path: str | os.PathLike, sources: Sequence[Any], prompts: Sequence[str], segments: np.ndarray) -> None:
     """Reads the SEG at ``path`` with highdicom and checks it against what was meant.
 
     Checked: it is a Segmentation; its segments are ``prompts`` in order; it references the source series and
@@ -209,7 +215,7 @@ def check_seg(path: Union[str, os.PathLike], sources: Sequence[Any], prompts: Se
         )
 
 
-def dciodvfy_errors(path: Union[str, os.PathLike]) -> Optional[List[str]]:
+def dciodvfy_errors(path: str | os.PathLike) -> list[str] | None:
     """The error lines of dicom3tools' ``dciodvfy`` on ``path``; ``None`` when ``dciodvfy`` is not installed."""
     exe = shutil.which("dciodvfy")
     if exe is None:
@@ -242,7 +248,7 @@ class SaveDicomSegd(MapTransform):
     def __init__(
         self,
         keys: KeysCollection,
-        output_dir: Union[str, os.PathLike],
+        output_dir: str | os.PathLike,
         prompt_selection: Any,
         version: str,
         nifti: bool = False,
@@ -260,13 +266,13 @@ class SaveDicomSegd(MapTransform):
     def folder_for(self, study_uid: str, series_uid: str) -> Path:
         return self.output_dir / safe_name(study_uid) / safe_name(series_uid)
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         import nibabel as nib
 
         d = dict(data)
         info = d[self.series_key]
         folder = self.folder_for(info.study_uid, info.series_uid)
-        outputs: List[str] = []
+        outputs: list[str] = []
         for key in self.key_iterator(d):
             label = d[key]
             array = torch.as_tensor(label).detach().cpu().numpy()
@@ -276,13 +282,20 @@ class SaveDicomSegd(MapTransform):
                 segments[array == value] = number
             # [X, Y, Z] -> [frames (Z), rows (Y), columns (X)]
             outputs.append(
-                str(write_seg(segments.transpose(2, 1, 0), d[self.files_key], self.selection.names,
-                              folder / "seg.dcm", self.version))
+                str(
+                    write_seg(
+                        segments.transpose(2, 1, 0),
+                        d[self.files_key],
+                        self.selection.names,
+                        folder / "seg.dcm",
+                        self.version,
+                    )
+                )
             )
             if self.nifti:
                 out = folder / "seg.nii.gz"
                 affine = np.asarray(getattr(label, "affine", np.eye(4)), dtype=np.float64)
-                with atomic_path(out, suffix=".nii.gz", mark=TEMP_MARK) as tmp:
+                with atomic_path(out, suffix=".nii.gz") as tmp:
                     nib.save(nib.Nifti1Image(array.astype(np.uint8), affine), str(tmp))
                 outputs.append(str(out))
         d["outputs"] = outputs

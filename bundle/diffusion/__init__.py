@@ -11,6 +11,7 @@ Sampling (:meth:`MaskDiffusion.sample`): DDIM (MONAI's :class:`~monai.networks.s
 the same seed gives the same mask, in eager mode and in exported graphs. :class:`PromptedSegmenter`
 (:mod:`.segmenter`) is the inference network: every class prompt of an image in one batch, class probabilities out.
 """
+
 from .losses import CONSISTENCY_LOSSES, consistency_loss, soft_dice_loss
 from .model import MaskDiffusion
 from .noise import seeded_normal

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
+from monai.utils import look_up_option
 
 __all__ = ["soft_dice_loss", "CONSISTENCY_LOSSES", "consistency_loss"]
+
 
 def soft_dice_loss(prob: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
     """Mean over the batch of ``1 - soft Dice``; ``eps`` keeps empty masks (absent prompts) well defined."""
@@ -20,8 +20,9 @@ def soft_dice_loss(prob: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -
 CONSISTENCY_LOSSES = ("l1", "dice", "bce")
 
 
-def consistency_loss(prob: torch.Tensor, teacher: torch.Tensor, weight: Optional[torch.Tensor] = None,
-                     kind: str = "l1", eps: float = 1.0) -> torch.Tensor:
+def consistency_loss(
+    prob: torch.Tensor, teacher: torch.Tensor, weight: torch.Tensor | None = None, kind: str = "l1", eps: float = 1.0
+) -> torch.Tensor:
     """Disagreement between the student's mask probabilities and a teacher's, counted only where ``weight > 0``.
 
     Args:
@@ -36,8 +37,7 @@ def consistency_loss(prob: torch.Tensor, teacher: torch.Tensor, weight: Optional
     Returns:
         A scalar; 0 when no voxel has weight.
     """
-    if kind not in CONSISTENCY_LOSSES:
-        raise ValueError(f"consistency loss must be one of {CONSISTENCY_LOSSES}, got {kind!r}")
+    kind = look_up_option(kind, CONSISTENCY_LOSSES)
     teacher = teacher.to(prob)
     w = torch.ones_like(prob) if weight is None else weight.to(prob)
     if kind == "l1":

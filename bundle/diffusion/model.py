@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
-
 import torch
 import torch.nn as nn
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+from monai.utils import look_up_option
 
 from bundle.diffusion.losses import CONSISTENCY_LOSSES, consistency_loss, soft_dice_loss
 from bundle.diffusion.noise import seeded_normal
@@ -45,7 +44,7 @@ class MaskDiffusion(nn.Module):
         prediction_type: str = "sample",
         l1_weight: float = 1.0,
         dice_weight: float = 1.0,
-        prompt_embeddings: Optional[torch.Tensor] = None,
+        prompt_embeddings: torch.Tensor | None = None,
         num_prompts: int = 0,
         embed_dim: int = 0,
         timestep_bias: float = 1.0,
@@ -55,19 +54,15 @@ class MaskDiffusion(nn.Module):
         super().__init__()
         if consistency_weight < 0:
             raise ValueError(f"consistency_weight must be >= 0, got {consistency_weight}")
-        if consistency_loss not in CONSISTENCY_LOSSES:
-            raise ValueError(f"consistency_loss must be one of {CONSISTENCY_LOSSES}, got {consistency_loss!r}")
         self.consistency_weight = float(consistency_weight)
-        self.consistency_loss = consistency_loss
+        self.consistency_loss = look_up_option(consistency_loss, CONSISTENCY_LOSSES)
         if timestep_bias < 1.0:
             raise ValueError(f"timestep_bias must be >= 1 (1 = uniform), got {timestep_bias}")
         self.timestep_bias = timestep_bias
-        if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
         self.denoiser = denoiser
         self.num_train_timesteps = num_train_timesteps
         self.schedule = schedule
-        self.prediction_type = prediction_type
+        self.prediction_type = look_up_option(prediction_type, PREDICTION_TYPES)
         self.l1_weight = l1_weight
         self.dice_weight = dice_weight
         self.train_scheduler = DDPMScheduler(
@@ -93,12 +88,12 @@ class MaskDiffusion(nn.Module):
         image: torch.Tensor,
         target: torch.Tensor,
         context: torch.Tensor,
-        timesteps: Optional[torch.Tensor] = None,
-        generator: Optional[torch.Generator] = None,
-        teacher: Optional[torch.Tensor] = None,
-        teacher_weight: Optional[torch.Tensor] = None,
-        supervised: Optional[torch.Tensor] = None,
-    ) -> Dict[str, torch.Tensor]:
+        timesteps: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        teacher: torch.Tensor | None = None,
+        teacher_weight: torch.Tensor | None = None,
+        supervised: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         """One training objective evaluation.
 
         Args:
@@ -120,7 +115,9 @@ class MaskDiffusion(nn.Module):
             loss times ``consistency_weight``.
         """
         if target.shape[1] != 1 or target.shape[2:] != image.shape[2:] or target.shape[0] != image.shape[0]:
-            raise ValueError(f"target must be [B, 1, *S] matching image {tuple(image.shape)}, got {tuple(target.shape)}")
+            raise ValueError(
+                f"target must be [B, 1, *S] matching image {tuple(image.shape)}, got {tuple(target.shape)}"
+            )
         b = image.shape[0]
         x0 = target.float() * 2.0 - 1.0
         if timesteps is None:
@@ -147,8 +144,13 @@ class MaskDiffusion(nn.Module):
         if teacher is not None and self.consistency_weight > 0:
             consistency = consistency_loss(prob, teacher, teacher_weight, self.consistency_loss)
             loss = loss + self.consistency_weight * consistency
-        return {"loss": loss, "l1": l1.detach(), "dice": dice.detach(), "consistency": consistency.detach(),
-                "pred_mask": prob.detach()}
+        return {
+            "loss": loss,
+            "l1": l1.detach(),
+            "dice": dice.detach(),
+            "consistency": consistency.detach(),
+            "pred_mask": prob.detach(),
+        }
 
     # calling the module computes the loss, so DistributedDataParallel synchronises it
     forward = loss
@@ -163,7 +165,9 @@ class MaskDiffusion(nn.Module):
 
     def _new_sampler(self, num_inference_steps: int) -> DDIMScheduler:
         if not 1 <= num_inference_steps <= self.num_train_timesteps:
-            raise ValueError(f"num_inference_steps must be in [1, {self.num_train_timesteps}], got {num_inference_steps}")
+            raise ValueError(
+                f"num_inference_steps must be in [1, {self.num_train_timesteps}], got {num_inference_steps}"
+            )
         sched = DDIMScheduler(
             num_train_timesteps=self.num_train_timesteps,
             schedule=self.schedule,
@@ -178,7 +182,7 @@ class MaskDiffusion(nn.Module):
         sched.timesteps = torch.tensor(self.sampling_timesteps(num_inference_steps), dtype=torch.long)
         return sched
 
-    def sampling_timesteps(self, num_inference_steps: int) -> List[int]:
+    def sampling_timesteps(self, num_inference_steps: int) -> list[int]:
         """The DDIM grid as Python ints: ``T - 1, T - 1 - T // n, ...`` (constants in traced and exported graphs)."""
         stride = self.num_train_timesteps // num_inference_steps
         return [self.num_train_timesteps - 1 - stride * i for i in range(num_inference_steps)]
@@ -191,8 +195,8 @@ class MaskDiffusion(nn.Module):
         num_inference_steps: int = 10,
         seed: int = 0,
         num_samples: int = 1,
-        noise: Optional[torch.Tensor] = None,
-    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        noise: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Generate mask probabilities by DDIM.
 
         Args:

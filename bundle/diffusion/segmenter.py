@@ -11,6 +11,7 @@ from bundle.diffusion.model import MaskDiffusion
 
 __all__ = ["PromptedSegmenter"]
 
+
 class PromptedSegmenter(MaskDiffusion):
     """The complete inference network: image -> class probabilities for the bundle's prompts, by diffusion.
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,18 +22,20 @@ def hd95(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) -> float:
         return math.nan
     p = torch.as_tensor(pred[None, None])
     g = torch.as_tensor(gt[None, None])
-    return float(compute_hausdorff_distance(p, g, include_background=True, percentile=95, spacing=[float(s) for s in spacing]))
+    return float(
+        compute_hausdorff_distance(p, g, include_background=True, percentile=95, spacing=[float(s) for s in spacing])
+    )
 
 
 def case_metrics(
-    pred: np.ndarray, gt: np.ndarray, classes: Mapping[int, str], spacing: Optional[Sequence[float]] = None
-) -> Dict[str, Dict[str, float]]:
+    pred: np.ndarray, gt: np.ndarray, classes: Mapping[int, str], spacing: Sequence[float] | None = None
+) -> dict[str, dict[str, float]]:
     """``{class name: {dice, iou, hd95, precision, recall}}`` for integer label maps of the same shape."""
     pred, gt = np.asarray(pred), np.asarray(gt)
     if pred.shape != gt.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from ground truth {gt.shape}")
     spacing = list(spacing) if spacing is not None else [1.0] * gt.ndim
-    out: Dict[str, Dict[str, float]] = {}
+    out: dict[str, dict[str, float]] = {}
     for value, name in classes.items():
         p, g = pred == value, gt == value
         tp = float(np.logical_and(p, g).sum())
@@ -50,16 +53,14 @@ def case_metrics(
     return out
 
 
-def _mean(values: List[float]) -> Optional[float]:
+def _mean(values: list[float]) -> float | None:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return float(np.mean(finite)) if finite else None
 
 
-def summarize(cases: Sequence[Mapping[str, Any]], class_names: Sequence[str]) -> Dict[str, Any]:
+def summarize(cases: Sequence[Mapping[str, Any]], class_names: Sequence[str]) -> dict[str, Any]:
     """The ``metrics.json`` structure from per-case results (``{"image", NAME: {...}}``)."""
-    classes = {
-        name: {m: _mean([c[name][m] for c in cases if name in c]) for m in METRICS} for name in class_names
-    }
+    classes = {name: {m: _mean([c[name][m] for c in cases if name in c]) for m in METRICS} for name in class_names}
     mean = {m: _mean([classes[n][m] for n in class_names if classes[n][m] is not None]) for m in METRICS}
 
     def _clean(v: Any) -> Any:
@@ -75,7 +76,7 @@ def summarize(cases: Sequence[Mapping[str, Any]], class_names: Sequence[str]) ->
 def format_table(summary: Mapping[str, Any]) -> str:
     """A plain-text table: one row per class and the mean."""
 
-    def fmt(v: Optional[float]) -> str:
+    def fmt(v: float | None) -> str:
         return "   -  " if v is None else f"{v:6.3f}"
 
     rows = [("class", *METRICS)]

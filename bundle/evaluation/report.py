@@ -6,8 +6,9 @@ import csv
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ class MetricsReport:
 
     def __init__(
         self,
-        output_dir: Union[str, os.PathLike],
+        output_dir: str | os.PathLike,
         class_names: Mapping[int, str],
         pred_key: str = "pred",
         label_key: str = "label",
@@ -41,8 +42,8 @@ class MetricsReport:
         self.output_dir = Path(output_dir)
         self.class_names = {int(k): str(v) for k, v in class_names.items()}
         self.pred_key, self.label_key = pred_key, label_key
-        self.cases: List[Dict[str, Any]] = []
-        self.summary: Optional[Dict[str, Any]] = None
+        self.cases: list[dict[str, Any]] = []
+        self.summary: dict[str, Any] | None = None
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, lambda _: self.cases.clear())
@@ -60,7 +61,7 @@ class MetricsReport:
             p = torch.as_tensor(pred).detach().cpu().numpy()[0]
             g = torch.as_tensor(label).detach().cpu().numpy()[0]
             meta = getattr(label, "meta", {}) or {}
-            case: Dict[str, Any] = {"image": str(meta.get("filename_or_obj", f"case {len(self.cases)}"))}
+            case: dict[str, Any] = {"image": str(meta.get("filename_or_obj", f"case {len(self.cases)}"))}
             case.update(case_metrics(np.rint(p).astype(int), np.rint(g).astype(int), self.class_names, spacing))
             self.cases.append(case)
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -14,8 +14,7 @@ from bundle.utils.io import PathLike, atomic_path
 __all__ = ["export_torchscript", "export_onnx", "compare_onnx"]
 
 
-
-def export_torchscript(net: torch.nn.Module, filepath: PathLike, trace_inputs: Optional[Tuple] = None) -> Path:
+def export_torchscript(net: torch.nn.Module, filepath: PathLike, trace_inputs: tuple | None = None) -> Path:
     """Compile ``net`` with ``torch.jit.script`` (or trace it with ``trace_inputs``) and save it atomically.
 
     Args:
@@ -37,11 +36,11 @@ def export_torchscript(net: torch.nn.Module, filepath: PathLike, trace_inputs: O
 def export_onnx(
     net: torch.nn.Module,
     filepath: PathLike,
-    example_inputs: Tuple[torch.Tensor, ...],
+    example_inputs: tuple[torch.Tensor, ...],
     input_names: Sequence[str] = ("image",),
     output_names: Sequence[str] = ("logits",),
     dynamic_spatial: bool = True,
-    size_divisor: Optional[int] = None,
+    size_divisor: int | None = None,
     max_size: int = 1024,
 ) -> Path:
     """Export ``net`` to ONNX with the ``torch.export``-based exporter.
@@ -70,7 +69,7 @@ def export_onnx(
     if dynamic_spatial:
         divisor = int(size_divisor or getattr(net, "size_divisor", 1))
         image = example_inputs[0]
-        dims: Dict[int, object] = {
+        dims: dict[int, object] = {
             2 + i: torch.export.Dim(f"s{i}", min=1, max=max(1, max_size // divisor)) * divisor
             for i in range(image.dim() - 2)
         }
@@ -90,7 +89,7 @@ def export_onnx(
     return Path(filepath)
 
 
-def compare_onnx(net: torch.nn.Module, filepath: PathLike, inputs: Tuple[torch.Tensor, ...]) -> float:
+def compare_onnx(net: torch.nn.Module, filepath: PathLike, inputs: tuple[torch.Tensor, ...]) -> float:
     """Run the ONNX file with onnxruntime (CPU) and return the largest absolute difference from ``net(*inputs)``."""
     import onnxruntime as ort
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, List, Mapping, Tuple
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from ignite.engine import Events
@@ -127,11 +128,11 @@ class FolderEvaluator(SupervisedEvaluator):
     def __init__(self, *args: Any, raise_on_failure: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.raise_on_failure = raise_on_failure
-        self.failures: List[Tuple[str, str]] = []
+        self.failures: list[tuple[str, str]] = []
         self.succeeded = 0
         self.add_event_handler(Events.COMPLETED, self._report)
 
-    def _iteration(self, engine: SupervisedEvaluator, batchdata: Dict[str, Any]) -> Dict:  # type: ignore[override]
+    def _iteration(self, engine: SupervisedEvaluator, batchdata: dict[str, Any]) -> dict:  # type: ignore[override]
         if FAILED_KEY in batchdata:
             problem, name = batchdata[FAILED_KEY], batchdata.get("image", "?")
             problem = problem[0] if isinstance(problem, (list, tuple)) else problem

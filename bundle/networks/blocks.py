@@ -15,8 +15,6 @@ linear maps of conditioning vectors (timestep and text embeddings), which have n
 
 from __future__ import annotations
 
-from typing import List, Optional, Union
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -63,8 +61,8 @@ def pixel_unshuffle(x: torch.Tensor, spatial_dims: int, scale_factor: int) -> to
     size = x.shape
     r = scale_factor
     # int() because TorchScript types ``int ** int`` as a number, not an int
-    reshaped: List[int] = [size[0], size[1]]
-    reduced: List[int] = [size[0], size[1] * int(r**spatial_dims)]
+    reshaped: list[int] = [size[0], size[1]]
+    reduced: list[int] = [size[0], size[1] * int(r**spatial_dims)]
     for i in range(spatial_dims):
         s = size[2 + i]
         if s % r != 0:
@@ -72,7 +70,7 @@ def pixel_unshuffle(x: torch.Tensor, spatial_dims: int, scale_factor: int) -> to
         reshaped += [s // r, r]
         reduced.append(s // r)
     # [B, C, s0/r, r, s1/r, r, ...] -> [B, C, r, r, ..., s0/r, s1/r, ...]
-    perm: List[int] = [0, 1]
+    perm: list[int] = [0, 1]
     for i in range(spatial_dims):
         perm.append(2 * i + 3)
     for i in range(spatial_dims):
@@ -138,7 +136,7 @@ def _shift(x: torch.Tensor, dim: int, offset: int) -> torch.Tensor:
     """
     n = x.shape[dim]
     # F.pad lists (before, after) pairs from the last dim backwards
-    pad: List[int] = [0] * (2 * (x.dim() - 2))
+    pad: list[int] = [0] * (2 * (x.dim() - 2))
     slot = 2 * (x.dim() - 1 - dim)
     if offset > 0:
         pad[slot] = 1
@@ -177,10 +175,10 @@ class SpatialShift(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = self.group
-        sizes: List[int] = [g] * self.directions + [x.shape[1] - g * self.directions]
+        sizes: list[int] = [g] * self.directions + [x.shape[1] - g * self.directions]
         # split (not slicing): its backward is a single concatenation instead of one full-size buffer per group
         groups = torch.split(x, sizes, dim=1)
-        parts: List[torch.Tensor] = []
+        parts: list[torch.Tensor] = []
         for i in range(self.directions):
             parts.append(_shift(groups[i], 2 + i // 2, 1 if i % 2 == 0 else -1))
         parts.append(groups[self.directions])
@@ -210,8 +208,8 @@ class ChannelMixBlock(nn.Module):
         spatial_dims: int,
         channels: int,
         expansion: float = 2.0,
-        act: Union[str, tuple] = DEFAULT_ACT,
-        norm: Union[str, tuple] = DEFAULT_NORM,
+        act: str | tuple = DEFAULT_ACT,
+        norm: str | tuple = DEFAULT_NORM,
         shift: bool = True,
     ) -> None:
         super().__init__()
@@ -245,8 +243,8 @@ class UnshuffleDown(nn.Module):
         spatial_dims: int,
         in_channels: int,
         out_channels: int,
-        act: Union[str, tuple] = DEFAULT_ACT,
-        norm: Union[str, tuple] = DEFAULT_NORM,
+        act: str | tuple = DEFAULT_ACT,
+        norm: str | tuple = DEFAULT_NORM,
     ) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
@@ -286,14 +284,9 @@ class GlobalContext(nn.Module):
         ``[B, channels, *S] -> [B, channels, *S]``.
     """
 
-    def __init__(
-        self,
-        spatial_dims: int,
-        channels: int,
-        act: Union[str, tuple] = DEFAULT_ACT,
-    ) -> None:
+    def __init__(self, spatial_dims: int, channels: int, act: str | tuple = DEFAULT_ACT) -> None:
         super().__init__()
-        self.reduce_dims: List[int] = list(range(2, 2 + spatial_dims))
+        self.reduce_dims: list[int] = list(range(2, 2 + spatial_dims))
         self.conv1 = conv1x1(spatial_dims, channels, channels)
         self.act = get_act_layer(act)
         self.conv2 = conv1x1(spatial_dims, channels, channels)
@@ -327,7 +320,7 @@ class FiLM(nn.Module):
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
-    def forward(self, x: torch.Tensor, cond: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         if cond is None:
             raise ValueError("FiLM needs a conditioning vector; got None.")
         params = self.proj(cond)
@@ -354,11 +347,7 @@ class ConditionEmbedding(nn.Module):
     """
 
     def __init__(
-        self,
-        cond_channels: int,
-        use_timestep: bool = True,
-        text_dim: Optional[int] = None,
-        act: Union[str, tuple] = "swish",
+        self, cond_channels: int, use_timestep: bool = True, text_dim: int | None = None, act: str | tuple = "swish"
     ) -> None:
         super().__init__()
         if not use_timestep and text_dim is None:
@@ -375,8 +364,8 @@ class ConditionEmbedding(nn.Module):
         )
         self.text_proj = nn.Linear(text_dim, cond_channels) if text_dim is not None else nn.Identity()
 
-    def forward(self, timesteps: Optional[torch.Tensor], text: Optional[torch.Tensor]) -> torch.Tensor:
-        cond: Optional[torch.Tensor] = None
+    def forward(self, timesteps: torch.Tensor | None, text: torch.Tensor | None) -> torch.Tensor:
+        cond: torch.Tensor | None = None
         if self.use_timestep:
             if timesteps is None:
                 raise ValueError("this network is timestep-conditioned: pass `timesteps` of shape [B].")
@@ -391,4 +380,3 @@ class ConditionEmbedding(nn.Module):
             cond = emb if cond is None else cond + emb
         assert cond is not None
         return cond
-

@@ -5,7 +5,7 @@ See ``docs/architecture.md`` for the design and the measurements behind it.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Union
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -32,7 +32,7 @@ __all__ = ["SegOne", "Unconditioned"]
 class Unconditioned(nn.Module):
     """Stands where a :class:`FiLM` would, in a network built without conditioning: returns ``x`` unchanged."""
 
-    def forward(self, x: torch.Tensor, cond: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         return x
 
 
@@ -58,7 +58,7 @@ class _DecoderStage(nn.Module):
         self.fuse = fuse
         self.blocks = blocks
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor, cond: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, skip: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         x = self.up(x)
         x = self.fuse(torch.cat([x, self.skip_film(skip, cond)], dim=1))
         return self.blocks(x)
@@ -68,7 +68,7 @@ class _Stem(nn.Module):
     """Input to the first level: optional pixel-unshuffle by ``scale``, 1x1 projection, norm, activation."""
 
     def __init__(
-        self, spatial_dims: int, in_channels: int, out_channels: int, scale: int, norm: Union[str, tuple], act
+        self, spatial_dims: int, in_channels: int, out_channels: int, scale: int, norm: str | tuple, act
     ) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
@@ -92,8 +92,14 @@ class _Head(nn.Module):
     """
 
     def __init__(
-        self, spatial_dims: int, in_channels: int, out_channels: int, scale: int, refine_channels: int = 0,
-        inputs_used: Sequence[int] = (), act: Union[str, tuple] = DEFAULT_ACT,
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        scale: int,
+        refine_channels: int = 0,
+        inputs_used: Sequence[int] = (),
+        act: str | tuple = DEFAULT_ACT,
     ) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
@@ -101,7 +107,7 @@ class _Head(nn.Module):
         self.refine = refine_channels > 0 and scale > 1
         mid = refine_channels if self.refine else out_channels
         self.proj = conv1x1(spatial_dims, in_channels, mid * scale**spatial_dims)
-        self.inputs_used: List[int] = [int(c) for c in inputs_used]
+        self.inputs_used: list[int] = [int(c) for c in inputs_used]
         if self.refine:
             self.mix = conv1x1(spatial_dims, mid + len(self.inputs_used), mid)
             self.act = get_act_layer(act)
@@ -184,19 +190,19 @@ class SegOne(nn.Module):
         in_channels: int = 1,
         out_channels: int = 2,
         features: Sequence[int] = (16, 32, 64, 128, 256),
-        encoder_blocks: Union[None, int, Sequence[int]] = None,
-        decoder_blocks: Union[None, int, Sequence[int]] = None,
+        encoder_blocks: None | int | Sequence[int] = None,
+        decoder_blocks: None | int | Sequence[int] = None,
         expansion: float = 2.0,
-        act: Union[str, tuple] = DEFAULT_ACT,
-        norm: Union[str, tuple] = DEFAULT_NORM,
+        act: str | tuple = DEFAULT_ACT,
+        norm: str | tuple = DEFAULT_NORM,
         spatial_shift: bool = True,
         global_context: bool = True,
         with_timestep: bool = False,
-        text_dim: Optional[int] = None,
+        text_dim: int | None = None,
         cond_channels: int = 128,
         stem_scale: int = 1,
         refine_channels: int = 0,
-        refine_inputs: Optional[Sequence[int]] = None,
+        refine_inputs: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -240,16 +246,18 @@ class SegOne(nn.Module):
         )
 
         stem = _Stem(spatial_dims, in_channels, features[0], self.stem_scale, norm, act)
-        encoder: List[nn.Module] = [_EncoderStage(stem, mix(features[0], enc_blocks[0]))]
+        encoder: list[nn.Module] = [_EncoderStage(stem, mix(features[0], enc_blocks[0]))]
         for level in range(1, levels):
             down = UnshuffleDown(spatial_dims, features[level - 1], features[level], act=act, norm=norm)
             encoder.append(_EncoderStage(down, mix(features[level], enc_blocks[level])))
         self.encoder = nn.ModuleList(encoder)
 
-        self.context: nn.Module = GlobalContext(spatial_dims, features[-1], act=act) if global_context else nn.Identity()
+        self.context: nn.Module = (
+            GlobalContext(spatial_dims, features[-1], act=act) if global_context else nn.Identity()
+        )
         self.latent_film = film(features[-1])
 
-        decoder: List[nn.Module] = []
+        decoder: list[nn.Module] = []
         for level in range(levels - 2, -1, -1):
             c = features[level]
             fuse = nn.Sequential(conv1x1(spatial_dims, 2 * c, c), _norm_act(spatial_dims, c, norm, act))
@@ -263,7 +271,7 @@ class SegOne(nn.Module):
         self.head = _Head(spatial_dims, features[0], out_channels, self.stem_scale, refine_channels, used, act)
 
     def forward(
-        self, x: torch.Tensor, timesteps: Optional[torch.Tensor] = None, context: Optional[torch.Tensor] = None
+        self, x: torch.Tensor, timesteps: torch.Tensor | None = None, context: torch.Tensor | None = None
     ) -> torch.Tensor:
         """
         Args:
@@ -286,12 +294,12 @@ class SegOne(nn.Module):
                     f"spatial size to be a multiple of {self.size_divisor}; got spatial shape {list(x.shape[2:])} "
                     "(pad, e.g. with DivisiblePad)."
                 )
-        cond: Optional[torch.Tensor] = None
+        cond: torch.Tensor | None = None
         if self.conditioned:
             cond = self.cond_embed(timesteps, context)
 
         inputs = x
-        skips: List[torch.Tensor] = []
+        skips: list[torch.Tensor] = []
         for stage in self.encoder:
             x = stage(x)
             skips.append(x)
@@ -301,5 +309,5 @@ class SegOne(nn.Module):
         return self.head(x, inputs)
 
 
-def _norm_act(spatial_dims: int, channels: int, norm: Union[str, tuple], act: Union[str, tuple]) -> nn.Module:
+def _norm_act(spatial_dims: int, channels: int, norm: str | tuple, act: str | tuple) -> nn.Module:
     return nn.Sequential(get_norm_layer(norm, spatial_dims=spatial_dims, channels=channels), get_act_layer(act))

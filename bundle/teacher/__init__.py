@@ -6,6 +6,7 @@ keyed by case, class, checkpoint hash and teacher settings. The mask that prompt
 or from a trained SegOne student's own prediction (:class:`StudentMasks`), which lets the teacher regularise cases
 that have no label (:func:`unlabelled_datalist`). The training transforms are in :mod:`bundle.transforms.teacher`.
 """
+
 from .cache import TeacherCache
 from .sam2 import BOX_MODES, PROMPTS, SAM2Teacher
 from .student import PROMPT_SOURCES, StudentMasks, unlabelled_datalist

@@ -6,8 +6,9 @@ import hashlib
 import json
 import logging
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +18,7 @@ from bundle.utils.io import PathLike, atomic_path
 logger = logging.getLogger(__name__)
 
 __all__ = ["TeacherCache"]
+
 
 class TeacherCache:
     """Teacher volumes on disk, one ``.npz`` per (case, class, teacher settings), written atomically.
@@ -44,24 +46,24 @@ class TeacherCache:
         return TeacherCache._case_key(case, TeacherCache._image_digest(image), mask)
 
     @staticmethod
-    def _image_digest(image: np.ndarray) -> "hashlib._Hash":
+    def _image_digest(image: np.ndarray) -> hashlib._Hash:
         return hashlib.sha256(np.ascontiguousarray(image, np.float32).tobytes())
 
     @staticmethod
-    def _case_key(case: str, image_digest: "hashlib._Hash", mask: np.ndarray) -> str:
+    def _case_key(case: str, image_digest: hashlib._Hash, mask: np.ndarray) -> str:
         digest = image_digest.copy()  # the image is hashed once per case, whatever the number of classes
         digest.update(np.ascontiguousarray(mask, bool).tobytes())
         return f"{case}#{digest.hexdigest()[:16]}"
 
     @staticmethod
-    def key(case: str, label: int, settings: Dict[str, Any]) -> str:
+    def key(case: str, label: int, settings: dict[str, Any]) -> str:
         text = json.dumps({"case": str(case), "class": int(label), "teacher": settings}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
-    def path(self, case: str, label: int, settings: Dict[str, Any]) -> Path:
+    def path(self, case: str, label: int, settings: dict[str, Any]) -> Path:
         return self.directory / f"{self.key(case, label, settings)}.npz"
 
-    def get(self, case: str, label: int, settings: Dict[str, Any]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    def get(self, case: str, label: int, settings: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
         path = self.path(case, label, settings)
         if not path.is_file():
             return None
@@ -69,28 +71,31 @@ class TeacherCache:
             with np.load(path) as data:
                 return data["probs"].astype(np.float32), data["iou"].astype(np.float32)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:  # a damaged entry is recomputed, not fatal
-            logger.warning("teacher cache entry %s is unreadable (%s: %s); computing it again", path,
-                           type(e).__name__, e)
+            logger.warning(
+                "teacher cache entry %s is unreadable (%s: %s); computing it again", path, type(e).__name__, e
+            )
             return None
 
-    def put(self, case: str, label: int, settings: Dict[str, Any], probs: np.ndarray, iou: np.ndarray) -> Path:
+    def put(self, case: str, label: int, settings: dict[str, Any], probs: np.ndarray, iou: np.ndarray) -> Path:
         path = self.path(case, label, settings)
         with atomic_path(path, suffix=".npz") as tmp:
             # float16 halves the size; teacher probabilities need no more precision
             np.savez_compressed(tmp, probs=probs.astype(np.float16), iou=iou.astype(np.float32))
         return path
 
-    def get_or_compute(self, teacher: SAM2Teacher, case: str, label: int, image: np.ndarray,
-                       mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    def get_or_compute(
+        self, teacher: SAM2Teacher, case: str, label: int, image: np.ndarray, mask: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The cached teacher volume, or SAM2's, computed now and stored."""
         return self.get_or_compute_many(teacher, case, image, {label: mask})[label]
 
-    def get_or_compute_many(self, teacher: SAM2Teacher, case: str, image: np.ndarray,
-                            masks: Mapping[int, np.ndarray]) -> Dict[int, Tuple[np.ndarray, np.ndarray]]:
+    def get_or_compute_many(
+        self, teacher: SAM2Teacher, case: str, image: np.ndarray, masks: Mapping[int, np.ndarray]
+    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """:meth:`get_or_compute` for several classes of one case; the missing ones share SAM2's image encoding."""
         settings, image_digest = teacher.settings, self._image_digest(image)
         keys = {label: self._case_key(case, image_digest, mask) for label, mask in masks.items()}
-        out: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
+        out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for label, key in keys.items():
             cached = self.get(key, label, settings)
             if cached is not None:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any
 
 import numpy as np
 import torch
+from monai.utils import look_up_option
 
 from bundle.utils.io import PathLike, file_sha256
 
 logger = logging.getLogger(__name__)
+
 
 __all__ = ["PROMPTS", "BOX_MODES", "SAM2Teacher"]
 
@@ -25,8 +28,11 @@ class _QuietSAM2Progress(logging.Filter):
     """Drops SAM2's per-image progress lines, which it logs at INFO on the root logger (three per slice, so tens of
     thousands while a data set's teacher volumes are computed); everything else passes."""
 
-    MESSAGES = ("For numpy array image, we assume (HxWxC) format", "Computing image embeddings for the provided image",
-                "Image embeddings computed.")
+    MESSAGES = (
+        "For numpy array image, we assume (HxWxC) format",
+        "Computing image embeddings for the provided image",
+        "Image embeddings computed.",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (record.name == "root" and str(record.msg).startswith(self.MESSAGES))
@@ -83,7 +89,7 @@ class SAM2Teacher:
         num_points: int = 3,
         box_mode: str = "slice",
         seed: int = 0,
-        device: Union[str, torch.device] = "cpu",
+        device: str | torch.device = "cpu",
     ) -> None:
         from sam2.build_sam import build_sam2
 
@@ -97,17 +103,20 @@ class SAM2Teacher:
             raise ValueError(f"SAM2 image_size must be a multiple of 16, got {image_size}")
         if axis not in (0, 1, 2):
             raise ValueError(f"axis must be 0, 1 or 2, got {axis}")
-        if prompt not in PROMPTS:
-            raise ValueError(f"prompt must be one of {PROMPTS}, got {prompt!r}")
-        if box_mode not in BOX_MODES:
-            raise ValueError(f"box_mode must be one of {BOX_MODES}, got {box_mode!r}")
+        prompt, box_mode = look_up_option(prompt, PROMPTS), look_up_option(box_mode, BOX_MODES)
         if "points" in prompt and num_points < 1:
             raise ValueError(f"point prompts need num_points >= 1, got {num_points}")
         try:
-            model = build_sam2(config, str(self.checkpoint), device=str(device),
-                               hydra_overrides_extra=[f"++model.image_size={int(image_size)}"])
+            model = build_sam2(
+                config,
+                str(self.checkpoint),
+                device=str(device),
+                hydra_overrides_extra=[f"++model.image_size={int(image_size)}"],
+            )
         except RuntimeError as e:  # SAM2 logs the mismatching keys and raises a bare RuntimeError
-            raise RuntimeError(f"{self.checkpoint} does not fit SAM2 config {config} ({e or 'state dict mismatch'})") from e
+            raise RuntimeError(
+                f"{self.checkpoint} does not fit SAM2 config {config} ({e or 'state dict mismatch'})"
+            ) from e
         for p in model.parameters():
             p.requires_grad_(False)
         self.model = model.eval()
@@ -118,10 +127,14 @@ class SAM2Teacher:
         self.axis = axis
         self.box_margin = box_margin
         self.prompt, self.num_points, self.box_mode, self.seed = prompt, int(num_points), box_mode, int(seed)
-        self._checkpoint_hash: Optional[str] = None
+        self._checkpoint_hash: str | None = None
         logger.info(
             "SAM2 teacher: %s (%s, image size %d, %s prompts, %s boxes)",
-            self.checkpoint, config, self.image_size, prompt, box_mode,
+            self.checkpoint,
+            config,
+            self.image_size,
+            prompt,
+            box_mode,
         )
 
     @property
@@ -131,12 +144,19 @@ class SAM2Teacher:
         return self._checkpoint_hash
 
     @property
-    def settings(self) -> Dict[str, Any]:
+    def settings(self) -> dict[str, Any]:
         """Everything that changes the teacher's output (the cache key's teacher part)."""
-        return {"checkpoint_sha256": self.checkpoint_hash, "config": self.config, "image_size": self.image_size,
-                "axis": self.axis, "box_margin": self.box_margin, "prompt": self.prompt, "box_mode": self.box_mode,
-                "num_points": self.num_points if "points" in self.prompt else 0,
-                "seed": self.seed if "points" in self.prompt else 0}
+        return {
+            "checkpoint_sha256": self.checkpoint_hash,
+            "config": self.config,
+            "image_size": self.image_size,
+            "axis": self.axis,
+            "box_margin": self.box_margin,
+            "prompt": self.prompt,
+            "box_mode": self.box_mode,
+            "num_points": self.num_points if "points" in self.prompt else 0,
+            "seed": self.seed if "points" in self.prompt else 0,
+        }
 
     @staticmethod
     def _to_rgb(slice_2d: np.ndarray) -> np.ndarray:
@@ -145,19 +165,26 @@ class SAM2Teacher:
         scaled = np.clip((slice_2d - lo) / max(hi - lo, 1e-6), 0, 1) * 255
         return np.repeat(scaled.astype(np.uint8)[..., None], 3, axis=-1)
 
-    def _box(self, rows: np.ndarray, cols: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
+    def _box(self, rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         """SAM2's ``[x0, y0, x1, y1]`` box (x: columns) around pixels, widened by ``box_margin``, inside the image."""
         m = self.box_margin
-        return np.array([max(cols.min() - m, 0), max(rows.min() - m, 0),
-                         min(cols.max() + m, shape[1] - 1), min(rows.max() + m, shape[0] - 1)], np.float32)
+        return np.array(
+            [
+                max(cols.min() - m, 0),
+                max(rows.min() - m, 0),
+                min(cols.max() + m, shape[1] - 1),
+                min(rows.max() + m, shape[0] - 1),
+            ],
+            np.float32,
+        )
 
-    def _points(self, rows: np.ndarray, cols: np.ndarray, index: int) -> Tuple[np.ndarray, np.ndarray]:
+    def _points(self, rows: np.ndarray, cols: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
         """``num_points`` positive points drawn without replacement from the slice's mask pixels, as ``(x, y)``."""
         rng = np.random.default_rng([self.seed, index])
         pick = rng.choice(rows.size, size=min(self.num_points, rows.size), replace=False)
         return np.stack([cols[pick], rows[pick]], axis=1).astype(np.float32), np.ones(pick.size, np.int32)
 
-    def volume(self, image: np.ndarray, mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    def volume(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Teacher mask probabilities for ``mask``'s structure, slice by slice.
 
         Args:
@@ -173,7 +200,7 @@ class SAM2Teacher:
         return self.volumes(image, {0: mask})[0]
 
     @torch.inference_mode()
-    def volumes(self, image: np.ndarray, masks: Mapping[int, np.ndarray]) -> Dict[int, Tuple[np.ndarray, np.ndarray]]:
+    def volumes(self, image: np.ndarray, masks: Mapping[int, np.ndarray]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """:meth:`volume` for several structures of one image at once: ``{class: (probabilities, IoU)}``.
 
         SAM2's image encoder, most of its cost, runs once per slice for all the structures prompted there.
@@ -182,16 +209,20 @@ class SAM2Teacher:
         masks = {c: np.asarray(m).astype(bool) for c, m in masks.items()}
         if image.ndim not in (2, 3) or any(m.shape != image.shape for m in masks.values()):
             shapes = ", ".join(str(m.shape) for m in masks.values())
-            raise ValueError(f"image and mask must be the same [X, Y, Z] or [X, Y] shape, got {image.shape} and {shapes}")
+            raise ValueError(
+                f"image and mask must be the same [X, Y, Z] or [X, Y] shape, got {image.shape} and {shapes}"
+            )
         if not np.isfinite(image).all():
             raise ValueError("image contains NaN or Inf")
         if image.ndim == 2:  # a 2D image is one slice, whatever the axis
             out = self._slices(image[None], {c: m[None] for c, m in masks.items()})
             return {c: (p[0], iou) for c, (p, iou) in out.items()}
-        out = self._slices(np.moveaxis(image, self.axis, 0), {c: np.moveaxis(m, self.axis, 0) for c, m in masks.items()})
+        out = self._slices(
+            np.moveaxis(image, self.axis, 0), {c: np.moveaxis(m, self.axis, 0) for c, m in masks.items()}
+        )
         return {c: (np.moveaxis(p, 0, self.axis), iou) for c, (p, iou) in out.items()}
 
-    def _prompts(self, msk: np.ndarray) -> Dict[int, Dict[str, Any]]:
+    def _prompts(self, msk: np.ndarray) -> dict[int, dict[str, Any]]:
         """``{slice: SAM2 prompt kwargs}`` of one structure's ``[n_slices, A, B]`` mask (slice axis first)."""
         prompted = msk.any(axis=(1, 2))
         volume_box = None
@@ -200,10 +231,10 @@ class SAM2Teacher:
             prompted[ks.min() : ks.max() + 1] = True  # every slice of the 3D box's extent, gaps included
             rows, cols = np.nonzero(msk.any(axis=0))
             volume_box = self._box(rows, cols, msk.shape[1:])
-        prompts: Dict[int, Dict[str, Any]] = {}
+        prompts: dict[int, dict[str, Any]] = {}
         for k in np.nonzero(prompted)[0]:
             rows, cols = np.nonzero(msk[k])  # slice axes (a, b) -> SAM2 image rows a, columns b
-            kwargs: Dict[str, Any] = {}
+            kwargs: dict[str, Any] = {}
             if "box" in self.prompt:
                 kwargs["box"] = volume_box if volume_box is not None else self._box(rows, cols, msk.shape[1:])
             if "points" in self.prompt and rows.size:
@@ -212,7 +243,7 @@ class SAM2Teacher:
                 prompts[int(k)] = kwargs
         return prompts
 
-    def _slices(self, img: np.ndarray, msks: Mapping[int, np.ndarray]) -> Dict[int, Tuple[np.ndarray, np.ndarray]]:
+    def _slices(self, img: np.ndarray, msks: Mapping[int, np.ndarray]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """:meth:`volumes` on ``[n_slices, A, B]`` arrays (slice axis first)."""
         prompts = {c: self._prompts(m) for c, m in msks.items()}
         out = {c: (np.zeros(img.shape, np.float32), np.full(img.shape[0], np.nan, np.float32)) for c in msks}
@@ -224,4 +255,3 @@ class SAM2Teacher:
                     out[c][0][k] = 1.0 / (1.0 + np.exp(-logits[0].astype(np.float32)))
                     out[c][1][k] = float(iou[0])
         return out
-

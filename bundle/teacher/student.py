@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,15 +33,20 @@ class StudentMasks:
         checkpoint: the file the weights came from (for messages).
     """
 
-    def __init__(self, segmenter: torch.nn.Module, roi_size: Sequence[int], overlap: float = 0.25,
-                 checkpoint: Optional[PathLike] = None) -> None:
+    def __init__(
+        self,
+        segmenter: torch.nn.Module,
+        roi_size: Sequence[int],
+        overlap: float = 0.25,
+        checkpoint: PathLike | None = None,
+    ) -> None:
         self.segmenter = segmenter.eval()
         self.roi_size = tuple(int(r) for r in roi_size)
         self.overlap = overlap
         self.checkpoint = checkpoint
 
     @classmethod
-    def from_inference_config(cls, checkpoint: PathLike, bundle_root: PathLike, **overrides: Any) -> "StudentMasks":
+    def from_inference_config(cls, checkpoint: PathLike, bundle_root: PathLike, **overrides: Any) -> StudentMasks:
         """A student from a SegOne model file with ``configs/inference.json``'s network and window (e.g. the
         released ``models/model.pt``), outside a training run.
 

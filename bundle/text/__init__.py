@@ -6,6 +6,7 @@ classes the model was trained on, but carry no language knowledge (no open vocab
 (downloaded by open_clip to its cache) or a local checkpoint path, similar prompts get similar embeddings. The table
 of embeddings is saved with the model, so inference on known prompts needs no text tower at all.
 """
+
 from .encoder import DEFAULT_TEMPLATE, TextPromptEncoder, normalize_prompt
 from .selection import PromptSelection
 from .table import PromptEmbeddingTable, UnknownPromptError

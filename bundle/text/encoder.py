@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -45,11 +45,11 @@ class TextPromptEncoder(nn.Module):
     def __init__(
         self,
         model_name: str = "ViT-B-32",
-        pretrained: Optional[str] = None,
+        pretrained: str | None = None,
         template: str = DEFAULT_TEMPLATE,
         seed: int = 0,
-        cache_dir: Optional[str] = None,
-        model_config: Optional[str] = None,
+        cache_dir: str | None = None,
+        model_config: str | None = None,
     ) -> None:
         super().__init__()
         import open_clip
@@ -87,7 +87,7 @@ class TextPromptEncoder(nn.Module):
         self.embed_dim = int(config["embed_dim"])
         self.config = {"model_name": model_name, "pretrained": pretrained, "template": template, "seed": seed}
 
-    def train(self, mode: bool = True) -> "TextPromptEncoder":
+    def train(self, mode: bool = True) -> TextPromptEncoder:
         # always frozen, always in eval mode (no dropout)
         return super().train(False)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Dict, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -14,6 +14,7 @@ from bundle.text.table import PromptEmbeddingTable
 from bundle.utils.io import write_text_atomic
 
 __all__ = ["PromptSelection"]
+
 
 class PromptSelection:
     """The prompts of one inference run: their names, the label value each gets, and their embeddings.
@@ -35,9 +36,9 @@ class PromptSelection:
 
     def __init__(
         self,
-        prompts: Optional[Sequence[str]],
+        prompts: Sequence[str] | None,
         class_names: Mapping[int, str],
-        table: Optional[Callable[[], PromptEmbeddingTable]] = None,
+        table: Callable[[], PromptEmbeddingTable] | None = None,
     ) -> None:
         by_name = {normalize_prompt(v): int(k) for k, v in class_names.items()}
         if isinstance(prompts, str):
@@ -45,7 +46,7 @@ class PromptSelection:
         if not prompts:
             self.names = list(by_name)
             self.values = list(by_name.values())
-            self.embeddings: Optional[torch.Tensor] = None
+            self.embeddings: torch.Tensor | None = None
             return
         self.names = list(dict.fromkeys(normalize_prompt(p) for p in prompts))
         next_value = max(by_name.values(), default=0) + 1
@@ -61,10 +62,10 @@ class PromptSelection:
         self.embeddings = table()(self.names)
 
     @property
-    def label_map(self) -> Dict[str, int]:
+    def label_map(self) -> dict[str, int]:
         return dict(zip(self.names, self.values))
 
-    def write(self, output_dir: Union[str, os.PathLike]) -> Path:
+    def write(self, output_dir: str | os.PathLike) -> Path:
         """``labels.json`` in ``output_dir``: ``{"0": "background", value: prompt, ...}`` for the label maps written."""
         labels = {"0": "background", **{str(v): n for n, v in self.label_map.items()}}
         return write_text_atomic(Path(output_dir) / "labels.json", json.dumps(labels, indent=2))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
 from bundle.text.encoder import TextPromptEncoder, normalize_prompt
 
 __all__ = ["UnknownPromptError", "PromptEmbeddingTable"]
+
 
 class UnknownPromptError(KeyError):
     """A prompt that is not in the table, and no text encoder to embed it."""
@@ -29,10 +30,10 @@ class PromptEmbeddingTable:
     def __init__(
         self,
         embeddings: Mapping[str, torch.Tensor],
-        encoder_config: Optional[Mapping[str, object]] = None,
-        encoder: Optional[TextPromptEncoder] = None,
+        encoder_config: Mapping[str, object] | None = None,
+        encoder: TextPromptEncoder | None = None,
     ) -> None:
-        self.embeddings: Dict[str, torch.Tensor] = {
+        self.embeddings: dict[str, torch.Tensor] = {
             normalize_prompt(k): v.detach().float().cpu() for k, v in embeddings.items()
         }
         dims = {v.shape for v in self.embeddings.values()}
@@ -44,13 +45,13 @@ class PromptEmbeddingTable:
             raise ValueError(f"table embeddings have {next(iter(dims))[-1]} dims, the encoder {encoder.embed_dim}")
 
     @classmethod
-    def build(cls, prompts: Iterable[str], encoder: TextPromptEncoder) -> "PromptEmbeddingTable":
+    def build(cls, prompts: Iterable[str], encoder: TextPromptEncoder) -> PromptEmbeddingTable:
         """Embed ``prompts`` with ``encoder`` and keep the encoder for later prompts."""
         keys = list(dict.fromkeys(normalize_prompt(p) for p in prompts))
         return cls(dict(zip(keys, encoder(keys))), encoder=encoder)
 
     @property
-    def prompts(self) -> List[str]:
+    def prompts(self) -> list[str]:
         return list(self.embeddings)
 
     @property
@@ -81,24 +82,26 @@ class PromptEmbeddingTable:
                 self.embeddings[key] = emb.cpu()
         return torch.stack([self.embeddings[k] for k in keys])
 
-    def state_dict(self) -> Dict[str, object]:
+    def state_dict(self) -> dict[str, object]:
         """Plain tensors, strings and lists only, so ``torch.load(weights_only=True)`` can read it back."""
         return {
             "prompts": self.prompts,
             "embeddings": torch.stack(list(self.embeddings.values())) if self.embeddings else torch.zeros(0),
-            "encoder_config": {k: v for k, v in self.encoder_config.items()},
+            "encoder_config": dict(self.encoder_config),
         }
 
     @classmethod
     def from_state_dict(
-        cls, state: Mapping[str, object], encoder: Optional[TextPromptEncoder] = None
-    ) -> "PromptEmbeddingTable":
+        cls, state: Mapping[str, object], encoder: TextPromptEncoder | None = None
+    ) -> PromptEmbeddingTable:
         try:
             prompts, emb = list(state["prompts"]), state["embeddings"]  # type: ignore[call-overload]
         except (KeyError, TypeError) as e:
             raise ValueError(f"not a prompt table state (needs 'prompts' and 'embeddings'): {e}") from e
         if not isinstance(emb, torch.Tensor) or (prompts and emb.shape[0] != len(prompts)):
-            raise ValueError(f"prompt table: {len(prompts)} prompts but embeddings of shape {getattr(emb, 'shape', None)}")
+            raise ValueError(
+                f"prompt table: {len(prompts)} prompts but embeddings of shape {getattr(emb, 'shape', None)}"
+            )
         config = dict(state.get("encoder_config", {}))  # type: ignore[union-attr]
         if encoder is not None and config and encoder.config != config:
             raise ValueError(f"the table was built with encoder {config}, the given encoder is {encoder.config}")

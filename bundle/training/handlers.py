@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ class BestModelSaver:
         save_path: str,
         network: torch.nn.Module,
         prompt_table: PromptEmbeddingTable,
-        evaluator: Optional[Engine] = None,
+        evaluator: Engine | None = None,
         metric_name: str = "val_mean_dice",
     ) -> None:
         self.save_path = Path(save_path)
@@ -50,7 +51,7 @@ class BestModelSaver:
         self.prompt_table = prompt_table
         self.evaluator = evaluator
         self.metric_name = metric_name
-        self.trainer: Optional[Engine] = None
+        self.trainer: Engine | None = None
         self.best_metric = -math.inf
         self.best_epoch = -1
         self.saved = False
@@ -73,7 +74,7 @@ class BestModelSaver:
     def _epoch(self) -> int:
         return int(self.trainer.state.epoch) if self.trainer is not None else -1
 
-    def save(self, metric: Optional[float]) -> None:
+    def save(self, metric: float | None) -> None:
         if not is_main_process():
             return
         net = unwrap_module(self.network)
@@ -129,7 +130,7 @@ class ResumeCheckpoint:
         if not trainer.has_event_handler(self._save, Events.EPOCH_COMPLETED):
             trainer.add_event_handler(Events.EPOCH_COMPLETED, self._save)
 
-    def _objects(self) -> Dict[str, Any]:
+    def _objects(self) -> dict[str, Any]:
         return {k: (unwrap_module(v) if isinstance(v, torch.nn.Module) else v) for k, v in self.save_dict.items()}
 
     def _save(self, trainer: Engine) -> None:
@@ -182,10 +183,10 @@ class TrainingReport:
         self.evaluator = evaluator
         self.metric_name = metric_name
         self.num_overlays = num_overlays
-        self.trainer: Optional[Engine] = None
-        self.history: Dict[str, List[List[float]]] = {"loss": [], "metric": []}
-        self._losses: List[float] = []
-        self._cases: List[Sequence[np.ndarray]] = []
+        self.trainer: Engine | None = None
+        self.history: dict[str, list[list[float]]] = {"loss": [], "metric": []}
+        self._losses: list[float] = []
+        self._cases: list[Sequence[np.ndarray]] = []
 
     def attach(self, trainer: Engine) -> None:
         self.trainer = trainer
@@ -201,7 +202,9 @@ class TrainingReport:
         path = self.output_dir / "history.json"
         if trainer.state.epoch > 0 and path.is_file():
             history = json.loads(path.read_text())
-            self.history = {k: [e for e in history.get(k, []) if e[0] <= trainer.state.epoch] for k in ("loss", "metric")}
+            self.history = {
+                k: [e for e in history.get(k, []) if e[0] <= trainer.state.epoch] for k in ("loss", "metric")
+            }
 
     def _on_train_iteration(self, trainer: Engine) -> None:
         out = trainer.state.output

@@ -94,11 +94,7 @@ class DiffusionTrainer(SupervisedTrainer):
     """
 
     def __init__(
-        self,
-        *args: Any,
-        prepare_batch: Callable | None = None,
-        loss_function: Callable | None = None,
-        **kwargs: Any,
+        self, *args: Any, prepare_batch: Callable | None = None, loss_function: Callable | None = None, **kwargs: Any
     ) -> None:
         super().__init__(
             *args, prepare_batch=prepare_batch or DiffusionPrepareBatch(), loss_function=loss_function, **kwargs

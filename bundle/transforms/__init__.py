@@ -5,15 +5,9 @@ class present in the map, sometimes (``absent_prob``) a class that is absent, wh
 learns to answer "not here"; :class:`EmbedPromptd` turns prompts into embeddings; :class:`TeacherTargetsd` and
 :class:`SelectTeacherd` add SAM2's masks for the prompted class. Output: :class:`SaveLabelMapd`.
 """
+
 from .io import SaveLabelMapd, output_path_for
 from .prompts import EmbedPromptd, RandPromptd
 from .teacher import SelectTeacherd, TeacherTargetsd
 
-__all__ = [
-    "EmbedPromptd",
-    "output_path_for",
-    "RandPromptd",
-    "SaveLabelMapd",
-    "SelectTeacherd",
-    "TeacherTargetsd",
-]
+__all__ = ["EmbedPromptd", "output_path_for", "RandPromptd", "SaveLabelMapd", "SelectTeacherd", "TeacherTargetsd"]

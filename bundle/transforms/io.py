@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Hashable, Mapping
 from pathlib import Path
-from typing import Any, Dict, Hashable, Mapping, Optional, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +17,8 @@ from bundle.utils.metadata import source_name
 
 __all__ = ["output_path_for", "SaveLabelMapd"]
 
-def output_path_for(source: Union[str, os.PathLike], output_dir: Union[str, os.PathLike], postfix: str = "seg") -> Path:
+
+def output_path_for(source: str | os.PathLike, output_dir: str | os.PathLike, postfix: str = "seg") -> Path:
     """``output_dir/<source stem>_<postfix>.nii.gz``."""
     name = Path(str(source)).name
     for suffix in (".nii.gz", ".nii", ".mha", ".nrrd"):
@@ -42,10 +44,10 @@ class SaveLabelMapd(MapTransform):
     def __init__(
         self,
         keys: KeysCollection,
-        output_dir: Optional[Union[str, os.PathLike]],
+        output_dir: str | os.PathLike | None,
         postfix: str = "seg",
         dtype: Any = np.uint8,
-        source_key: Optional[str] = "image",
+        source_key: str | None = "image",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -54,7 +56,7 @@ class SaveLabelMapd(MapTransform):
         self.dtype = dtype
         self.source_key = source_key
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         import nibabel as nib
 
         d = dict(data)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,6 +14,7 @@ from bundle.text import PromptEmbeddingTable, normalize_prompt
 from bundle.utils.metadata import source_name
 
 __all__ = ["RandPromptd", "EmbedPromptd"]
+
 
 class RandPromptd(Randomizable, MapTransform):
     """Samples one class prompt per item and writes its binary target.
@@ -49,7 +51,7 @@ class RandPromptd(Randomizable, MapTransform):
         self.class_names = {int(k): normalize_prompt(v) for k, v in class_names.items()}
         self.target_key, self.prompt_key, self.class_key = target_key, prompt_key, class_key
         self.absent_prob = absent_prob
-        self._choice: Optional[int] = None
+        self._choice: int | None = None
 
     def randomize(self, present: Sequence[int]) -> None:  # type: ignore[override]
         absent = [c for c in self.class_names if c not in present]
@@ -58,7 +60,7 @@ class RandPromptd(Randomizable, MapTransform):
         else:
             self._choice = int(self.R.choice(list(present)))
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
             label = d[key]
@@ -101,13 +103,13 @@ class EmbedPromptd(MapTransform):
         self.table = table
         self.embedding_key = embedding_key
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
             prompts = d[key]
             if isinstance(prompts, str):
                 d[self.embedding_key] = self.table([prompts])[0]
             else:
-                as_list: List[str] = [str(p) for p in np.asarray(prompts, dtype=object).ravel()]
+                as_list: list[str] = [str(p) for p in np.asarray(prompts, dtype=object).ravel()]
                 d[self.embedding_key] = self.table(as_list)
         return d

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Dict, Hashable, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
+from monai.utils import look_up_option
 
 from bundle.teacher.cache import TeacherCache
 from bundle.teacher.sam2 import SAM2Teacher
@@ -19,7 +21,9 @@ from bundle.utils.metadata import source_name
 
 logger = logging.getLogger(__name__)
 
+
 __all__ = ["TeacherTargetsd", "SelectTeacherd"]
+
 
 class TeacherTargetsd(MapTransform):
     """Adds the teacher's mask probabilities and per-voxel trust weights for every class of a case.
@@ -48,7 +52,7 @@ class TeacherTargetsd(MapTransform):
     def __init__(
         self,
         keys: KeysCollection,
-        teacher: Optional[SAM2Teacher],
+        teacher: SAM2Teacher | None,
         cache_dir: PathLike,
         class_values: Sequence[int],
         label_key: str = "label",
@@ -56,12 +60,11 @@ class TeacherTargetsd(MapTransform):
         weight_key: str = "teacher_weight",
         iou_threshold: float = 0.5,
         prompt_source: str = "label",
-        student: Optional[StudentMasks] = None,
+        student: StudentMasks | None = None,
         supervised_key: str = "supervised",
     ) -> None:
         super().__init__(keys)
-        if prompt_source not in PROMPT_SOURCES:
-            raise ValueError(f"prompt_source must be one of {PROMPT_SOURCES}, got {prompt_source!r}")
+        prompt_source = look_up_option(prompt_source, PROMPT_SOURCES)
         if teacher is not None and prompt_source == "student" and student is None:
             raise ValueError("prompt_source 'student' needs a student (bundle.teacher.StudentMasks.from_checkpoint)")
         self.teacher = teacher
@@ -73,7 +76,7 @@ class TeacherTargetsd(MapTransform):
         self.iou_threshold = float(iou_threshold)
         self.prompt_source, self.student, self.supervised_key = prompt_source, student, supervised_key
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         if self.teacher is None:
             return d
@@ -81,12 +84,15 @@ class TeacherTargetsd(MapTransform):
             image = d[key]
             name = source_name(d, key)
             if image.shape[0] != 1 or image.dim() not in (3, 4):
-                raise ValueError(f"{name}: the teacher needs a single-channel 2D or 3D image [1, *S], "
-                                 f"got {tuple(image.shape)}")
+                raise ValueError(
+                    f"{name}: the teacher needs a single-channel 2D or 3D image [1, *S], " f"got {tuple(image.shape)}"
+                )
             labelled = self.label_key in d
             if not labelled and self.prompt_source == "label":
-                raise ValueError(f"{name}: no label to place SAM2's prompts; unlabelled cases need "
-                                 "teacher_training#prompt_source 'student'")
+                raise ValueError(
+                    f"{name}: no label to place SAM2's prompts; unlabelled cases need "
+                    "teacher_training#prompt_source 'student'"
+                )
             case = Path(str(getattr(image, "meta", {}).get("filename_or_obj", ""))).name or "unnamed"
             img = torch.as_tensor(image)[0].detach().cpu().numpy()
             if self.prompt_source == "student":
@@ -124,13 +130,18 @@ class SelectTeacherd(MapTransform):
     An absent class (empty target) keeps a zero weight: the teacher has no opinion on it.
     """
 
-    def __init__(self, keys: KeysCollection, class_values: Sequence[int], class_key: str = "prompt_class",
-                 allow_missing_keys: bool = True) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        class_values: Sequence[int],
+        class_key: str = "prompt_class",
+        allow_missing_keys: bool = True,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.index = {int(v): i for i, v in enumerate(class_values)}
         self.class_key = class_key
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
             k = self.index[int(d[self.class_key])]
@@ -144,6 +155,10 @@ def _like(reference: Any, array: np.ndarray, dtype: torch.dtype = torch.float32)
 
     tensor = torch.as_tensor(array, dtype=dtype)
     if isinstance(reference, MetaTensor):
-        return MetaTensor(tensor, affine=reference.affine.clone(), meta=dict(reference.meta),
-                          applied_operations=list(reference.applied_operations))
+        return MetaTensor(
+            tensor,
+            affine=reference.affine.clone(),
+            meta=dict(reference.meta),
+            applied_operations=list(reference.applied_operations),
+        )
     return tensor

@@ -1,4 +1,5 @@
 """Shared helpers: atomic file output and hashes, checkpoints, bundle configs and metadata, the command line."""
+
 from .distributed import is_main_process, unwrap_module
 from .io import TEMP_MARK, PathLike, atomic_path, file_sha256, save_torch_atomic, write_text_atomic
 from .metadata import class_names_from_metadata, source_name

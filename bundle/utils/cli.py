@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import ast
 import json
-from typing import Any, Dict, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 __all__ = ["parse_overrides"]
 
 
-def parse_overrides(items: Iterable[str]) -> Dict[str, Any]:
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     """``["KEY=VALUE", ...]`` (``--set`` options) as bundle config overrides.
 
     A VALUE is read as JSON (numbers, lists, ``null``, ``true``), else as a Python literal (``False``, ``None``, as
@@ -18,7 +19,7 @@ def parse_overrides(items: Iterable[str]) -> Dict[str, Any]:
     Raises:
         ValueError: naming an item that has no ``=``.
     """
-    overrides: Dict[str, Any] = {}
+    overrides: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:

@@ -19,6 +19,10 @@ import pytest
 from bundle.apps.monailabel.launch import free_port, start_server, stop_server
 from tests.helpers.shared_data import SHARED_DATA
 
+# end-to-end: not part of the fast lane (make test-fast)
+pytestmark = pytest.mark.slow
+
+
 LABELS = {"anterior hippocampus": 1, "posterior hippocampus": 2}
 REAL_CASE = "hippocampus_088"  # a case of the model card's held-out test split
 
@@ -31,8 +35,10 @@ def _phantom_study(folder: Path, name: str, seed: int, with_label: bool) -> None
     nib.save(nib.Nifti1Image(image, affine), str(folder / f"{name}.nii.gz"))
     if with_label:
         (folder / "labels" / "final").mkdir(parents=True, exist_ok=True)
-        nib.save(nib.Nifti1Image(np.isin(label, [1, 2]).astype(np.uint8) * label, affine),
-                 str(folder / "labels" / "final" / f"{name}.nii.gz"))
+        nib.save(
+            nib.Nifti1Image(np.isin(label, [1, 2]).astype(np.uint8) * label, affine),
+            str(folder / "labels" / "final" / f"{name}.nii.gz"),
+        )
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +60,12 @@ def server(tmp_path_factory):
 def _infer(url: str, image: str, params: dict = None, output: str = "image"):
     import requests
 
-    return requests.post(f"{url}/infer/segone", params={"image": image, "output": output},
-                         files={"params": (None, json.dumps(params or {}), "application/json")}, timeout=300)
+    return requests.post(
+        f"{url}/infer/segone",
+        params={"image": image, "output": output},
+        files={"params": (None, json.dumps(params or {}), "application/json")},
+        timeout=300,
+    )
 
 
 def _label_image(response) -> nib.Nifti1Image:
@@ -86,8 +96,12 @@ def test_infer_returns_a_label_image_in_the_input_geometry(server, params, expec
 def test_infer_reports_prompt_labels_and_rejects_unknown_prompts(server):
     import requests
 
-    response = requests.post(f"{server['url']}/infer/segone", params={"image": "phantom_b", "output": "json"},
-                             files={"params": (None, json.dumps({"prompts": "anterior hippocampus"}))}, timeout=300)
+    response = requests.post(
+        f"{server['url']}/infer/segone",
+        params={"image": "phantom_b", "output": "json"},
+        files={"params": (None, json.dumps({"prompts": "anterior hippocampus"}))},
+        timeout=300,
+    )
     assert response.status_code == 200, response.text[:2000]
     assert response.json()["prompt_labels"] == {"anterior hippocampus": 1}
     bad = _infer(server["url"], "phantom_b", {"prompts": ["spleen"]})
@@ -118,8 +132,9 @@ def test_train_fine_tunes_from_the_model_and_infer_uses_the_new_weights(server):
     import requests
 
     url, finetuned = server["url"], server["models_dir"] / "model.pt"
-    response = requests.post(f"{url}/train/segone", json={"max_epochs": 1, "val_split": 0.0, "device": "cpu"},
-                             timeout=60)
+    response = requests.post(
+        f"{url}/train/segone", json={"max_epochs": 1, "val_split": 0.0, "device": "cpu"}, timeout=60
+    )
     assert response.status_code == 200, response.text[:2000]
     deadline = time.time() + 600
     status = {}
@@ -148,8 +163,9 @@ def test_the_app_refuses_to_listen_everywhere_by_default():
 
 
 def test_server_stops_cleanly(tmp_path, server):
-    proc, url = start_server(str(server["studies"]), tmp_path / "models", tmp_path / "second.log", "--conf",
-                             "skip_trainers", "true")
+    proc, url = start_server(
+        str(server["studies"]), tmp_path / "models", tmp_path / "second.log", "--conf", "skip_trainers", "true"
+    )
     assert stop_server(proc) == 0
     assert "Finished server process" in (tmp_path / "second.log").read_text()
 
@@ -165,13 +181,20 @@ def orthanc(tmp_path):
         pytest.skip("needs Orthanc with its DICOMweb plugin (Debian: apt-get install orthanc orthanc-dicomweb)")
     http_port, dicom_port = free_port(), free_port()
     config = {
-        "Name": "segone-test", "StorageDirectory": str(tmp_path / "db"), "IndexDirectory": str(tmp_path / "db"),
-        "HttpPort": http_port, "DicomPort": dicom_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-        "Plugins": [str(plugin)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        "Name": "segone-test",
+        "StorageDirectory": str(tmp_path / "db"),
+        "IndexDirectory": str(tmp_path / "db"),
+        "HttpPort": http_port,
+        "DicomPort": dicom_port,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "Plugins": [str(plugin)],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
     }
     (tmp_path / "orthanc.json").write_text(json.dumps(config))
-    proc = subprocess.Popen([exe, str(tmp_path / "orthanc.json")], stdout=open(tmp_path / "orthanc.log", "w"),
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [exe, str(tmp_path / "orthanc.json")], stdout=open(tmp_path / "orthanc.log", "w"), stderr=subprocess.STDOUT
+    )
     import requests
 
     url = f"http://127.0.0.1:{http_port}"
@@ -196,12 +219,18 @@ def test_dicomweb_lists_series_infers_and_stores_the_seg_back(tmp_path, orthanc)
     from tests.helpers.dicom_series import write_mr_series
 
     image, _ = make_phantom(3, shape=(36, 50, 36))
-    series_dir = write_mr_series(tmp_path / "mr", image * 1000, "1.2.826.0.1.3680043.8.498.77",
-                                 "1.2.826.0.1.3680043.8.498.77.1", description="T1 hippocampus crop")
+    series_dir = write_mr_series(
+        tmp_path / "mr",
+        image * 1000,
+        "1.2.826.0.1.3680043.8.498.77",
+        "1.2.826.0.1.3680043.8.498.77.1",
+        description="T1 hippocampus crop",
+    )
     for f in sorted(series_dir.iterdir()):
         assert requests.post(f"{orthanc}/instances", data=f.read_bytes(), timeout=30).ok
-    proc, url = start_server(f"{orthanc}/dicom-web", tmp_path / "models", tmp_path / "server.log",
-                             "--conf", "skip_trainers", "true")
+    proc, url = start_server(
+        f"{orthanc}/dicom-web", tmp_path / "models", tmp_path / "server.log", "--conf", "skip_trainers", "true"
+    )
     try:
         series = "1.2.826.0.1.3680043.8.498.77.1"
         stats = requests.get(f"{url}/datastore/", params={"output": "stats"}, timeout=60).json()
@@ -217,11 +246,16 @@ def test_dicomweb_lists_series_infers_and_stores_the_seg_back(tmp_path, orthanc)
         assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series
         label = _infer(url, series, output="image")
         assert label.status_code == 200
-        stored = requests.put(f"{url}/datastore/label", params={"image": series, "tag": "final"},
-                              files={"label": ("label.nii.gz", label.content)}, timeout=120)
+        stored = requests.put(
+            f"{url}/datastore/label",
+            params={"image": series, "tag": "final"},
+            files={"label": ("label.nii.gz", label.content)},
+            timeout=120,
+        )
         assert stored.status_code == 200, stored.text[:2000]
-        found = requests.post(f"{orthanc}/tools/find", json={"Level": "Series", "Query": {"Modality": "SEG"}},
-                              timeout=30).json()
+        found = requests.post(
+            f"{orthanc}/tools/find", json={"Level": "Series", "Query": {"Modality": "SEG"}}, timeout=30
+        ).json()
         assert len(found) == 1
     finally:
         assert stop_server(proc) == 0

@@ -49,3 +49,16 @@ def test_ensure_demo_dataset_is_idempotent_and_safe(tmp_path):
     with pytest.raises(FileExistsError, match="refusing"):
         ensure_demo_dataset(foreign)
     assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_demo_data_command_writes_the_data_set_once(tmp_path, capsys):
+    """``segone-demo-data`` (and ``scripts/make_demo_data.py``): the same ``main``."""
+    from bundle.cli.demo_data import main
+
+    out = tmp_path / "demo"
+    assert main(["--output_dir", str(out), "--num_cases", "2", "--seed", "3"]) == 0
+    assert capsys.readouterr().out.strip() == f"demo data set: {out} (2 cases)"
+    assert json.loads((out / "dataset.json").read_text())["seed"] == 3
+    stamp = (out / "dataset.json").stat().st_mtime_ns
+    assert main(["--output_dir", str(out), "--num_cases", "5"]) == 0  # already there: left alone
+    assert "(2 cases)" in capsys.readouterr().out and (out / "dataset.json").stat().st_mtime_ns == stamp

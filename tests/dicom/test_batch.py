@@ -16,18 +16,20 @@ import numpy as np
 import pytest
 import torch
 
+from bundle.cli.dicom_batch import main as dicom_batch_main
 from bundle.dicom import discover_series, read_series_with_files
 from bundle.dicom.batch import Manifest, model_version
 from bundle.dicom.seg import TEMP_MARK, check_seg, coded_concepts, dciodvfy_errors, write_seg
 from bundle.text import PromptEmbeddingTable
 from bundle.utils.checkpoint import save_model
-from bundle.utils.config import BUNDLE_ROOT
+from bundle.utils.config import BUNDLE_ROOT, load_bundle_config
 from tests.helpers.bundle_runs import TINY_CLIP_DIM
 from tests.helpers.dicom_series import write_mr_series, write_sr
 from tests.helpers.shared_data import shared_path
 
 ROOT = BUNDLE_ROOT
-SCRIPT = ROOT / "scripts" / "dicom_batch_infer.py"
+# the console entry point (pyproject.toml [project.scripts]), installed next to the interpreter
+COMMAND = Path(sys.executable).parent / "segone-dicom-batch"
 SMALL = {"features": [4, 8, 16], "roi_size": [16, 16, 16]}
 PROMPTS = ["anterior hippocampus", "posterior hippocampus"]
 STUDY = "1.2.826.0.1.3680043.8.498.1"
@@ -51,12 +53,7 @@ def _tree_hash(root: Path) -> str:
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
     """A small network with random weights in the shipped model-file format (the pipeline, not accuracy, is tested)."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(ROOT / "configs" / "inference.json"))
-    parser.read_meta(str(ROOT / "configs" / "metadata.json"))
-    parser.update({"bundle_root": str(ROOT), **SMALL, "text_dim": TINY_CLIP_DIM})
+    parser = load_bundle_config("inference.json", overrides={**SMALL, "text_dim": TINY_CLIP_DIM})
     torch.manual_seed(0)
     net = parser.get_parsed_content("network_def")
     with torch.no_grad():  # FiLM starts at zero (prompt-blind); random conditioning makes the prompts differ
@@ -71,17 +68,22 @@ def model_file(tmp_path_factory) -> Path:
 
 def _script_args(model_file: Path, input_dir: Path, output_dir: Path, *extra: str) -> list:
     sets = [f"--set={k}={json.dumps(v)}" for k, v in {**SMALL, "text_dim": TINY_CLIP_DIM}.items()]
-    return ["--input", str(input_dir), "--output", str(output_dir), "--ckpt", str(model_file), "--no-progress",
-            *sets, *extra]
+    return [
+        "--input_dir",
+        str(input_dir),
+        "--output_dir",
+        str(output_dir),
+        "--ckpt_path",
+        str(model_file),
+        "--no_progress",
+        *sets,
+        *extra,
+    ]
 
 
 def _run_script(*args: str) -> int:
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import dicom_batch_infer
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return dicom_batch_infer.main(list(args))
+    """``segone-dicom-batch ARGS`` in this process (``scripts/dicom_batch_infer.py`` runs the same ``main``)."""
+    return dicom_batch_main(list(args))
 
 
 def _latest_rows(output_dir: Path) -> dict:
@@ -224,9 +226,12 @@ def test_seg_pixels_match_the_nifti_label_map(batch_run, studies):
             continue
         seg_path, nii_path = row["outputs"]
         labels = np.asarray(nib.load(nii_path).dataobj)  # [X, Y, Z]; label values 1, 2 are segments 1, 2
-        uids = [str(pydicom.dcmread(str(f), stop_before_pixels=True).SOPInstanceUID) for f in ordered[row["series_uid"]]]
-        pixels = hd.seg.segread(seg_path).get_pixels_by_source_instance(uids, segment_numbers=[1, 2],
-                                                                         combine_segments=True)
+        uids = [
+            str(pydicom.dcmread(str(f), stop_before_pixels=True).SOPInstanceUID) for f in ordered[row["series_uid"]]
+        ]
+        pixels = hd.seg.segread(seg_path).get_pixels_by_source_instance(
+            uids, segment_numbers=[1, 2], combine_segments=True
+        )
         np.testing.assert_array_equal(pixels, labels.transpose(2, 1, 0))  # frame k = slice k, rows Y, columns X
         assert labels.max() <= 2
 
@@ -246,8 +251,11 @@ def test_manifest_reads_past_a_cut_line_and_versions_decide_resume(tmp_path, mod
     path = tmp_path / "manifest.jsonl"
     out = tmp_path / "seg.dcm"
     out.write_bytes(b"x")
-    path.write_text(json.dumps({"series": "a/b", "status": "done", "model_version": "1+x", "outputs": [str(out)]})
-                    + "\n" + '{"series": "a/c", "sta')
+    path.write_text(
+        json.dumps({"series": "a/b", "status": "done", "model_version": "1+x", "outputs": [str(out)]})
+        + "\n"
+        + '{"series": "a/c", "sta'
+    )
     manifest = Manifest(path)
     assert manifest.is_done("a/b", "1+x") and not manifest.is_done("a/b", "1+y") and not manifest.is_done("a/c", "1+x")
     manifest.append({"series": "a/c", "status": "failed", "reason": "r"})
@@ -263,15 +271,20 @@ def test_output_inside_input_is_refused(tmp_path, studies, model_file):
 
 
 def test_bundle_config_route_raises_after_the_batch_when_a_series_failed(tmp_path, studies, model_file):
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config([str(ROOT / "configs" / "inference.json"), str(ROOT / "configs" / "dicom_batch.json")])
-    parser.read_meta(str(ROOT / "configs" / "metadata.json"))
     out = tmp_path / "bundle_out"
-    parser.update({"bundle_root": str(ROOT), **SMALL, "text_dim": TINY_CLIP_DIM, "ckpt_path": str(model_file),
-                   "input_dir": str(studies), "output_dir": str(out), "series_description": "^(T1|gapped)$",
-                   "progress": False})
+    parser = load_bundle_config(
+        "inference.json",
+        "dicom_batch.json",
+        overrides={
+            **SMALL,
+            "text_dim": TINY_CLIP_DIM,
+            "ckpt_path": str(model_file),
+            "input_dir": str(studies),
+            "output_dir": str(out),
+            "series_description": "^(T1|gapped)$",
+            "progress": False,
+        },
+    )
     with pytest.raises(Exception) as info:
         parser.get_parsed_content("run")
     chain, exc = [], info.value
@@ -285,11 +298,14 @@ def test_bundle_config_route_raises_after_the_batch_when_a_series_failed(tmp_pat
 def test_killed_batch_resumes_with_nothing_lost(tmp_path, model_file):
     root = tmp_path / "in"
     for i in range(6):
-        write_mr_series(root / f"s{i}", _volume(10 + i, shape=(24, 32, 16)), STUDY, f"{STUDY}.9{i}", description=f"S{i}")
+        write_mr_series(
+            root / f"s{i}", _volume(10 + i, shape=(24, 32, 16)), STUDY, f"{STUDY}.9{i}", description=f"S{i}"
+        )
     out = tmp_path / "out"
-    cmd = [sys.executable, str(SCRIPT), *_script_args(model_file, root, out)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert COMMAND.is_file(), f"{COMMAND} missing: reinstall the package (bash scripts/setup_env.sh)"
+    cmd = [str(COMMAND), *_script_args(model_file, root, out)]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the installed package, from any folder
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     manifest = out / "manifest.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -300,13 +316,13 @@ def test_killed_batch_resumes_with_nothing_lost(tmp_path, model_file):
     proc.wait()
     first = [r for r in Manifest(manifest).rows if r["status"] == "done"]
     assert 1 <= len(first) < 6, "the kill should land mid-batch"
-    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     summary = json.loads(rerun.stdout.strip().splitlines()[-1])
     assert summary["already_done"] == len(first) and summary["done"] == 6 - len(first)
     rows = _latest_rows(out)
     assert sorted(r["description"] for r in rows.values() if r["status"] == "done") == [f"S{i}" for i in range(6)]
-    assert not [p for p in out.rglob(f"*{TEMP_MARK}*")]
+    assert not list(out.rglob(f"*{TEMP_MARK}*"))
     import highdicom as hd
 
     for row in rows.values():
@@ -321,8 +337,16 @@ def test_shipped_model_segments_the_real_hippocampus_crops_to_valid_segs(tmp_pat
 
     studies = shared_path("dicom_mr")
     out = tmp_path / "out"
-    status = _run_script("--input", str(studies), "--output", str(out), "--series-description", "HippoCrop",
-                         "--no-progress", "--nifti")
+    status = _run_script(
+        "--input_dir",
+        str(studies),
+        "--output_dir",
+        str(out),
+        "--series_description",
+        "HippoCrop",
+        "--no_progress",
+        "--nifti",
+    )
     assert status == 0
     rows = [r for r in _latest_rows(out).values() if r["status"] == "done"]
     assert len(rows) == 2

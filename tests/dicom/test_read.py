@@ -11,8 +11,18 @@ from bundle.dicom import SeriesError, discover_series, read_series, safe_name
 from tests.helpers.dicom_series import MR_STORAGE, SR_STORAGE, new_instance
 
 
-def _write(path: Path, study: str, series: str, index: int, modality: str = "MR", description: str = "T1",
-           sop_class: str = MR_STORAGE, z: float = None, orientation=(1, 0, 0, 0, 1, 0), frames: int = 0) -> Path:
+def _write(
+    path: Path,
+    study: str,
+    series: str,
+    index: int,
+    modality: str = "MR",
+    description: str = "T1",
+    sop_class: str = MR_STORAGE,
+    z: float = None,
+    orientation=(1, 0, 0, 0, 1, 0),
+    frames: int = 0,
+) -> Path:
     ds = new_instance(sop_class)
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
     ds.Modality, ds.SeriesDescription, ds.InstanceNumber = modality, description, index + 1
@@ -49,7 +59,8 @@ def test_discovery_groups_series_and_explains_every_skip(tree):
     before = sorted((p, p.stat().st_mtime_ns) for p in tree.rglob("*"))
     series, skipped = discover_series(tree)
     assert [(s.series_uid, s.description, len(s.files)) for s in series] == [
-        ("1.2.3.1", "T1 MPRAGE", 3), ("1.2.3.2", "FLAIR", 2)
+        ("1.2.3.1", "T1 MPRAGE", 3),
+        ("1.2.3.2", "FLAIR", 2),
     ]
     reasons = {s.what.split(" (")[0]: s.reason for s in skipped}
     assert reasons["series 1.2.3.3"] == "modality CT, not MR"

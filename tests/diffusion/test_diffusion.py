@@ -30,7 +30,9 @@ def test_consistency_loss_kinds_and_trust_weights():
     prob, teacher = torch.full((2, 1, 4, 4), 0.25), torch.full((2, 1, 4, 4), 0.75)
     assert consistency_loss(prob, teacher, kind="l1") == pytest.approx(0.5)
     half = torch.full((1, 1, 4, 4), 0.5)
-    assert consistency_loss(half, torch.ones_like(half), kind="bce") == pytest.approx(float(torch.log(torch.tensor(2.0))))
+    assert consistency_loss(half, torch.ones_like(half), kind="bce") == pytest.approx(
+        float(torch.log(torch.tensor(2.0)))
+    )
     mask = torch.zeros(1, 1, 4, 4)
     mask[..., :2, :] = 1
     assert consistency_loss(mask, mask, kind="dice") == pytest.approx(0.0)
@@ -46,9 +48,9 @@ def test_consistency_loss_kinds_and_trust_weights():
         assert consistency_loss(student, disagreeing, None, kind) > 0.1
     for kind in ("l1", "dice", "bce"):
         assert consistency_loss(student, 1 - student, torch.zeros_like(weight), kind) == 0.0  # no opinion anywhere
-    with pytest.raises(ValueError, match="consistency loss must be one of"):
+    with pytest.raises(ValueError, match="'mse' is not a valid value"):
         consistency_loss(prob, teacher, kind="mse")
-    with pytest.raises(ValueError, match="consistency_loss must be one of"):
+    with pytest.raises(ValueError, match="'mse' is not a valid value"):
         MaskDiffusion(_denoiser(), consistency_loss="mse")
 
 
@@ -82,8 +84,9 @@ def test_unlabelled_samples_train_through_the_teacher_only():
     full = model.loss(image, other, context, generator=torch.Generator().manual_seed(1), **kwargs)
     assert not torch.isclose(full["dice"], b["dice"])  # ... while supervised, it would be
     # a batch of unlabelled cases: only the teacher term, and it still reaches the denoiser's weights
-    none = model.loss(image, target, context, generator=torch.Generator().manual_seed(1),
-                      supervised=torch.zeros(2), **kwargs)
+    none = model.loss(
+        image, target, context, generator=torch.Generator().manual_seed(1), supervised=torch.zeros(2), **kwargs
+    )
     assert none["l1"] == 0 and none["dice"] == 0 and none["consistency"] > 0
     torch.testing.assert_close(none["loss"].detach(), none["consistency"])
     model.zero_grad()
@@ -116,7 +119,7 @@ def test_epsilon_prediction_implies_the_clean_mask():
 
 
 def test_invalid_arguments():
-    with pytest.raises(ValueError, match="prediction_type"):
+    with pytest.raises(ValueError, match="Unsupported option .v."):
         MaskDiffusion(_denoiser(), prediction_type="v")
     model = MaskDiffusion(_denoiser())
     with pytest.raises(ValueError, match="target must be"):

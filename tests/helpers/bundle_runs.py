@@ -17,8 +17,21 @@ import numpy as np
 
 from bundle.utils.config import BUNDLE_ROOT
 
-__all__ = ["ROOT", "CONFIGS", "META", "SHAPE", "SMALL", "TINY_CLIP", "TINY_CLIP_DIM", "write_msd", "train_overrides",
-           "infer_overrides", "workflow", "error_chain", "bundle_cli"]
+__all__ = [
+    "ROOT",
+    "CONFIGS",
+    "META",
+    "SHAPE",
+    "SMALL",
+    "TINY_CLIP",
+    "TINY_CLIP_DIM",
+    "write_msd",
+    "train_overrides",
+    "infer_overrides",
+    "workflow",
+    "error_chain",
+    "bundle_cli",
+]
 
 # a small open_clip architecture registered for the tests (tests/conftest.py)
 TINY_CLIP = "segone-test-tiny-clip"
@@ -103,7 +116,10 @@ def error_chain(exc: BaseException) -> str:
 def bundle_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "monai.bundle", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
-
-

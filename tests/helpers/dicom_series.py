@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -37,7 +37,7 @@ def write_mr_series(
     origin: Sequence[float] = (-20.0, -30.0, -10.0),
     skip_slices: Sequence[int] = (),
     prefix: str = "",
-    frame_of_reference: Optional[str] = None,
+    frame_of_reference: str | None = None,
 ) -> Path:
     """Writes ``volume [X, Y, Z]`` as single-frame MR instances (axial, slice k at z = origin + k * spacing).
 

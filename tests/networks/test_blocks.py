@@ -6,15 +6,7 @@ import pytest
 import torch
 from monai.networks.utils import pixelshuffle, pixelunshuffle
 
-from bundle.networks.blocks import (
-    FiLM,
-    GlobalContext,
-    ShuffleUp,
-    SpatialShift,
-    UnshuffleDown,
-    conv1x1,
-    pixel_unshuffle,
-)
+from bundle.networks.blocks import FiLM, GlobalContext, ShuffleUp, SpatialShift, UnshuffleDown, conv1x1, pixel_unshuffle
 
 
 @pytest.mark.parametrize("spatial_dims,shape", [(2, (2, 3, 8, 6)), (3, (1, 2, 4, 6, 8))])

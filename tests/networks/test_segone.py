@@ -37,7 +37,7 @@ def test_every_learned_operator_acts_on_channels_only(spatial_dims, conditioned)
         for pname, p in module.named_parameters(recurse=False):
             assert all(s == 1 for s in p.shape[2:]), f"{name}.{pname} has spatial extent {tuple(p.shape)}"
     assert convs > 10
-    for name, module in net.named_modules():
+    for module in net.modules():
         assert not isinstance(module, (nn.ConvTranspose2d, nn.ConvTranspose3d, nn.MultiheadAttention, nn.Unfold))
 
 
@@ -70,8 +70,11 @@ def test_stem_scale_keeps_full_resolution_output_without_full_resolution_layers(
     assert net.size_divisor == 8
     x = torch.rand(2, 2, *shape)
     seen = []
-    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[2:])))
-             for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[2:])))
+        for m in net.modules()
+        if isinstance(m, (nn.Conv2d, nn.Conv3d))
+    ]
     with torch.no_grad():
         y = net(x, torch.tensor([3, 500]), torch.randn(2, 8))
     for h in hooks:
@@ -80,8 +83,10 @@ def test_stem_scale_keeps_full_resolution_output_without_full_resolution_layers(
     half = tuple(s // 2 for s in shape)
     assert max(seen, key=lambda s: s[0]) == half  # no kernel-size-1 convolution ran at full resolution
     # each voxel of a 2^D block gets its own output value: the head is a pixel-shuffle, not a nearest upsampling
-    assert not torch.allclose(y[..., 0::2, 0::2] if spatial_dims == 2 else y[..., 0::2, 0::2, 0::2],
-                              y[..., 1::2, 1::2] if spatial_dims == 2 else y[..., 1::2, 1::2, 1::2])
+    assert not torch.allclose(
+        y[..., 0::2, 0::2] if spatial_dims == 2 else y[..., 0::2, 0::2, 0::2],
+        y[..., 1::2, 1::2] if spatial_dims == 2 else y[..., 1::2, 1::2, 1::2],
+    )
     with pytest.raises(ValueError, match="stem_scale 2 needs every spatial size to be a multiple of 8"):
         net(torch.rand(1, 2, *([12] * spatial_dims)), torch.tensor([1]), torch.randn(1, 8))
     with pytest.raises(ValueError, match="stem_scale"):
@@ -92,9 +97,13 @@ def test_refine_head_is_the_only_full_resolution_work_and_sees_each_voxels_input
     net = SegOne(3, 2, 1, features=(8, 16, 32), stem_scale=2, refine_channels=4, with_timestep=True, text_dim=8)
     net = activate_zero_init(net).eval()
     full = []
-    hooks = [m.register_forward_hook(lambda m, i, o: full.append((m.in_channels, m.out_channels))
-                                     if i[0].shape[2:] == (16, 16, 16) else None)
-             for m in net.modules() if isinstance(m, nn.Conv3d)]
+    hooks = [
+        m.register_forward_hook(
+            lambda m, i, o: full.append((m.in_channels, m.out_channels)) if i[0].shape[2:] == (16, 16, 16) else None
+        )
+        for m in net.modules()
+        if isinstance(m, nn.Conv3d)
+    ]
     x = torch.rand(1, 2, 16, 16, 16)
     t, c = torch.tensor([5]), torch.randn(1, 8)
     with torch.no_grad():
@@ -110,14 +119,16 @@ def test_refine_head_is_the_only_full_resolution_work_and_sees_each_voxels_input
 
 
 def test_stem_scale_pyramid_alone_sees_its_block_and_the_default_sees_the_whole_patch():
-    aligned = activate_zero_init(SegOne(3, 1, 1, features=(8, 16, 32), norm=RF_NORM, spatial_shift=False,
-                                        global_context=False, stem_scale=2))
+    aligned = activate_zero_init(
+        SegOne(3, 1, 1, features=(8, 16, 32), norm=RF_NORM, spatial_shift=False, global_context=False, stem_scale=2)
+    )
     support = input_support(aligned, (16, 16, 16), (3, 3, 3))
     expected = torch.zeros_like(support)
     expected[0:8, 0:8, 0:8] = True
     assert torch.equal(support, expected)
-    full = activate_zero_init(SegOne(3, 1, 1, features=(32, 64, 128, 256), norm=RF_NORM, stem_scale=2,
-                                     refine_channels=8))
+    full = activate_zero_init(
+        SegOne(3, 1, 1, features=(32, 64, 128, 256), norm=RF_NORM, stem_scale=2, refine_channels=8)
+    )
     for point in [(0, 0, 0), (47, 63, 47)]:
         assert input_support(full, (48, 64, 48), point).all()
 

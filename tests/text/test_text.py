@@ -110,8 +110,13 @@ def test_prompt_selection_keeps_class_values_and_numbers_new_prompts(tmp_path):
     classes = {1: "anterior hippocampus", 2: "posterior hippocampus"}
     default = PromptSelection(None, classes)
     assert default.values == [1, 2] and default.embeddings is None
-    table = PromptEmbeddingTable({"anterior hippocampus": torch.ones(4), "posterior hippocampus": torch.zeros(4),
-                                  "whole hippocampus": torch.full((4,), 2.0)})
+    table = PromptEmbeddingTable(
+        {
+            "anterior hippocampus": torch.ones(4),
+            "posterior hippocampus": torch.zeros(4),
+            "whole hippocampus": torch.full((4,), 2.0),
+        }
+    )
     chosen = PromptSelection(" Posterior  Hippocampus,whole hippocampus", classes, lambda: table)
     assert chosen.label_map == {"posterior hippocampus": 2, "whole hippocampus": 3}
     torch.testing.assert_close(chosen.embeddings, torch.stack([torch.zeros(4), torch.full((4,), 2.0)]))

@@ -6,10 +6,28 @@ from bundle.utils.cli import parse_overrides
 
 
 def test_parse_overrides_reads_json_values_and_keeps_strings():
-    parsed = parse_overrides(["overlap=0.5", "roi_size=[16, 16, 16]", "teacher#checkpoint=null", "resume=true",
-                              "teacher#loss=dice", "name=a=b", "val=False", "path=/data/x.nii.gz"])
-    assert parsed == {"overlap": 0.5, "roi_size": [16, 16, 16], "teacher#checkpoint": None, "resume": True,
-                      "teacher#loss": "dice", "name": "a=b", "val": False, "path": "/data/x.nii.gz"}
+    parsed = parse_overrides(
+        [
+            "overlap=0.5",
+            "roi_size=[16, 16, 16]",
+            "teacher#checkpoint=null",
+            "resume=true",
+            "teacher#loss=dice",
+            "name=a=b",
+            "val=False",
+            "path=/data/x.nii.gz",
+        ]
+    )
+    assert parsed == {
+        "overlap": 0.5,
+        "roi_size": [16, 16, 16],
+        "teacher#checkpoint": None,
+        "resume": True,
+        "teacher#loss": "dice",
+        "name": "a=b",
+        "val": False,
+        "path": "/data/x.nii.gz",
+    }
     assert parse_overrides([]) == {}
 
 

@@ -1,1 +1,1 @@
-"""SegOne as a MONAI Label app: ``monailabel start_server --app bundle/monailabel_app --studies DIR``."""
+"""SegOne as a MONAI Label app: ``monailabel start_server --app bundle/apps/monailabel --studies DIR``."""

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Tuple, Union
 
 from bundle.utils.config import BUNDLE_ROOT
 
@@ -26,9 +25,9 @@ def free_port() -> int:
 
 
 def start_server(
-    studies: str, models_dir: Union[str, os.PathLike], log: Union[str, os.PathLike], *conf: str, timeout: float = 180
-) -> Tuple[subprocess.Popen, str]:
-    """``monailabel start_server --app bundle/monailabel_app`` on 127.0.0.1 and a free port; waits for ``/info/``.
+    studies: str, models_dir: str | os.PathLike, log: str | os.PathLike, *conf: str, timeout: float = 180
+) -> tuple[subprocess.Popen, str]:
+    """``monailabel start_server --app bundle/apps/monailabel`` on 127.0.0.1 and a free port; waits for ``/info/``.
 
     Args:
         studies: a studies folder or a DICOMweb URL.
@@ -42,12 +41,29 @@ def start_server(
     import requests
 
     port = free_port()
-    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR), "--studies", studies,
-           "--host", "127.0.0.1", "--port", str(port), "--conf", "models_dir", str(models_dir), *conf]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monailabel.main",
+        "start_server",
+        "--app",
+        str(APP_DIR),
+        "--studies",
+        studies,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--conf",
+        "models_dir",
+        str(models_dir),
+        *conf,
+    ]
     env = {**os.environ, "PYTHONPATH": str(BUNDLE_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=BUNDLE_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=BUNDLE_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -1,6 +1,6 @@
 """The SegOne MONAI Label app: serves this repository's bundle in place under the model name ``segone``.
 
-    monailabel start_server --app bundle/monailabel_app --studies DIR --host 127.0.0.1 --port 8000
+    monailabel start_server --app bundle/apps/monailabel --studies DIR --host 127.0.0.1 --port 8000
 
 Optional ``--conf KEY VALUE`` settings:
 
@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
@@ -39,7 +39,7 @@ def _truthy(value: Any) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
-def check_bind_address(argv: List[str]) -> None:
+def check_bind_address(argv: list[str]) -> None:
     """Refuses MONAI Label's default of listening on every interface unless ``--host`` was given explicitly.
 
     ``monailabel start_server`` binds to 0.0.0.0 when ``--host`` is left out, which would expose unauthenticated
@@ -59,12 +59,13 @@ def check_bind_address(argv: List[str]) -> None:
     if hosts[-1] not in ("127.0.0.1", "localhost", "::1") and not settings.MONAI_LABEL_AUTH_ENABLE:
         logger.warning(
             "serving on %s without authentication: anyone who can reach this port can run inference and training "
-            "(set MONAI_LABEL_AUTH_ENABLE and a Keycloak realm, see docs/monailabel.md)", hosts[-1]
+            "(set MONAI_LABEL_AUTH_ENABLE and a Keycloak realm, see docs/monailabel.md)",
+            hosts[-1],
         )
 
 
 class SegOneApp(MONAILabelApp):
-    def __init__(self, app_dir: str, studies: str, conf: Dict[str, str]) -> None:
+    def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         check_bind_address(sys.argv)
         # MONAI Label looks up dcmqi's itkimage2segimage (DICOM SEG for DICOMweb studies) on PATH and downloads it
         # when absent; the environment's own copy (the dcmqi wheel) is next to this interpreter
@@ -91,8 +92,8 @@ class SegOneApp(MONAILabelApp):
             version=meta.get("version", "0"),
         )
 
-    def _infer_overrides(self) -> Dict[str, Any]:
-        overrides: Dict[str, Any] = {}
+    def _infer_overrides(self) -> dict[str, Any]:
+        overrides: dict[str, Any] = {}
         if "num_inference_steps" in self.conf:
             overrides["num_inference_steps"] = int(self.conf["num_inference_steps"])
         return overrides
@@ -100,18 +101,18 @@ class SegOneApp(MONAILabelApp):
     def _current_weights(self) -> str:
         return str(self.finetuned_model if self.finetuned_model.is_file() else self.shipped_model)
 
-    def init_infers(self) -> Dict[str, InferTask]:
+    def init_infers(self) -> dict[str, InferTask]:
         return {
             MODEL_NAME: SegOneInfer(
                 self.bundle_root, [self.shipped_model, self.finetuned_model], overrides=self._infer_overrides()
             )
         }
 
-    def init_trainers(self) -> Dict[str, TrainTask]:
+    def init_trainers(self) -> dict[str, TrainTask]:
         if _truthy(self.conf.get("skip_trainers", "false")):
             return {}
         os.makedirs(self.models_dir, exist_ok=True)
         return {MODEL_NAME: SegOneTrain(self.bundle_root, self._current_weights, self.models_dir)}
 
-    def init_strategies(self) -> Dict[str, Strategy]:
+    def init_strategies(self) -> dict[str, Strategy]:
         return {"random": Random(), "first": First()}

@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Union
+from typing import Any
 
 import torch
 from fastapi import HTTPException
@@ -50,14 +51,14 @@ class SegOneInfer(BasicInferTask):
 
     def __init__(
         self,
-        bundle_root: Union[str, os.PathLike],
-        model_paths: Sequence[Union[str, os.PathLike]],
-        overrides: Optional[Dict[str, Any]] = None,
+        bundle_root: str | os.PathLike,
+        model_paths: Sequence[str | os.PathLike],
+        overrides: dict[str, Any] | None = None,
         description: str = "SegOne: text-prompted segmentation by mask diffusion",
     ) -> None:
         self.bundle_root = Path(bundle_root)
         self.parser = load_bundle_config("inference.json", bundle_root=self.bundle_root, overrides=overrides)
-        self.class_names: Dict[int, str] = class_names_from_metadata(self.parser.get("_meta_"))
+        self.class_names: dict[int, str] = class_names_from_metadata(self.parser.get("_meta_"))
         labels = {name: int(value) for value, name in self.class_names.items()}
         network = self.parser.get_parsed_content("network_def", instantiate=True)
         self.preprocessing = self.parser.get_parsed_content("preprocessing", instantiate=True)
@@ -65,8 +66,8 @@ class SegOneInfer(BasicInferTask):
         self._inferer: Inferer = self.parser.get_parsed_content("inferer", instantiate=True)
         self._text_encoder = self.parser.get_parsed_content("text_encoder", instantiate=True)
         self._table_lock = threading.Lock()
-        self._table_key: Optional[tuple] = None
-        self._cached_table: Optional[PromptEmbeddingTable] = None
+        self._table_key: tuple | None = None
+        self._cached_table: PromptEmbeddingTable | None = None
         super().__init__(
             path=[str(p) for p in model_paths],
             network=network,
@@ -89,7 +90,7 @@ class SegOneInfer(BasicInferTask):
                 self._cached_table, self._table_key = load_prompt_table(path, self._text_encoder), key
             return self._cached_table
 
-    def _selection(self, data: Dict[str, Any]) -> PromptSelection:
+    def _selection(self, data: dict[str, Any]) -> PromptSelection:
         return PromptSelection(data.get("prompts") or None, self.class_names, self._table)
 
     def __call__(self, request, callbacks=None):
@@ -103,7 +104,7 @@ class SegOneInfer(BasicInferTask):
         callbacks = dict(callbacks or {})
         user_callback = callbacks.get(CallBackTypes.PRE_TRANSFORMS)
 
-        def with_selection(data: Dict[str, Any]) -> Dict[str, Any]:
+        def with_selection(data: dict[str, Any]) -> dict[str, Any]:
             data = user_callback(data) if user_callback else data
             data["prompt_selection"] = selection
             return data
@@ -111,13 +112,13 @@ class SegOneInfer(BasicInferTask):
         callbacks[CallBackTypes.PRE_TRANSFORMS] = with_selection
         return super().__call__(request, callbacks)
 
-    def pre_transforms(self, data: Optional[Dict[str, Any]] = None) -> Sequence[Callable]:
+    def pre_transforms(self, data: dict[str, Any] | None = None) -> Sequence[Callable]:
         return list(self.preprocessing.transforms)
 
-    def inferer(self, data: Optional[Dict[str, Any]] = None) -> Inferer:
+    def inferer(self, data: dict[str, Any] | None = None) -> Inferer:
         return self._inferer
 
-    def run_inferer(self, data: Dict[str, Any], convert_to_batch: bool = True, device: str = "cpu") -> Dict[str, Any]:
+    def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cpu") -> dict[str, Any]:
         selection: PromptSelection = data["prompt_selection"]  # set once per request in __call__
         network = self._get_network(device, data)
         image = data[self.input_key]
@@ -126,19 +127,22 @@ class SegOneInfer(BasicInferTask):
         data[self.output_label_key] = pred[0]
         return data
 
-    def post_transforms(self, data: Optional[Dict[str, Any]] = None) -> Sequence[Callable]:
+    def post_transforms(self, data: dict[str, Any] | None = None) -> Sequence[Callable]:
         selection: PromptSelection = (data or {}).get("prompt_selection") or PromptSelection(None, self.class_names)
         return [
             self.invert,
             AsDiscreted(keys="pred", argmax=True),
-            MapLabelValued(keys="pred", orig_labels=list(range(len(selection.values) + 1)),
-                           target_labels=[0] + list(selection.values)),
+            MapLabelValued(
+                keys="pred",
+                orig_labels=list(range(len(selection.values) + 1)),
+                target_labels=[0] + list(selection.values),
+            ),
             SqueezeDimd(keys="pred", dim=0),
             ToNumpyd(keys="pred"),
             Restored(keys="pred", ref_image="image", has_channel=False),
         ]
 
-    def writer(self, data: Dict[str, Any], extension=None, dtype=None):
+    def writer(self, data: dict[str, Any], extension=None, dtype=None):
         selection: PromptSelection = data.pop("prompt_selection")
         result_file, result_json = super().writer(data, extension=extension, dtype=dtype)
         result_json["prompt_labels"] = selection.label_map
@@ -162,10 +166,10 @@ class SegOneTrain(BundleTrainTask):
 
     def __init__(
         self,
-        bundle_root: Union[str, os.PathLike],
+        bundle_root: str | os.PathLike,
         start_weights: Callable[[], str],
-        output_dir: Union[str, os.PathLike],
-        overrides: Optional[Dict[str, Any]] = None,
+        output_dir: str | os.PathLike,
+        overrides: dict[str, Any] | None = None,
     ) -> None:
         self.start_weights = start_weights
         self.output_dir = Path(output_dir)
@@ -178,7 +182,7 @@ class SegOneTrain(BundleTrainTask):
         if pretrained:
             super()._load_checkpoint(self.start_weights(), pretrained, train_handlers)
 
-    def _update_overrides(self, overrides: Dict[str, Any]) -> Dict[str, Any]:
+    def _update_overrides(self, overrides: dict[str, Any]) -> dict[str, Any]:
         overrides.update(
             {
                 "output_dir": str(self.output_dir),

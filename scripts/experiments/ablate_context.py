@@ -2,11 +2,11 @@
 """Does SegOne's context design pay off? Train network variants for the same wall-clock budget, compare Dice.
 
 Supervised 3-class segmentation (background, anterior, posterior hippocampus) on the MSD Task04 hippocampus
-crops: a seeded split keeps ``--test-fraction`` of the cases out of training; every variant trains from the same
+crops: a seeded split keeps ``--test_fraction`` of the cases out of training; every variant trains from the same
 seed, on the same batches, for ``--budget`` seconds on the CPU, then is evaluated on the held-out cases. This
 isolates the network (no diffusion, no text): how much each context mechanism is worth per second of CPU.
 
-    python scripts/ablate_context.py --data ../shared/data/hippocampus --budget 240
+    python scripts/experiments/ablate_context.py --dataset_dir ../shared/data/hippocampus --budget 240
 """
 
 from __future__ import annotations
@@ -16,20 +16,23 @@ import json
 import random
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bundle.utils.config import BUNDLE_ROOT
 
 PATCH = (48, 64, 48)
 
 
-def variants() -> Dict[str, Callable[[], torch.nn.Module]]:
-    """The default SegOne, each context mechanism removed from it, and design alternatives; MONAI UNet for scale."""
+def variants() -> dict[str, Callable[[], torch.nn.Module]]:
+    """The default SegOne, each context mechanism removed from it, and design alternatives; MONAI UNet for scale.
+
+    Returns:
+        ``{variant name: a function building the network}``.
+    """
     from monai.networks.nets import UNet
 
     from bundle.networks import SegOne
@@ -48,13 +51,24 @@ def variants() -> Dict[str, Callable[[], torch.nn.Module]]:
     }
 
 
-def load_cases(data_dir: Path) -> List[Tuple[str, np.ndarray, np.ndarray]]:
+def load_cases(dataset_dir: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """An MSD folder's training cases, normalised and zero-padded to the patch.
+
+    Args:
+        dataset_dir: the MSD folder.
+
+    Returns:
+        ``[(name, image, label)]``, each array of the patch size.
+
+    Raises:
+        ValueError: naming the image, when a case does not fit the patch or its label has another shape.
+    """
     import nibabel as nib
 
-    meta = json.loads((data_dir / "dataset.json").read_text())
+    meta = json.loads((dataset_dir / "dataset.json").read_text())
     cases = []
     for item in meta["training"]:
-        img_path, lab_path = data_dir / item["image"], data_dir / item["label"]
+        img_path, lab_path = dataset_dir / item["image"], dataset_dir / item["label"]
         img = np.asarray(nib.load(str(img_path)).dataobj, dtype=np.float32)
         lab = np.asarray(nib.load(str(lab_path)).dataobj).astype(np.int64)
         if img.shape != lab.shape or any(s > p for s, p in zip(img.shape, PATCH)):
@@ -65,7 +79,17 @@ def load_cases(data_dir: Path) -> List[Tuple[str, np.ndarray, np.ndarray]]:
     return cases
 
 
-def dice_per_class(pred: torch.Tensor, label: torch.Tensor, classes=(1, 2)) -> List[float]:
+def dice_per_class(pred: torch.Tensor, label: torch.Tensor, classes: Sequence[int] = (1, 2)) -> list[float]:
+    """Dice of a label map per class.
+
+    Args:
+        pred: the predicted label map.
+        label: the ground truth.
+        classes: the label values scored.
+
+    Returns:
+        One Dice per class (1.0 when both are empty).
+    """
     out = []
     for c in classes:
         p, g = pred == c, label == c
@@ -74,7 +98,29 @@ def dice_per_class(pred: torch.Tensor, label: torch.Tensor, classes=(1, 2)) -> L
     return out
 
 
-def train_and_eval(make, train, test, budget: float, batch: int, seed: int, steps_limit: int = 0) -> Dict[str, float]:
+def train_and_eval(
+    make: Callable[[], torch.nn.Module],
+    train: Sequence[tuple[str, np.ndarray, np.ndarray]],
+    test: Sequence[tuple[str, np.ndarray, np.ndarray]],
+    budget: float,
+    batch: int,
+    seed: int,
+    steps_limit: int = 0,
+) -> dict[str, float]:
+    """Trains one variant and scores it on the held-out cases.
+
+    Args:
+        make: builds the network.
+        train: the training cases (:func:`load_cases`).
+        test: the held-out cases.
+        budget: training seconds (when ``steps_limit`` is 0).
+        batch: the batch size.
+        seed: the seed of the weights, the batches and the flips.
+        steps_limit: a fixed number of training steps instead of the budget (0: use the budget).
+
+    Returns:
+        Parameters (millions), steps, seconds per step, Dice per class and mean, inference milliseconds per volume.
+    """
     from monai.losses import DiceCELoss
 
     torch.manual_seed(seed)
@@ -117,23 +163,28 @@ def train_and_eval(make, train, test, budget: float, batch: int, seed: int, step
     }
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "hippocampus")
+    parser.add_argument(
+        "--dataset_dir",
+        type=Path,
+        default=BUNDLE_ROOT.parent / "shared" / "data" / "hippocampus",
+        help="MSD Task04_Hippocampus folder (default: %(default)s)",
+    )
     parser.add_argument("--budget", type=float, default=240.0, help="training seconds per variant")
     parser.add_argument("--steps", type=int, default=0, help="train a fixed number of steps instead (0: use --budget)")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--test-fraction", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=4, help="batch size")
+    parser.add_argument("--test_fraction", type=float, default=0.2, help="fraction of the cases held out")
+    parser.add_argument("--seed", type=int, default=0, help="split, weights and batches seed")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--variants", nargs="+", help="subset of variant names")
-    parser.add_argument("--output", type=Path, help="also write the markdown table here")
-    args = parser.parse_args()
-    if not (args.data / "dataset.json").is_file():
-        parser.error(f"{args.data}: no dataset.json (an MSD Task04_Hippocampus folder is needed)")
+    parser.add_argument("--output_file", type=Path, help="also write the markdown table here")
+    args = parser.parse_args(argv)
+    if not (args.dataset_dir / "dataset.json").is_file():
+        parser.error(f"{args.dataset_dir}: no dataset.json (an MSD Task04_Hippocampus folder is needed)")
     torch.set_num_threads(args.threads)
 
-    cases = load_cases(args.data)
+    cases = load_cases(args.dataset_dir)
     order = list(range(len(cases)))
     random.Random(args.seed).shuffle(order)
     n_test = max(1, int(round(len(cases) * args.test_fraction)))
@@ -158,10 +209,11 @@ def main() -> None:
         )
         lines.append(line)
         print(line, flush=True)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text("\n".join(lines) + "\n")
+    if args.output_file:
+        args.output_file.parent.mkdir(parents=True, exist_ok=True)
+        args.output_file.write_text("\n".join(lines) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -8,7 +8,8 @@ for ``--budget`` seconds of wall-clock time (validation included, as in SegOne's
 best validation Dice. It then scores the test split with the same metrics code as ``configs/evaluate.json``
 (``bundle.evaluation``), times whole-volume sliding-window inference, and writes ``metrics.json``.
 
-    python scripts/train_baseline.py --dataset_dir ../shared/data/hippocampus --budget 1800 --output_dir runs/baseline
+    python scripts/experiments/train_baseline.py --dataset_dir ../shared/data/hippocampus --budget 1800 \\
+        --output_dir runs/baseline
 """
 
 from __future__ import annotations
@@ -18,16 +19,25 @@ import json
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bundle.utils.config import load_bundle_config
 
 
 def build_network(arch: str) -> torch.nn.Module:
+    """The baseline network.
+
+    Args:
+        arch: ``"unet"`` (MONAI UNet, channels 16-256, 2 residual units) or ``"basicunet"``.
+
+    Returns:
+        The untrained network (1 input channel, 3 classes).
+    """
     from monai.networks.nets import BasicUNet, UNet
 
     if arch == "unet":
@@ -37,19 +47,18 @@ def build_network(arch: str) -> torch.nn.Module:
     raise ValueError(f"unknown arch {arch!r} (unet, basicunet)")
 
 
-def transforms_from_train_config():
-    """SegOne's preprocessing, read from configs/train.json: ``(training transforms, evaluation transforms, parser)``.
+def transforms_from_train_config() -> tuple[Any, Any, Any]:
+    """SegOne's preprocessing, read from configs/train.json.
 
     Evaluation: loading, checks, orientation, normalisation. Training adds padding, cropping and the intensity
     augmentation: the random transforms before the prompt sampling.
+
+    Returns:
+        ``(training transforms, evaluation transforms, the train.json parser)``.
     """
-    from monai.bundle import ConfigParser
     from monai.transforms import Compose
 
-    parser = ConfigParser()
-    parser.read_config(str(ROOT / "configs" / "train.json"))
-    parser.read_meta(str(ROOT / "configs" / "metadata.json"))
-    parser["bundle_root"] = str(ROOT)
+    parser = load_bundle_config("train.json")
     load = list(parser.get_parsed_content("load_transforms"))
     random = []
     for i, item in enumerate(parser["train"]["random_transforms"]):
@@ -59,17 +68,20 @@ def transforms_from_train_config():
     return Compose(load + random), Compose(load), parser
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset_dir", required=True)
-    ap.add_argument("--output_dir", default="runs/baseline")
-    ap.add_argument("--arch", default="unet", choices=["unet", "basicunet"])
+    ap.add_argument("--dataset_dir", required=True, help="MSD folder")
+    ap.add_argument("--output_dir", default="runs/baseline", help="model.pt and metrics.json (default: %(default)s)")
+    ap.add_argument("--arch", default="unet", choices=["unet", "basicunet"], help="baseline network")
     ap.add_argument("--budget", type=float, default=0.0, help="training wall-clock seconds, validation included")
     ap.add_argument("--val_every", type=int, default=5, help="epochs between validations")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--eval_only", action="store_true",
-                    help="no training: score OUTPUT_DIR/model.pt on the test split again (keeps the recorded run)")
-    args = ap.parse_args()
+    ap.add_argument("--seed", type=int, default=0, help="determinism seed")
+    ap.add_argument(
+        "--eval_only",
+        action="store_true",
+        help="no training: score OUTPUT_DIR/model.pt on the test split again (keeps the recorded run)",
+    )
+    args = ap.parse_args(argv)
     if not args.eval_only and args.budget <= 0:
         ap.error("--budget (seconds, > 0) is required unless --eval_only")
 
@@ -85,14 +97,23 @@ def main() -> None:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     train_tf, eval_tf, parser = transforms_from_train_config()
-    split = {s: dataset_split(args.dataset_dir, s, seed=parser["split_seed"], val_fraction=parser["val_fraction"],
-                              test_fraction=parser["test_fraction"]) for s in ("train", "val", "test")}
-    roi = tuple(parser["roi_size"])
+    split = {
+        s: dataset_split(
+            args.dataset_dir,
+            s,
+            seed=parser["split_seed"],
+            val_fraction=parser["val_fraction"],
+            test_fraction=parser["test_fraction"],
+        )
+        for s in ("train", "val", "test")
+    }
+    roi = tuple(parser.get_parsed_content("roi_size"))  # a macro of inference.json's
     batch, lr = int(parser["batch_size"]), float(parser["learning_rate"])
     classes = {1: "anterior hippocampus", 2: "posterior hippocampus"}
 
-    train_loader = DataLoader(CacheDataset(split["train"], train_tf, progress=False), batch_size=batch, shuffle=True,
-                              drop_last=True)
+    train_loader = DataLoader(
+        CacheDataset(split["train"], train_tf, progress=False), batch_size=batch, shuffle=True, drop_last=True
+    )
     val_data = CacheDataset(split["val"], eval_tf, progress=False)
     net = build_network(args.arch)
     params = sum(p.numel() for p in net.parameters())
@@ -133,8 +154,11 @@ def main() -> None:
         if epoch % args.val_every == 0 or time.perf_counter() - start >= args.budget:
             d = val_dice()
             history.append({"epoch": epoch, "loss": float(np.mean(losses)) if losses else None, "val_dice": d})
-            print(f"epoch {epoch} steps {steps} loss {np.mean(losses):.4f} val dice {d:.4f} "
-                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+            print(
+                f"epoch {epoch} steps {steps} loss {np.mean(losses):.4f} val dice {d:.4f} "
+                f"({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
             if d > best:
                 best, best_epoch = d, epoch
                 torch.save(net.state_dict(), out / "model.pt")
@@ -148,25 +172,40 @@ def main() -> None:
         times.append(time.perf_counter() - t0)
         affine = np.asarray(item["label"].affine)
         spacing = np.linalg.norm(affine[:3, :3], axis=0).tolist()
-        cases.append({"image": item["image"].meta["filename_or_obj"],
-                      **case_metrics(pred.numpy(), item["label"][0].numpy().astype(int), classes, spacing)})
+        cases.append(
+            {
+                "image": item["image"].meta["filename_or_obj"],
+                **case_metrics(pred.numpy(), item["label"][0].numpy().astype(int), classes, spacing),
+            }
+        )
     summary = summarize(cases, list(classes.values()))
     if args.eval_only:
         previous = json.loads((out / "metrics.json").read_text())["run"] if (out / "metrics.json").is_file() else {}
         summary["run"] = {**previous, "inference_s_per_volume": float(np.median(times))}
         (out / "metrics.json").write_text(json.dumps(summary, indent=2))
         print(format_table(summary))
-        return
+        return 0
     summary["run"] = {
-        "arch": args.arch, "parameters": params, "budget_s": args.budget, "train_seconds": train_seconds,
-        "epochs": epoch, "steps": steps, "best_val_dice": best, "best_epoch": best_epoch,
-        "inference_s_per_volume": float(np.median(times)), "threads": torch.get_num_threads(), "history": history,
+        "arch": args.arch,
+        "parameters": params,
+        "budget_s": args.budget,
+        "train_seconds": train_seconds,
+        "epochs": epoch,
+        "steps": steps,
+        "best_val_dice": best,
+        "best_epoch": best_epoch,
+        "inference_s_per_volume": float(np.median(times)),
+        "threads": torch.get_num_threads(),
+        "history": history,
     }
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
-    print(f"\n{args.arch}: {params} parameters, {steps} steps in {train_seconds:.0f} s, best val Dice {best:.4f} "
-          f"(epoch {best_epoch}); inference {np.median(times) * 1000:.0f} ms/volume (median)")
+    print(
+        f"\n{args.arch}: {params} parameters, {steps} steps in {train_seconds:.0f} s, best val Dice {best:.4f} "
+        f"(epoch {best_epoch}); inference {np.median(times) * 1000:.0f} ms/volume (median)"
+    )
     print(format_table(summary))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,10 +2,10 @@
 """MONAI Label /infer/segone latency at 1 and 4 concurrent clients, and the server's peak memory.
 
 Starts the SegOne MONAI Label app on a free loopback port over a temporary studies folder (MSD hippocampus
-images from --images, or synthetic phantoms), sends --requests infer requests per concurrency level, and prints a
-table of p50/p95 latency and the peak resident memory of the server process tree (sampled every 50 ms).
+images from --image_dir, or synthetic phantoms), sends --requests infer requests per concurrency level, and prints
+a table of p50/p95 latency and the peak resident memory of the server process tree (sampled every 50 ms).
 
-    python scripts/benchmark_monailabel.py --images ../shared/data/hippocampus/imagesTr --requests 40
+    python scripts/benchmarks/benchmark_monailabel.py --image_dir ../shared/data/hippocampus/imagesTr --requests 40
 """
 
 from __future__ import annotations
@@ -18,14 +18,12 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-
-def _percentile(values, q):
+def _percentile(values: Sequence[float], q: float) -> float:
     values = sorted(values)
     k = (len(values) - 1) * q / 100
     lo, hi = int(k), min(int(k) + 1, len(values) - 1)
@@ -56,13 +54,15 @@ class PeakMemory(threading.Thread):
             time.sleep(self.interval)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", default=None, help="folder of NIfTI images to serve (default: 8 synthetic phantoms)")
+    ap.add_argument(
+        "--image_dir", default=None, help="folder of NIfTI images to serve (default: --count synthetic phantoms)"
+    )
     ap.add_argument("--count", type=int, default=8, help="images to serve")
     ap.add_argument("--requests", type=int, default=40, help="requests per concurrency level")
-    ap.add_argument("--clients", type=int, nargs="+", default=[1, 4])
-    args = ap.parse_args()
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 4], help="concurrency levels")
+    args = ap.parse_args(argv)
 
     import nibabel as nib
     import numpy as np
@@ -73,8 +73,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="segone-ml-bench-"))
     studies = work / "studies"
     studies.mkdir()
-    if args.images:
-        for path in sorted(Path(args.images).glob("*.nii.gz"))[: args.count]:
+    if args.image_dir:
+        for path in sorted(Path(args.image_dir).glob("*.nii.gz"))[: args.count]:
             shutil.copy(path, studies / path.name)
     else:
         from bundle.data.demo import make_phantom
@@ -88,10 +88,15 @@ def main() -> None:
     memory.start()
     rows = []
     try:
+
         def infer(i: int) -> float:
             start = time.perf_counter()
-            r = requests.post(f"{url}/infer/segone", params={"image": images[i % len(images)], "output": "image"},
-                              files={"params": (None, json.dumps({}))}, timeout=600)
+            r = requests.post(
+                f"{url}/infer/segone",
+                params={"image": images[i % len(images)], "output": "image"},
+                files={"params": (None, json.dumps({}))},
+                timeout=600,
+            )
             r.raise_for_status()
             return time.perf_counter() - start
 
@@ -107,16 +112,22 @@ def main() -> None:
         memory.running = False
         stop_server(proc)
         shutil.rmtree(work, ignore_errors=True)
-    shape = "x".join(map(str, nib.load(str(sorted(Path(args.images).glob("*.nii.gz"))[0])).shape)) if args.images \
+    shape = (
+        "x".join(map(str, nib.load(str(sorted(Path(args.image_dir).glob("*.nii.gz"))[0])).shape))
+        if args.image_dir
         else "36x50x36"
-    print(f"\nMONAI Label /infer/segone, {len(images)} images (~{shape}), {args.requests} requests per level, "
-          f"output=image\n")
+    )
+    print(
+        f"\nMONAI Label /infer/segone, {len(images)} images (~{shape}), {args.requests} requests per level, "
+        f"output=image\n"
+    )
     print("| concurrent clients | p50 latency | p95 latency | throughput |")
     print("|---:|---:|---:|---:|")
     for clients, p50, p95, rate in rows:
         print(f"| {clients} | {p50 * 1000:.0f} ms | {p95 * 1000:.0f} ms | {rate:.1f} requests/s |")
     print(f"\nserver peak resident memory (process tree): {memory.peak / 2**20:.0f} MiB")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

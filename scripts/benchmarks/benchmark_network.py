@@ -5,9 +5,9 @@ Every (network, input, threads) case runs in a fresh subprocess, so peak memory 
 process's level just before the first forward pass) belongs to that case alone. Latency is the median of
 repeated forward passes in eval mode under ``torch.no_grad()``, batch 1, after warm-up runs.
 
-    python scripts/benchmark_network.py                    # all cases, markdown table on stdout
-    python scripts/benchmark_network.py --quick            # fewer repetitions
-    python scripts/benchmark_network.py --output docs/benchmarks_table.md
+    python scripts/benchmarks/benchmark_network.py             # all cases, markdown table on stdout
+    python scripts/benchmarks/benchmark_network.py --quick     # fewer repetitions
+    python scripts/benchmarks/benchmark_network.py --output_file docs/benchmarks_table.md
 """
 
 from __future__ import annotations
@@ -21,13 +21,10 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Tuple
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-SIZES: Dict[str, Tuple[int, ...]] = {
+SIZES: dict[str, tuple[int, ...]] = {
     "2D 1x256x256": (256, 256),
     "3D 1x48x64x48": (48, 64, 48),
     "3D 1x96x96x96": (96, 96, 96),
@@ -65,7 +62,7 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def run_case(name: str, size: Tuple[int, ...], threads: int, reps: int, budget_s: float) -> Dict[str, float]:
+def run_case(name: str, size: tuple[int, ...], threads: int, repeats: int, budget_s: float) -> dict[str, float]:
     """Measure one case in this process (called in a fresh subprocess)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -83,9 +80,9 @@ def run_case(name: str, size: Tuple[int, ...], threads: int, reps: int, budget_s
         peak = _peak_rss_mib() - base
         for _ in range(2 if first < 1.0 else 1):
             net(x)
-        times: List[float] = []
+        times: list[float] = []
         start = time.perf_counter()
-        while len(times) < reps and (len(times) < 3 or time.perf_counter() - start < budget_s):
+        while len(times) < repeats and (len(times) < 3 or time.perf_counter() - start < budget_s):
             t0 = time.perf_counter()
             net(x)
             times.append(time.perf_counter() - t0)
@@ -101,7 +98,7 @@ def run_case(name: str, size: Tuple[int, ...], threads: int, reps: int, budget_s
 
 
 def _child(args: argparse.Namespace) -> None:
-    result = run_case(args.case_network, tuple(args.case_size), args.case_threads, args.reps, args.budget)
+    result = run_case(args.case_network, tuple(args.case_size), args.case_threads, args.repeats, args.budget)
     print("RESULT " + json.dumps(result))
 
 
@@ -119,41 +116,43 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--networks", nargs="+", default=NETWORKS)
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), help=f"any of {list(SIZES)}")
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
-    parser.add_argument("--reps", type=int, default=10, help="forward passes timed per case (at least 3)")
+    parser.add_argument("--repeats", type=int, default=10, help="forward passes timed per case (at least 3)")
     parser.add_argument("--budget", type=float, default=20.0, help="seconds per case after which timing stops")
     parser.add_argument("--quick", action="store_true", help="3 repetitions, 5 s budget")
-    parser.add_argument("--output", type=Path, help="also write the markdown table to this file")
-    parser.add_argument("--case-network", help=argparse.SUPPRESS)
-    parser.add_argument("--case-size", type=int, nargs="+", help=argparse.SUPPRESS)
-    parser.add_argument("--case-threads", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    parser.add_argument("--output_file", type=Path, help="also write the markdown table to this file")
+    parser.add_argument("--case_network", help=argparse.SUPPRESS)
+    parser.add_argument("--case_size", type=int, nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--case_threads", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
     if args.quick:
-        args.reps, args.budget = 3, 5.0
+        args.repeats, args.budget = 3, 5.0
     if args.case_network:
         _child(args)
-        return
+        return 0
 
     unknown = [s for s in args.sizes if s not in SIZES]
     if unknown:
         parser.error(f"unknown sizes {unknown}; choose from {list(SIZES)}")
-    header = "| input | network | params (M) | GFLOPs | peak memory (MiB) | " + " | ".join(
-        f"median latency, {t} thread{'s' if t > 1 else ''} (ms)" for t in args.threads
-    ) + " |"
+    header = (
+        "| input | network | params (M) | GFLOPs | peak memory (MiB) | "
+        + " | ".join(f"median latency, {t} thread{'s' if t > 1 else ''} (ms)" for t in args.threads)
+        + " |"
+    )
     lines = [f"Machine: {machine()}", "", header, "|" + "---|" * (5 + len(args.threads))]
     print("\n".join(lines), flush=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(max(args.threads)))
     for size_name in args.sizes:
         for name in args.networks:
-            row: Dict[str, float] = {}
+            row: dict[str, float] = {}
             latencies = []
             for threads in args.threads:
-                cmd = [sys.executable, __file__, "--case-network", name, "--case-threads", str(threads)]
-                cmd += ["--case-size", *map(str, SIZES[size_name]), "--reps", str(args.reps)]
+                cmd = [sys.executable, __file__, "--case_network", name, "--case_threads", str(threads)]
+                cmd += ["--case_size", *map(str, SIZES[size_name]), "--repeats", str(args.repeats)]
                 cmd += ["--budget", str(args.budget)]
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 results = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -173,11 +172,12 @@ def main() -> None:
                 )
                 lines.append(line)
                 print(line, flush=True)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text("\n".join(lines) + "\n")
+    if args.output_file:
+        args.output_file.parent.mkdir(parents=True, exist_ok=True)
+        args.output_file.write_text("\n".join(lines) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
     mp.set_start_method("spawn", force=True)
-    main()
+    sys.exit(main())

@@ -5,21 +5,19 @@ The support of an output voxel is the set of input voxels with a non-zero gradie
 ``bundle.networks.receptive_field``). Networks use eval-mode BatchNorm here, because InstanceNorm's statistics span
 the whole patch and would make every variant look global. Zero-initialised branches get random weights.
 
-    python scripts/receptive_field.py
+    python scripts/benchmarks/receptive_field.py
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
-from pathlib import Path
+from collections.abc import Sequence
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bundle.networks import SegOne  # noqa: E402
-from bundle.networks.receptive_field import activate_zero_init, input_support  # noqa: E402
+from bundle.networks import SegOne
+from bundle.networks.receptive_field import activate_zero_init, input_support
 
 VARIANTS = {
     "aligned unshuffle pyramid only": {"spatial_shift": False, "global_context": False},
@@ -34,11 +32,20 @@ CASES = {
 
 
 def extent(support: torch.Tensor) -> str:
+    """The bounding box of a support mask.
+
+    Args:
+        support: a boolean mask of the input.
+
+    Returns:
+        Its extent per dimension, ``"AxBxC"``.
+    """
     idx = support.nonzero()
     return "x".join(str(int(idx[:, d].max() - idx[:, d].min() + 1)) for d in range(support.dim()))
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     torch.set_num_threads(2)
     print("| input | variant | output voxel | input voxels seen | bounding box |")
     print("|---|---|---|---|---|")
@@ -49,7 +56,8 @@ def main() -> None:
             for label, point in points.items():
                 support = input_support(net, shape, point)
                 print(f"| {case} | {name} | {label} | {100 * support.float().mean():.1f} % | {extent(support)} |")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
