@@ -147,7 +147,9 @@ def test_train_fine_tunes_from_the_model_and_infer_uses_the_new_weights(server):
     assert finetuned.is_file()
     import torch
 
-    assert set(torch.load(finetuned, weights_only=True)) >= {"model", "prompt_table", "metadata"}
+    state = torch.load(finetuned, weights_only=True)  # a plain state dict, its prompt table beside it
+    assert "prompt_embeddings" in state and all(isinstance(v, torch.Tensor) for v in state.values())
+    assert set(torch.load(finetuned.with_name("model.prompts.pt"), weights_only=True)) == {"prompt_table", "metadata"}
     response = _infer(url, "phantom_a")
     assert response.status_code == 200, response.text[:2000]
     assert f"Infer model path: {finetuned}" in server["log"].read_text()
