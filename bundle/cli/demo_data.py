@@ -15,8 +15,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from bundle.utils.config import BUNDLE_ROOT
-
 __all__ = ["main"]
 
 
@@ -29,16 +27,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status, 0.
     """
-    from bundle.data.demo import ensure_demo_dataset
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
-        "--output_dir", default=str(BUNDLE_ROOT / "data" / "demo"), help="data set folder (default: %(default)s)"
+        "--output_dir", default=None, help="data set folder (default: the bundle's data/demo, as train.json's)"
     )
     ap.add_argument("--num_cases", type=int, default=24, help="cases to generate (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="data set seed (default: %(default)s)")
     args = ap.parse_args(argv)
-    out = ensure_demo_dataset(args.output_dir, num_cases=args.num_cases, seed=args.seed)
+
+    from bundle.data.demo import ensure_demo_dataset
+    from bundle.utils.config import BUNDLE_ROOT
+
+    out = ensure_demo_dataset(
+        args.output_dir or BUNDLE_ROOT / "data" / "demo", num_cases=args.num_cases, seed=args.seed
+    )
     sys.stdout.write(f"demo data set: {out} ({len(list((out / 'imagesTr').glob('*.nii.gz')))} cases)\n")
     return 0
 

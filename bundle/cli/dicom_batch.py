@@ -25,8 +25,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bundle.utils.config import BUNDLE_ROOT
-
 __all__ = ["build_runner", "main"]
 
 
@@ -61,9 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--series_description", default=None, help="regular expression the SeriesDescription must match")
     ap.add_argument("--nifti", action="store_true", help="also write seg.nii.gz next to each SEG")
     ap.add_argument("--workers", type=int, default=1, help="threads reading series ahead of inference (0: none)")
-    ap.add_argument(
-        "--ckpt_path", default=str(BUNDLE_ROOT / "models" / "model.pt"), help="model file (default: %(default)s)"
-    )
+    ap.add_argument("--ckpt_path", default=None, help="model file (default: the bundle's models/model.pt)")
     ap.add_argument("--no_progress", action="store_true", help="no progress bar")
     ap.add_argument(
         "--set",
@@ -77,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("highdicom").setLevel(logging.WARNING)  # it logs every module it copies, per series
 
     from bundle.utils.cli import parse_overrides
+    from bundle.utils.config import BUNDLE_ROOT
 
     if not Path(args.input_dir).is_dir():
         ap.error(f"--input_dir {args.input_dir}: no such folder")
@@ -87,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runner = build_runner(
         {
             **overrides,
-            "ckpt_path": str(Path(args.ckpt_path).resolve()),
+            "ckpt_path": str(Path(args.ckpt_path or BUNDLE_ROOT / "models" / "model.pt").resolve()),
             "output_dir": str(Path(args.output_dir).resolve()),
             "prompts": args.prompts,
             "nifti": args.nifti,

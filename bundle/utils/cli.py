@@ -1,4 +1,4 @@
-"""Helpers shared by the command-line scripts in ``scripts/``."""
+"""Helpers shared by the command-line tools (:mod:`bundle.cli`, ``scripts/``)."""
 
 from __future__ import annotations
 

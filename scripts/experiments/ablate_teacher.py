@@ -30,22 +30,29 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bundle.utils.config import BUNDLE_ROOT
+from bundle.utils.config import BUNDLE_ROOT, load_bundle_config
 
 
 def _bundle(run_id: str, config: str, **overrides: Any) -> None:
-    """``python -m monai.bundle run RUN_ID --config_file configs/CONFIG ...``, in this process (one start-up)."""
-    from monai.bundle import run
+    """``python -m monai.bundle run RUN_ID --config_file configs/CONFIG ...``, in this process (one start-up).
+
+    The workflow is ``monai.bundle.run``'s (initialize, run, finalize), with the config read so that its
+    ``%configs/...`` macros resolve from any working folder.
+    """
+    from monai.bundle import ConfigWorkflow
 
     configs = BUNDLE_ROOT / "configs"
-    run(
-        run_id,
+    wf = ConfigWorkflow(
         config_file=str(configs / config),
         meta_file=str(configs / "metadata.json"),
         logging_file=str(configs / "logging.conf"),
-        bundle_root=str(BUNDLE_ROOT),
+        run_id=run_id,
         **overrides,
     )
+    wf.parser = load_bundle_config(config, overrides=overrides)
+    wf.initialize()
+    wf.run()
+    wf.finalize()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bundle.utils.config import BUNDLE_ROOT
+from bundle.utils.config import BUNDLE_ROOT, load_bundle_config
 
 
 def evaluate(dataset_dir: str, split: str, ckpt_path: str, steps: int, samples: int, out: Path) -> dict[str, Any]:
@@ -45,20 +45,24 @@ def evaluate(dataset_dir: str, split: str, ckpt_path: str, steps: int, samples: 
     from monai.engines.utils import IterationEvents
 
     configs = BUNDLE_ROOT / "configs"
+    overrides = {
+        "dataset_dir": dataset_dir,
+        "eval_split": split,
+        "ckpt_path": ckpt_path,
+        "num_inference_steps": steps,
+        "num_samples": samples,
+        "output_dir": str(out),
+        "save_predictions": False,
+    }
     wf = ConfigWorkflow(
         config_file=str(configs / "evaluate.json"),
         meta_file=str(configs / "metadata.json"),
         logging_file=False,
         workflow_type="infer",
-        bundle_root=str(BUNDLE_ROOT),
-        dataset_dir=dataset_dir,
-        eval_split=split,
-        ckpt_path=ckpt_path,
-        num_inference_steps=steps,
-        num_samples=samples,
-        output_dir=str(out),
-        save_predictions=False,
+        **overrides,
     )
+    # the same config, read so that its %configs/... macros resolve from any working folder
+    wf.parser = load_bundle_config("evaluate.json", overrides=overrides)
     wf.initialize()
     evaluator = wf.parser.get_parsed_content("evaluator")
     times, started = [], {}

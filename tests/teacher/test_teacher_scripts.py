@@ -13,14 +13,9 @@ pytestmark = pytest.mark.slow
 
 
 def _fill_script():
-    import importlib.util
+    import bundle.cli.fill_teacher_cache
 
-    spec = importlib.util.spec_from_file_location(
-        "fill_teacher_cache", BUNDLE_ROOT / "scripts" / "fill_teacher_cache.py"
-    )
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
+    return bundle.cli.fill_teacher_cache
 
 
 def test_cache_filling_script_fills_once(tmp_path, checkpoint, capsys):
@@ -31,7 +26,7 @@ def test_cache_filling_script_fills_once(tmp_path, checkpoint, capsys):
     args = [
         "--dataset_dir",
         str(data),
-        "--checkpoint",
+        "--sam2_checkpoint",
         str(checkpoint),
         "--image_size",
         str(SIZE),
@@ -58,7 +53,7 @@ def test_cache_filling_script_with_student_prompts_and_unlabelled_cases(tmp_path
     args = [
         "--dataset_dir",
         str(data),
-        "--checkpoint",
+        "--sam2_checkpoint",
         str(checkpoint),
         "--image_size",
         str(SIZE),
@@ -101,16 +96,14 @@ def _write_unlabelled(folder, seed: int, num_cases: int = 2):
 
 
 @pytest.mark.slow
-def test_ablation_script_runs_both_arms(tmp_path, checkpoint, tiny_clip_config, capsys):
+def test_ablation_script_runs_both_arms(tmp_path, checkpoint, tiny_clip_config):
     """The with/without comparison end to end on tiny settings (plumbing only: a random SAM2 gives no result)."""
-    import importlib.util
     import json
+    import subprocess
+    import sys
 
     from tests.helpers.bundle_runs import infer_overrides, train_overrides, write_msd
 
-    spec = importlib.util.spec_from_file_location("ablate_teacher", BUNDLE_ROOT / "scripts" / "ablate_teacher.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     data = write_msd(tmp_path / "msd", num_cases=5)
     # val_interval past max_epochs: no validation runs, and the table says so rather than failing
     train = train_overrides(tiny_clip_config, data, tmp_path, val_interval=5, **{"teacher_training#iou_threshold": 0.0})
@@ -125,7 +118,7 @@ def test_ablation_script_runs_both_arms(tmp_path, checkpoint, tiny_clip_config, 
     args = [
         "--dataset_dir",
         str(data),
-        "--checkpoint",
+        "--sam2_checkpoint",
         str(checkpoint),
         "--image_size",
         str(SIZE),
@@ -140,8 +133,12 @@ def test_ablation_script_runs_both_arms(tmp_path, checkpoint, tiny_clip_config, 
         args += ["--set", item]
     for item in as_set(evaluate):
         args += ["--eval_set", item]
-    assert script.main(args) == 0
-    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| with")]
+    script = BUNDLE_ROOT / "scripts" / "experiments" / "ablate_teacher.py"
+    result = subprocess.run(
+        [sys.executable, str(script), *args], cwd=tmp_path, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = [line for line in result.stdout.splitlines() if line.startswith("| with")]
     assert [line.split(" |")[0] for line in table] == ["| without teacher", "| with SAM2 teacher"]
     assert all(line.split(" | ")[1] == "no validation" for line in table)
     without, with_teacher = tmp_path / "ablate" / "without_teacher", tmp_path / "ablate" / "with_SAM2_teacher"
