@@ -2,18 +2,22 @@
 PY := .venv/bin/python
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup test test-fast demo benchmark clean-env
+.PHONY: setup setup-system test test-fast demo benchmark clean-env
 
 DEMO_EPOCHS ?= 40
 
 setup:
 	bash scripts/setup_env.sh
 
-test: setup
+# system programs some tests use (Orthanc with DICOMweb, dicom3tools), where apt-get is available
+setup-system:
+	bash scripts/setup_system.sh
+
+test: setup setup-system
 	$(PY) -m pytest -q tests
 
 # the unit tests (no end-to-end runs marked slow): a few minutes
-test-fast: setup
+test-fast: setup setup-system
 	$(PY) -m pytest -q -m "not slow" tests
 
 # the main job on the embedded demo data: generate it, train briefly, segment it, score the held-out cases

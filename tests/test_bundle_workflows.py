@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from bundle.utils.io import TEMP_MARK
 from tests.helpers.bundle_runs import (
     CONFIGS,
     META,
@@ -100,7 +101,12 @@ def test_training_resumes_after_sigkill(tmp_path, tiny_clip_config, msd_dir):
     proc.send_signal(signal.SIGKILL)  # at once: somewhere in the epochs after the first save
     proc.wait()
     assert last.exists(), "no resume file written before the kill"
-    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")], "a half-written file was left behind"
+    # a temporary the kill may have left, and one planted as if another killed run had left it: the next run
+    # removes both (their writers are dead), and nothing else
+    planted = out / f".model.pt{TEMP_MARK}-{_dead_pid()}-0123abcd"
+    planted.write_bytes(b"half")
+    keep = out / f"notes{TEMP_MARK}.txt"
+    keep.write_text("not a temporary of atomic_path")
     state = torch.load(last, weights_only=True)["trainer"]
     per_epoch, saved_epochs = state["epoch_length"], state["iteration"] // state["epoch_length"]
     assert saved_epochs >= 1
@@ -115,6 +121,57 @@ def test_training_resumes_after_sigkill(tmp_path, tiny_clip_config, msd_dir):
     assert f"Epoch: {saved_epochs + 1}/{saved_epochs + 2}" in log and f"Epoch: {saved_epochs}/" not in log
     assert torch.load(last, weights_only=True)["trainer"]["iteration"] == (saved_epochs + 2) * per_epoch
     assert (out / "model.pt").is_file()
+    assert not list(out.rglob(f"*{TEMP_MARK}-*")), "a leftover of the killed run is still there"
+    assert keep.read_text() == "not a temporary of atomic_path"
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
+
+
+def test_training_names_every_bad_input_up_front_and_exits_cleanly(tmp_path, tiny_clip_config):
+    from bundle.data import dataset_split
+    from tests.helpers.bundle_runs import write_msd
+
+    msd = write_msd(tmp_path / "msd")
+    overrides = train_overrides(tiny_clip_config, msd, tmp_path / "out")
+    val = dataset_split(msd, "val", None, overrides["val_fraction"], overrides["test_fraction"], 0)
+    train = dataset_split(msd, "train", None, overrides["val_fraction"], overrides["test_fraction"], 0)
+    nan_image, short_label, val_label = Path(train[0]["image"]), Path(train[1]["label"]), Path(val[0]["label"])
+    img = nib.load(str(nan_image))
+    data = img.get_fdata().astype(np.float32)
+    data[4, 5, 6] = np.nan
+    nib.save(nib.Nifti1Image(data, img.affine), str(nan_image))
+    lab = nib.load(str(short_label))
+    nib.save(nib.Nifti1Image(np.asarray(lab.dataobj)[:-2], lab.affine), str(short_label))
+    lab = nib.load(str(val_label))
+    seven = np.asarray(lab.dataobj).copy()
+    seven[1, 1, 1] = 7
+    nib.save(nib.Nifti1Image(seven, lab.affine), str(val_label))
+    before = _tree(msd)
+
+    args = ["run", "training", "--config_file", str(CONFIGS / "train.json"), "--meta_file", META]
+    for k, v in overrides.items():
+        args += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
+    result = bundle_cli(*args)
+    log = result.stdout + result.stderr
+    assert result.returncode == 1, (result.returncode, log[-3000:])  # an error, not SIGABRT (-6, 134)
+    assert "terminate called" not in log
+    assert "3 of 5 training and validation case(s) cannot be used" in log, log[-3000:]
+    assert f"  - train: {nan_image}: 1 voxel(s) are NaN or infinite" in log
+    assert f"  - train: {short_label}: label shape (30, 40, 32) differs from image" in log
+    assert f"  - validate: {val_label}: label value(s) [7] not among the classes [0, 1, 2]" in log
+    assert "Epoch" not in log  # before the first epoch
+    assert not (tmp_path / "out").exists()  # nothing written
+    assert _tree(msd) == before  # the input tree is unchanged
 
 
 def test_inference_segments_a_folder_and_survives_bad_files(tmp_path, trained, msd_dir):

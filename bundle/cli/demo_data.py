@@ -26,6 +26,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit status, 0.
+
+    Raises:
+        SystemExit: after ``--help`` (status 0), or when the options are invalid (status 2).
     """
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(

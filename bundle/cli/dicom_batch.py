@@ -50,6 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit status: 1 when any series failed, 0 otherwise.
+
+    Raises:
+        SystemExit: after ``--help`` (status 0), or when the options are invalid, a ``--set`` item is not
+            ``KEY=VALUE`` or ``--input_dir`` is not a folder (status 2).
     """
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--input_dir", required=True, help="folder of DICOM studies (any nesting); only read")

@@ -33,6 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit status, 0.
+
+    Raises:
+        SystemExit: after ``--help`` (status 0), or when the options are invalid or a ``--set`` item is not
+            ``KEY=VALUE`` (status 2).
     """
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset_dir", default="", help="MSD folder (default: the demo data, as train.json)")

@@ -9,13 +9,20 @@ from pathlib import Path
 
 from bundle.utils.io import PathLike
 
-__all__ = ["NIFTI_SUFFIXES", "load_msd_datalist", "split_datalist", "dataset_split", "find_images"]
+__all__ = ["NIFTI_SUFFIXES", "load_msd_datalist", "split_datalist", "dataset_split", "find_images", "check_output_dir"]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 def load_msd_datalist(dataset_dir: PathLike, section: str = "training") -> list[dict[str, str]]:
     """``[{"image": path, "label": path}, ...]`` (absolute paths) from an MSD ``dataset.json``.
+
+    Args:
+        dataset_dir: the MSD-layout folder holding ``dataset.json``.
+        section: the list to read (``training`` or ``test``).
+
+    Returns:
+        One dictionary per entry, with absolute ``image`` (and ``label``) paths.
 
     Raises:
         FileNotFoundError: no ``dataset.json``, or a listed file does not exist (all missing files are named).
@@ -54,6 +61,18 @@ def split_datalist(
     """Seeded split into ``train``/``val``/``test``, independent of the order of ``items``.
 
     Items are sorted by image path before a seeded shuffle, so the same data and seed always give the same split.
+
+    Args:
+        items: the datalist.
+        val_fraction: share of the validation part.
+        test_fraction: share of the test part.
+        seed: the shuffle's seed.
+
+    Returns:
+        ``{"train": [...], "val": [...], "test": [...]}``.
+
+    Raises:
+        ValueError: fractions out of range, or nothing left to train on.
     """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ValueError(
@@ -81,6 +100,20 @@ def dataset_split(
 
     With an empty ``dataset_dir`` the embedded demo dataset at ``demo_dir`` is used, generated first when absent
     (so the bundle's training command works on a fresh clone).
+
+    Args:
+        dataset_dir: the MSD folder, or empty for the demo data.
+        split: ``train``, ``val``, ``test`` or ``all``.
+        demo_dir: where the demo data is (generated when absent).
+        val_fraction: share of the validation part.
+        test_fraction: share of the test part.
+        seed: the split's seed.
+
+    Returns:
+        The items of that part.
+
+    Raises:
+        ValueError: an unknown split, or neither ``dataset_dir`` nor ``demo_dir``.
     """
     if not dataset_dir:
         if demo_dir is None:
@@ -98,7 +131,21 @@ def dataset_split(
 
 
 def find_images(path: PathLike) -> list[dict[str, str]]:
-    """Images to segment: an MSD folder (``imagesTs/``, else ``imagesTr/``), a folder of NIfTI files, or one file."""
+    """Images to segment: an MSD folder (``imagesTs/``, else ``imagesTr/``), a folder of NIfTI files, or one file.
+
+    Two files whose outputs would share a name (``x.nii`` and ``x.nii.gz``) are both listed; the writer
+    (:class:`~bundle.transforms.SaveLabelMapd`) refuses the second rather than overwrite the first.
+
+    Args:
+        path: the folder or file.
+
+    Returns:
+        ``[{"image": absolute path}, ...]`` sorted by name (hidden files left out).
+
+    Raises:
+        FileNotFoundError: no such path, or a folder without NIfTI images.
+        ValueError: a file that is not NIfTI.
+    """
     p = Path(path).expanduser().resolve()
     if p.is_file():
         if not p.name.endswith(NIFTI_SUFFIXES):
@@ -116,3 +163,32 @@ def find_images(path: PathLike) -> list[dict[str, str]]:
     if not files:
         raise FileNotFoundError(f"{p}: no NIfTI images (*.nii, *.nii.gz)")
     return [{"image": str(f)} for f in files]
+
+
+def check_output_dir(input_path: PathLike | None, output_dir: PathLike) -> Path:
+    """Refuses an output folder that is, or is inside, the input folder, so no output can overwrite an input.
+
+    A single input file counts as its folder (an output beside it could replace a file of that folder).
+
+    Args:
+        input_path: the input folder or file (``--dataset_dir``); ``None`` or empty: nothing to check.
+        output_dir: the output folder (``--output_dir``).
+
+    Returns:
+        ``output_dir``, resolved.
+
+    Raises:
+        ValueError: naming both folders, when ``output_dir`` is ``input_path``'s folder or inside it.
+    """
+    out = Path(output_dir).expanduser().resolve()
+    if not input_path:
+        return out
+    src = Path(input_path).expanduser().resolve()
+    if src.is_file():
+        src = src.parent
+    if out == src or src in out.parents:
+        raise ValueError(
+            f"output folder {out} is, or is inside, the input folder {src}: outputs could overwrite inputs; "
+            "choose an --output_dir outside the input"
+        )
+    return out

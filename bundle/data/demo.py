@@ -93,6 +93,17 @@ def write_demo_dataset(out_dir: str | os.PathLike, num_cases: int = 24, seed: in
 
     The folder is assembled in a temporary sibling and renamed into place, so an interrupted run leaves nothing
     half-written at ``out_dir``.
+
+    Args:
+        out_dir: the data set folder to create; it must not exist (its parent is created).
+        num_cases: number of phantoms, ``phantom_000.nii.gz`` on.
+        seed: data set seed; case ``i`` is :func:`make_phantom` of ``seed * 100003 + i``.
+
+    Returns:
+        ``out_dir`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        FileExistsError: when ``out_dir`` exists.
     """
     import nibabel as nib
 
@@ -131,7 +142,20 @@ def write_demo_dataset(out_dir: str | os.PathLike, num_cases: int = 24, seed: in
 
 
 def ensure_demo_dataset(out_dir: str | os.PathLike, num_cases: int = 24, seed: int = 0) -> Path:
-    """The demo dataset at ``out_dir``, generated first when it is absent."""
+    """The demo dataset at ``out_dir``, generated first when it is absent.
+
+    Args:
+        out_dir: the data set folder; an existing one with a ``dataset.json`` is used as it is (whatever its
+            ``num_cases`` and ``seed``), an empty one is replaced.
+        num_cases: number of phantoms when it is generated.
+        seed: data set seed when it is generated (see :func:`write_demo_dataset`).
+
+    Returns:
+        ``out_dir`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        FileExistsError: when ``out_dir`` exists, is not empty and has no ``dataset.json``.
+    """
     out = Path(out_dir)
     if (out / "dataset.json").is_file():
         return out

@@ -29,8 +29,8 @@ from typing import Any
 import torch
 
 from bundle.dicom import SeriesInfo, discover_series
-from bundle.inference import prompted_inference
-from bundle.utils.io import TEMP_MARK, file_sha256
+from bundle.inference import failure_reason, prompted_inference
+from bundle.utils.io import file_sha256, remove_leftovers
 
 __all__ = ["Manifest", "DicomBatch", "BatchFailures", "model_version", "run_batch"]
 
@@ -38,7 +38,15 @@ logger = logging.getLogger(__name__)
 
 
 def model_version(version: str, ckpt_path: str | os.PathLike) -> str:
-    """``"<bundle version>+<first 12 hex digits of the checkpoint's SHA-256>"``: retrained weights are a new version."""
+    """``"<bundle version>+<first 12 hex digits of the checkpoint's SHA-256>"``: retrained weights are a new version.
+
+    Args:
+        version: the bundle's version (``metadata.json``).
+        ckpt_path: the model file.
+
+    Returns:
+        The model version.
+    """
     return f"{version}+{file_sha256(ckpt_path)[:12]}"
 
 
@@ -46,6 +54,9 @@ class Manifest:
     """``manifest.jsonl``: one JSON object per line, appended and flushed to disk as each series ends.
 
     A line cut short by a kill is ignored when reading (with a warning); the latest row of a series wins.
+
+    Args:
+        path: the manifest file (read when it exists).
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -61,13 +72,29 @@ class Manifest:
                     logger.warning("%s line %d is incomplete (an interrupted write); ignored", self.path, number)
 
     def latest(self, key: str) -> dict[str, Any] | None:
+        """The latest row of a series.
+
+        Args:
+            key: the series' :attr:`~bundle.dicom.SeriesInfo.key`.
+
+        Returns:
+            The row, or ``None``.
+        """
         for row in reversed(self.rows):
             if row.get("series") == key:
                 return row
         return None
 
     def is_done(self, key: str, version: str) -> bool:
-        """Done with this model version, and every output it listed still exists."""
+        """Done with this model version, and every output it listed still exists.
+
+        Args:
+            key: the series' :attr:`~bundle.dicom.SeriesInfo.key`.
+            version: the model version.
+
+        Returns:
+            Whether the series can be skipped.
+        """
         row = self.latest(key)
         return (
             row is not None
@@ -77,6 +104,11 @@ class Manifest:
         )
 
     def append(self, row: dict[str, Any]) -> None:
+        """Appends a row (with the time) and flushes it to disk.
+
+        Args:
+            row: the row.
+        """
         row = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), **row}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(row)
@@ -151,30 +183,46 @@ class DicomBatch:
         data = self.postprocessing(data)
         return data, middle - start, time.perf_counter() - middle
 
-    def _remove_leftovers(self) -> None:
-        """Temporary files of a killed run (never a finished output: those are renamed into place when complete)."""
-        if self.output_dir.is_dir():
-            for path in self.output_dir.rglob(f"*{TEMP_MARK}*"):
-                if path.is_file():
-                    path.unlink()
-                    logger.info("removed %s, left by an interrupted run", path)
+    def _remove_leftovers(self, series: list[SeriesInfo], input_dir: Path) -> None:
+        """Temporary files of a killed run (never a finished output: those are renamed into place when complete).
+
+        Only files the batch itself writes are touched: :func:`~bundle.utils.io.remove_leftovers` (names of
+        :func:`~bundle.utils.io.atomic_path`'s form whose writer no longer runs) in the output folders of the
+        series being processed (``output_dir/<study>/<series>/``), never in a folder that holds the input or lies
+        inside it (the input may sit inside the output folder).
+        """
+        out = self.output_dir.resolve()
+        for info in series:
+            folder = out / info.key
+            overlaps = folder == input_dir or input_dir in folder.parents or folder in input_dir.parents
+            if folder.is_dir() and not overlaps:  # remove_leftovers walks sub-folders: never into the input
+                remove_leftovers(folder)
 
     def run(
         self, input_dir: str | os.PathLike, modality: str | None = "MR", series_description: str | None = None
     ) -> dict[str, Any]:
         """Processes every selected series under ``input_dir``.
 
+        Args:
+            input_dir: the folder of DICOM studies (only read).
+            modality: keep series of this Modality (``None``: any image modality).
+            series_description: a regular expression SeriesDescription must match (``None``: any).
+
         Returns:
             ``{"done", "failed", "skipped", "already_done", "seconds", "series_per_minute", "failures"}``;
             ``failures`` lists ``(series, reason)``.
+
+        Raises:
+            ValueError: the output folder is, or is inside, the input folder.
         """
         input_dir = Path(input_dir).resolve()
         out = self.output_dir.resolve()
         if out == input_dir or input_dir in out.parents:
             raise ValueError(f"output folder {out} is inside the input folder {input_dir}; the input is never written")
-        self._remove_leftovers()
-        manifest = Manifest(self.output_dir / "manifest.jsonl")
         series, skipped = discover_series(input_dir, modality=modality, description=series_description)
+        self._remove_leftovers(series, input_dir)
+        manifest = Manifest(self.output_dir / "manifest.jsonl")
+        clashes = _shared_folders(series)
         logged_skips = {(r.get("series"), r.get("reason")) for r in manifest.rows if r.get("status") == "skipped"}
         for item in skipped:
             logger.info("skipped %s: %s", item.what, item.reason)
@@ -219,6 +267,11 @@ class DicomBatch:
                     "model_version": self.version,
                 }
                 try:
+                    if info.key in clashes:
+                        raise ValueError(
+                            f"its output folder {info.key} would be shared with series {clashes[info.key]}; "
+                            "neither is written"
+                        )
                     data, read_s = self._load(info) if future is None else future.result()
                     data, infer_s, write_s = self._segment(data)
                     row.update(
@@ -228,7 +281,7 @@ class DicomBatch:
                     )
                     summary["done"] += 1
                 except Exception as e:  # noqa: BLE001 - one series failing never stops the batch
-                    reason = _reason(e)
+                    reason = failure_reason(e)
                     logger.error("series %s (%s) failed: %s", info.series_uid, info.files[0].parent, reason)
                     row.update(status="failed", reason=reason)
                     summary["failed"] += 1
@@ -255,11 +308,16 @@ class DicomBatch:
         return summary
 
 
-def _reason(exc: BaseException) -> str:
-    """The root cause's message: MONAI's Compose wraps a transform's error in "applying transform ..." errors."""
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    return f"{type(exc).__name__}: {exc}"
+def _shared_folders(series: list[SeriesInfo]) -> dict[str, str]:
+    """``{key: the other series' UIDs}`` for series whose output folders would coincide (never for valid UIDs)."""
+    by_key: dict[str, list[SeriesInfo]] = {}
+    for info in series:
+        by_key.setdefault(info.key, []).append(info)
+    return {
+        key: ", ".join(f"{i.study_uid}/{i.series_uid}" for i in group)
+        for key, group in by_key.items()
+        if len(group) > 1
+    }
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:
@@ -276,7 +334,20 @@ def run_batch(
     runner: DicomBatch, input_dir: str, modality: str | None = "MR", series_description: str | None = None
 ) -> dict[str, Any]:
     """The bundle's ``run`` entry: runs the batch, then raises :class:`BatchFailures` if any series failed, so
-    ``python -m monai.bundle run`` exits with a non-zero status."""
+    ``python -m monai.bundle run`` exits with a non-zero status.
+
+    Args:
+        runner: the batch.
+        input_dir: the folder of DICOM studies.
+        modality: keep series of this Modality (empty or ``None``: any image modality).
+        series_description: a regular expression SeriesDescription must match (empty or ``None``: any).
+
+    Returns:
+        The summary of :meth:`DicomBatch.run`.
+
+    Raises:
+        BatchFailures: some series failed (listed).
+    """
     summary = runner.run(input_dir, modality or None, series_description or None)
     if summary["failed"]:
         listed = "\n".join(f"  {key}: {reason}" for key, reason in summary["failures"])

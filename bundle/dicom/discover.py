@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -37,7 +38,15 @@ _HEADER_TAGS = [
 
 @dataclass
 class SeriesInfo:
-    """One image series: its UIDs, modality, description and files (sorted by path)."""
+    """One image series: its UIDs, modality, description and files (sorted by path).
+
+    Args:
+        study_uid: StudyInstanceUID.
+        series_uid: SeriesInstanceUID.
+        modality: Modality.
+        description: SeriesDescription.
+        files: the series' files.
+    """
 
     study_uid: str
     series_uid: str
@@ -47,27 +56,50 @@ class SeriesInfo:
 
     @property
     def key(self) -> str:
-        """A file-system-safe identifier of the series (study and series UID)."""
+        """A file-system-safe identifier of the series (study and series UID), distinct for distinct UIDs; the
+        series' output folder below the batch's output folder."""
         return f"{safe_name(self.study_uid)}/{safe_name(self.series_uid)}"
 
 
 @dataclass
 class Skipped:
-    """Something that was not selected, and why."""
+    """Something that was not selected, and why.
+
+    Args:
+        what: the file or series.
+        reason: why it was skipped.
+    """
 
     what: str
     reason: str
 
 
 def safe_name(value: object, max_length: int = 96) -> str:
-    """A file-name component from a tag value: only ``[A-Za-z0-9._-]``, no leading dot, never empty.
+    """A file-name component from a tag value: only ``[A-Za-z0-9._-]``, no leading dot, never empty, and distinct
+    for distinct values.
 
     ``"../../etc"`` becomes ``"etc"``-like text without separators or parent references, so a name built from
-    header values always stays inside the output folder.
+    header values always stays inside the output folder. A value that is already such a name (every valid UID) is
+    kept as it is; any other value (characters replaced, dots or dashes stripped, cut at ``max_length``, empty)
+    gets ``-`` and the first 10 hex digits of its SHA-256 appended, so values that differ only in what sanitising
+    removes (``"1.2.3"`` and ``"1.2.3."``, two long values sharing their first ``max_length`` characters) still get
+    different names.
+
+    Args:
+        value: the tag value (converted with ``str``).
+        max_length: the longest name returned (at least 16).
+
+    Returns:
+        The file-name component.
     """
-    text = re.sub(r"[^A-Za-z0-9._-]+", "_", str(value)).strip("._-")
-    text = re.sub(r"\.{2,}", ".", text)[:max_length].rstrip("._-")
-    return text or "unnamed"
+    raw = str(value)
+    text = re.sub(r"[^A-Za-z0-9._-]+", "_", raw).strip("._-")
+    text = re.sub(r"\.{2,}", ".", text)
+    if text and text == raw and len(text) <= max_length:
+        return text
+    digest = hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    text = text[: max(max_length - 11, 5)].rstrip("._-")
+    return f"{text or 'unnamed'}-{digest}"
 
 
 def discover_series(
@@ -82,6 +114,9 @@ def discover_series(
 
     Returns:
         ``(series sorted by study and series UID, skipped items)``.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
     """
     import pydicom
     from pydicom.errors import InvalidDicomError

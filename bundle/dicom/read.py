@@ -10,9 +10,10 @@ import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
+from bundle.data.checks import MAX_VOXELS
 from bundle.dicom.discover import SeriesInfo
 
-__all__ = ["SeriesError", "sorted_slices", "read_series", "read_series_with_files", "LoadSeriesd"]
+__all__ = ["SeriesError", "sorted_slices", "check_pixel_data", "read_series", "read_series_with_files", "LoadSeriesd"]
 
 
 class SeriesError(ValueError):
@@ -36,11 +37,19 @@ def sorted_slices(info: SeriesInfo, rel_tol: float = 0.01, abs_tol: float = 0.01
     Slices are ordered by the projection of ImagePositionPatient on the normal of ImageOrientationPatient (not by
     file name or InstanceNumber).
 
+    Args:
+        info: the series.
+        rel_tol: relative tolerance of the slice spacing's evenness.
+        abs_tol: absolute tolerance (mm) of the slice spacing's evenness, and the least distance between slices.
+
+    Returns:
+        ``(files in slice order, slice spacing in mm)``.
+
     Raises:
         SeriesError: naming the series and the problem: multi-frame objects (not supported: convert them to single
             frames first), fewer than 2 slices, missing position/orientation, mixed orientations or image sizes or
-            pixel spacings, duplicate positions, missing slices (a gap of about twice the usual spacing or more) or
-            otherwise uneven spacing.
+            pixel spacings, more than :data:`~bundle.data.checks.MAX_VOXELS` voxels in all, duplicate positions,
+            missing slices (a gap of about twice the usual spacing or more) or otherwise uneven spacing.
     """
     import pydicom
 
@@ -71,6 +80,12 @@ def sorted_slices(info: SeriesInfo, rel_tol: float = 0.01, abs_tol: float = 0.01
             raise SeriesError(f"{name}: mixed image sizes ({path}: {size} vs {records[0][3]})")
         if not np.allclose(spacing, records[0][4], rtol=1e-4):
             raise SeriesError(f"{name}: mixed pixel spacings ({path}: {spacing} vs {records[0][4]})")
+    voxels = records[0][3][0] * records[0][3][1] * len(records)
+    if voxels > MAX_VOXELS:
+        raise SeriesError(
+            f"{name}: {len(records)} slices of {records[0][3][0]}x{records[0][3][1]} are {voxels} voxels, over the "
+            f"limit of {MAX_VOXELS}"
+        )
     normal = np.cross(orient[:3], orient[3:])
     records.sort(key=lambda r: float(np.dot(r[1], normal)))
     positions = np.array([float(np.dot(r[1], normal)) for r in records])
@@ -91,18 +106,80 @@ def sorted_slices(info: SeriesInfo, rel_tol: float = 0.01, abs_tol: float = 0.01
     return [r[0] for r in records], step
 
 
+def check_pixel_data(path: str | Path, series_uid: str = "") -> None:
+    """Refuses a slice whose pixel data cannot be read in full (read as noise otherwise).
+
+    The file is read completely with pydicom. Uncompressed pixel data must hold at least
+    Rows x Columns x SamplesPerPixel x NumberOfFrames values of BitsAllocated bits; compressed pixel data must
+    decode.
+
+    Args:
+        path: the slice file.
+        series_uid: its series, for the message.
+
+    Raises:
+        SeriesError: ``"series <uid>: <file>: <problem>"`` (unreadable, no pixel data, truncated, undecodable).
+    """
+    import pydicom
+
+    name = f"series {series_uid}: {path}"
+    try:
+        ds = pydicom.dcmread(str(path))
+    except Exception as e:  # noqa: BLE001 - any failure to read is a bad slice
+        raise SeriesError(f"{name}: unreadable ({type(e).__name__}: {e})") from e
+    if "PixelData" not in ds:
+        raise SeriesError(f"{name}: no pixel data")
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and syntax.is_compressed:
+        try:
+            ds.pixel_array
+        except Exception as e:  # noqa: BLE001 - undecodable pixel data
+            raise SeriesError(f"{name}: compressed pixel data does not decode ({type(e).__name__}: {e})") from e
+        return
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    values = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1)
+    values *= int(ds.get("NumberOfFrames", 1) or 1)
+    expected = (values * bits + 7) // 8
+    found = len(ds.PixelData)
+    if found < expected:
+        raise SeriesError(f"{name}: truncated pixel data ({found} of {expected} bytes)")
+
+
 def read_series(info: SeriesInfo) -> tuple[np.ndarray, np.ndarray]:
     """The series as a volume ``[X, Y, Z]`` (float32) and its RAS affine (NIfTI convention), after
-    :func:`sorted_slices`' checks. Pixel values are rescaled (RescaleSlope/Intercept) by SimpleITK."""
+    :func:`sorted_slices`' and :func:`check_pixel_data`'s checks. Pixel values are rescaled
+    (RescaleSlope/Intercept) by SimpleITK.
+
+    Args:
+        info: the series.
+
+    Returns:
+        ``(volume, affine)``.
+
+    Raises:
+        SeriesError: naming the series (and the file) and the problem.
+    """
     array, affine, _ = read_series_with_files(info)
     return array, affine
 
 
 def read_series_with_files(info: SeriesInfo) -> tuple[np.ndarray, np.ndarray, list[Path]]:
-    """:func:`read_series`, plus the files in the volume's slice order (the last array axis)."""
+    """:func:`read_series`, plus the files in the volume's slice order (the last array axis).
+
+    Args:
+        info: the series.
+
+    Returns:
+        ``(volume, affine, files in slice order)``.
+
+    Raises:
+        SeriesError: naming the series (and the file) and the problem.
+    """
     import SimpleITK as sitk  # noqa: N813 (SimpleITK's own convention)
 
     files, _ = sorted_slices(info)
+    for path in files:
+        check_pixel_data(path, info.series_uid)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(f) for f in files])
     try:
@@ -131,6 +208,10 @@ class LoadSeriesd(MapTransform):
     Args:
         keys: the key(s) holding a :class:`SeriesInfo`.
         files_key: where to store the ordered slice paths (strings).
+
+    Raises:
+        TypeError: an entry is not a :class:`SeriesInfo`.
+        SeriesError: the series cannot be read (see :func:`read_series`).
     """
 
     def __init__(self, keys: KeysCollection = "image", files_key: str = "source_files") -> None:
@@ -138,6 +219,14 @@ class LoadSeriesd(MapTransform):
         self.files_key = files_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Reads the series of one item.
+
+        Args:
+            data: a dictionary holding :class:`SeriesInfo` under ``keys``.
+
+        Returns:
+            The item with the volume(s) and ``files_key``.
+        """
         import torch
         from monai.data import MetaTensor
 

@@ -56,7 +56,14 @@ _CONCEPTS: list[tuple[str, tuple[str, str], tuple[str, str]]] = [
 
 
 def coded_concepts(prompt: str) -> tuple[Any, Any]:
-    """``(segmented property category, segmented property type)`` SNOMED CT codes for a prompt text."""
+    """``(segmented property category, segmented property type)`` SNOMED CT codes for a prompt text.
+
+    Args:
+        prompt: the prompt text.
+
+    Returns:
+        Two pydicom ``Code`` objects (generic tissue for unknown prompts).
+    """
     text = prompt.lower()
     for keyword, category, kind in _CONCEPTS:
         if keyword in text:
@@ -138,6 +145,8 @@ def write_seg(
 
     Raises:
         SegCheckError: the file read back differs from what was meant (then nothing is left at ``path``).
+        ValueError: ``segments`` do not fit the source frames or hold numbers beyond ``prompts``.
+        OSError: the write failed (e.g. a full disk), naming the file and the cause; nothing is left at ``path``.
     """
     import highdicom as hd
     import pydicom
@@ -169,9 +178,13 @@ def write_seg(
         omit_empty_frames=False,
     )
     path = Path(path)
-    with atomic_path(path) as tmp:
-        seg.save_as(str(tmp))
-        check_seg(tmp, sources, prompts, segments)
+    try:
+        with atomic_path(path) as tmp:
+            seg.save_as(str(tmp))
+            check_seg(tmp, sources, prompts, segments)
+    except OSError as e:
+        message = f"writing {path} failed: {e.strerror or e}"
+        raise (OSError(e.errno, message) if e.errno is not None else OSError(message)) from e
     return path
 
 
@@ -180,6 +193,12 @@ def check_seg(path: str | os.PathLike, sources: Sequence[Any], prompts: Sequence
 
     Checked: it is a Segmentation; its segments are ``prompts`` in order; it references the source series and
     shares its Frame of Reference; and its pixels, per source instance, equal ``segments``.
+
+    Args:
+        path: the SEG file.
+        sources: the source instances' headers.
+        prompts: the segments meant, in order.
+        segments: the segment numbers meant ``[frames, rows, columns]``.
 
     Raises:
         SegCheckError: naming the file and the first difference.
@@ -216,7 +235,14 @@ def check_seg(path: str | os.PathLike, sources: Sequence[Any], prompts: Sequence
 
 
 def dciodvfy_errors(path: str | os.PathLike) -> list[str] | None:
-    """The error lines of dicom3tools' ``dciodvfy`` on ``path``; ``None`` when ``dciodvfy`` is not installed."""
+    """The error lines of dicom3tools' ``dciodvfy`` on ``path``; ``None`` when ``dciodvfy`` is not installed.
+
+    Args:
+        path: the DICOM file.
+
+    Returns:
+        The lines starting with ``Error``, or ``None``.
+    """
     exe = shutil.which("dciodvfy")
     if exe is None:
         return None
@@ -230,8 +256,9 @@ class SaveDicomSegd(MapTransform):
 
     The label map holds the label values of ``prompt_selection`` (as written by the bundle's inference
     postprocessing); they become segment numbers ``1..K`` in prompt order. Output names come from the study and
-    series UIDs through :func:`~bundle.dicom.safe_name`, so no tag value can lead outside ``output_dir``:
-    ``output_dir/<study>/<series>/seg.dcm`` (and ``seg.nii.gz``).
+    series UIDs through :func:`~bundle.dicom.safe_name` (:attr:`~bundle.dicom.SeriesInfo.key`), so no tag value
+    can lead outside ``output_dir`` and distinct UIDs never share a folder: ``output_dir/<study>/<series>/seg.dcm``
+    (and ``seg.nii.gz``).
 
     Args:
         keys: the label map ``[1, X, Y, Z]`` in the array space of :class:`~bundle.dicom.LoadSeriesd`.
@@ -264,9 +291,30 @@ class SaveDicomSegd(MapTransform):
         self.files_key = files_key
 
     def folder_for(self, study_uid: str, series_uid: str) -> Path:
+        """The output folder of a series.
+
+        Args:
+            study_uid: StudyInstanceUID.
+            series_uid: SeriesInstanceUID.
+
+        Returns:
+            ``output_dir/<safe study>/<safe series>`` (the series' :attr:`~bundle.dicom.SeriesInfo.key`).
+        """
         return self.output_dir / safe_name(study_uid) / safe_name(series_uid)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Writes the SEG (and NIfTI copy) of one series.
+
+        Args:
+            data: the item after postprocessing, with the series and its ordered source files.
+
+        Returns:
+            The item with ``"outputs"``.
+
+        Raises:
+            SegCheckError: the SEG does not read back as written.
+            OSError: a write failed (e.g. a full disk), naming the file and the cause.
+        """
         import nibabel as nib
 
         d = dict(data)
@@ -295,8 +343,12 @@ class SaveDicomSegd(MapTransform):
             if self.nifti:
                 out = folder / "seg.nii.gz"
                 affine = np.asarray(getattr(label, "affine", np.eye(4)), dtype=np.float64)
-                with atomic_path(out, suffix=".nii.gz") as tmp:
-                    nib.save(nib.Nifti1Image(array.astype(np.uint8), affine), str(tmp))
+                try:
+                    with atomic_path(out, suffix=".nii.gz") as tmp:
+                        nib.save(nib.Nifti1Image(array.astype(np.uint8), affine), str(tmp))
+                except OSError as e:
+                    message = f"writing {out} failed: {e.strerror or e}"
+                    raise (OSError(e.errno, message) if e.errno is not None else OSError(message)) from e
                 outputs.append(str(out))
         d["outputs"] = outputs
         return d

@@ -10,7 +10,17 @@ __all__ = ["soft_dice_loss", "CONSISTENCY_LOSSES", "consistency_loss"]
 
 
 def soft_dice_loss(prob: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """Mean over the batch of ``1 - soft Dice``; ``eps`` keeps empty masks (absent prompts) well defined."""
+    """Mean over the batch of ``1 - soft Dice``; ``eps`` keeps empty masks (absent prompts) well defined.
+
+    Args:
+        prob: predicted probabilities ``[B, *]`` (e.g. ``[B, 1, *S]``); each sample's Dice is over all its other
+            dimensions.
+        target: binary (or soft) target of the same shape.
+        eps: smoothing added to the numerator and the denominator.
+
+    Returns:
+        A scalar tensor in ``[0, 1]`` (for probabilities and targets in ``[0, 1]``).
+    """
     dims = tuple(range(1, prob.dim()))
     inter = (prob * target).sum(dims)
     denom = prob.sum(dims) + target.sum(dims)
@@ -36,6 +46,9 @@ def consistency_loss(
 
     Returns:
         A scalar; 0 when no voxel has weight.
+
+    Raises:
+        ValueError: when ``kind`` is not one of :data:`CONSISTENCY_LOSSES`.
     """
     kind = look_up_option(kind, CONSISTENCY_LOSSES)
     teacher = teacher.to(prob)

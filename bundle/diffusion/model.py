@@ -32,6 +32,13 @@ class MaskDiffusion(nn.Module):
         timestep_bias: training timesteps are ``T - 1 - floor(T * u ** timestep_bias)`` for uniform ``u``: 1 is
             uniform; larger values train more often at high noise, where few-step DDIM sampling does its work (the
             first step always starts from pure noise at ``t = T - 1``).
+        consistency_weight: weight of the consistency term against a teacher's masks (0: not computed).
+        consistency_loss: kind of that term, one of :data:`~bundle.diffusion.losses.CONSISTENCY_LOSSES`
+            (see :func:`~bundle.diffusion.losses.consistency_loss`).
+
+    Raises:
+        ValueError: when ``consistency_weight < 0``, ``timestep_bias < 1``, ``prompt_embeddings`` is not 2D, or
+            ``prediction_type`` or ``consistency_loss`` is not a known option.
 
     ``forward(image, target, context)`` is the training loss (see :meth:`loss`); :meth:`sample` generates masks.
     """
@@ -113,6 +120,9 @@ class MaskDiffusion(nn.Module):
             clean-mask probability ``[B, 1, *S]`` (detached). ``consistency`` is :func:`consistency_loss` (of kind
             ``consistency_loss``) between the student's clean-mask probability and the teacher's; it enters the
             loss times ``consistency_weight``.
+
+        Raises:
+            ValueError: when ``target`` is not ``[B, 1, *S]`` with the batch size and spatial shape of ``image``.
         """
         if target.shape[1] != 1 or target.shape[2:] != image.shape[2:] or target.shape[0] != image.shape[0]:
             raise ValueError(
@@ -157,7 +167,17 @@ class MaskDiffusion(nn.Module):
 
     def make_sampler(self, num_inference_steps: int) -> DDIMScheduler:
         """A DDIM scheduler matching the training process, set to ``num_inference_steps`` steps (cached: building
-        the noise schedule inside a traced or exported graph would add its arithmetic to the graph)."""
+        the noise schedule inside a traced or exported graph would add its arithmetic to the graph).
+
+        Args:
+            num_inference_steps: DDIM steps ``n``, in ``[1, num_train_timesteps]``.
+
+        Returns:
+            The (cached) ``DDIMScheduler``, its timesteps set to :meth:`sampling_timesteps`.
+
+        Raises:
+            ValueError: when ``num_inference_steps`` is outside ``[1, num_train_timesteps]``.
+        """
         cache = self.__dict__.setdefault("_samplers", {})
         if num_inference_steps not in cache:
             cache[num_inference_steps] = self._new_sampler(num_inference_steps)
@@ -183,7 +203,14 @@ class MaskDiffusion(nn.Module):
         return sched
 
     def sampling_timesteps(self, num_inference_steps: int) -> list[int]:
-        """The DDIM grid as Python ints: ``T - 1, T - 1 - T // n, ...`` (constants in traced and exported graphs)."""
+        """The DDIM grid as Python ints: ``T - 1, T - 1 - T // n, ...`` (constants in traced and exported graphs).
+
+        Args:
+            num_inference_steps: DDIM steps ``n`` (at least 1).
+
+        Returns:
+            The ``n`` timesteps, descending, from ``T - 1`` in strides of ``T // n``.
+        """
         stride = self.num_train_timesteps // num_inference_steps
         return [self.num_train_timesteps - 1 - stride * i for i in range(num_inference_steps)]
 
@@ -209,6 +236,10 @@ class MaskDiffusion(nn.Module):
 
         Returns:
             ``(mean probability [B, 1, *S], variance [B, 1, *S] or None when num_samples == 1)``.
+
+        Raises:
+            ValueError: when ``num_samples < 1``, ``noise`` holds fewer than ``num_samples`` starting points, or
+                ``num_inference_steps`` is outside ``[1, num_train_timesteps]``.
         """
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")

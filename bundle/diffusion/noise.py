@@ -27,6 +27,13 @@ def seeded_normal(reference: torch.Tensor, seed: int) -> torch.Tensor:
     re-draws it. This noise is built from exact int64 arithmetic (Box-Muller on a counter-based hash), so eager
     PyTorch, a trace and onnxruntime produce the same values (to float rounding) and the exported sampler stays
     deterministic.
+
+    Args:
+        reference: tensor whose shape, dtype and device the noise takes (its values are not used).
+        seed: the noise's seed; different seeds give independent-looking noise.
+
+    Returns:
+        Tensor shaped like ``reference``, of its dtype and on its device.
     """
     index = torch.arange(reference.numel(), dtype=torch.int64, device=reference.device)
     u1, u2 = _seeded_uniform(index, seed, 0), _seeded_uniform(index, seed, 1)

@@ -33,6 +33,10 @@ class PromptedSegmenter(MaskDiffusion):
     Shapes:
         ``image [B, C, *S] -> [B, 1 + K, *S]``; with ``prompt_embeddings [K', E]`` given to ``forward``,
         ``[B, 1 + K', *S]`` for those prompts instead.
+
+    Raises:
+        ValueError: when there is no class prompt, ``num_samples < 1``, or ``num_inference_steps`` is outside
+            ``[1, num_train_timesteps]`` (and as :class:`MaskDiffusion`).
     """
 
     def __init__(
@@ -70,7 +74,18 @@ class PromptedSegmenter(MaskDiffusion):
     def sharing(
         cls, diffusion: MaskDiffusion, num_inference_steps: int = 10, num_samples: int = 1, seed: int = 0
     ) -> "PromptedSegmenter":
-        """A segmenter that shares ``diffusion``'s denoiser and prompt buffer (validation during training)."""
+        """A segmenter that shares ``diffusion``'s denoiser and prompt buffer (validation during training).
+
+        Args:
+            diffusion: the training network; its denoiser, noise schedule, prediction type and prompt buffer are
+                used, not copied.
+            num_inference_steps: DDIM steps.
+            num_samples: samples averaged per prompt.
+            seed: seed of the starting noise.
+
+        Returns:
+            A new segmenter whose parameters and ``prompt_embeddings`` buffer are ``diffusion``'s tensors.
+        """
         seg = cls(
             diffusion.denoiser,
             num_train_timesteps=diffusion.num_train_timesteps,
@@ -85,10 +100,32 @@ class PromptedSegmenter(MaskDiffusion):
         return seg
 
     def loss(self, *args, **kwargs) -> Dict[str, torch.Tensor]:  # type: ignore[override]
+        """Not available: a segmenter does not train.
+
+        Args:
+            args: ignored.
+            kwargs: ignored.
+
+        Raises:
+            TypeError: always.
+        """
         raise TypeError("PromptedSegmenter is for inference; train the MaskDiffusion with the same denoiser")
 
     @torch.no_grad()
     def forward(self, image: torch.Tensor, prompt_embeddings: Optional[torch.Tensor] = None) -> torch.Tensor:  # type: ignore[override]
+        """
+        Args:
+            image: ``[B, C, *S]``, every spatial size a multiple of the denoiser's size divisor.
+            prompt_embeddings: ``[K', E]`` embeddings of the prompts to segment; the ``prompt_embeddings`` buffer
+                (``[K, E]``, the bundle's classes) when ``None``.
+
+        Returns:
+            Class probabilities ``[B, 1 + K, *S]`` (``[B, 1 + K', *S]`` with ``prompt_embeddings``), background
+            first, summing to one over dim 1.
+
+        Raises:
+            ValueError: when the embeddings are not ``[K, E]`` with ``K >= 1``.
+        """
         emb = self.prompt_embeddings if prompt_embeddings is None else prompt_embeddings.to(image)
         if emb.dim() != 2 or emb.shape[0] < 1:
             raise ValueError(f"prompt_embeddings must be [K, E] with K >= 1, got {tuple(emb.shape)}")

@@ -15,7 +15,16 @@ METRICS = ("dice", "iou", "hd95", "precision", "recall")
 
 
 def hd95(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) -> float:
-    """MONAI's 95th-percentile Hausdorff distance (mm) between two binary masks; NaN when either is empty."""
+    """MONAI's 95th-percentile Hausdorff distance (mm) between two binary masks; NaN when either is empty.
+
+    Args:
+        pred: the predicted mask.
+        gt: the ground-truth mask (same shape).
+        spacing: voxel size per axis, in mm.
+
+    Returns:
+        The distance in mm, or NaN.
+    """
     from monai.metrics import compute_hausdorff_distance
 
     if not pred.any() or not gt.any():
@@ -30,7 +39,20 @@ def hd95(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) -> float:
 def case_metrics(
     pred: np.ndarray, gt: np.ndarray, classes: Mapping[int, str], spacing: Sequence[float] | None = None
 ) -> dict[str, dict[str, float]]:
-    """``{class name: {dice, iou, hd95, precision, recall}}`` for integer label maps of the same shape."""
+    """``{class name: {dice, iou, hd95, precision, recall}}`` for integer label maps of the same shape.
+
+    Args:
+        pred: the predicted label map.
+        gt: the ground-truth label map.
+        classes: ``{label value: class name}`` to score.
+        spacing: voxel size per axis in mm (default 1).
+
+    Returns:
+        The metrics per class (both empty: 1, 1, 0, 1, 1).
+
+    Raises:
+        ValueError: the shapes differ.
+    """
     pred, gt = np.asarray(pred), np.asarray(gt)
     if pred.shape != gt.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from ground truth {gt.shape}")
@@ -59,7 +81,15 @@ def _mean(values: list[float]) -> float | None:
 
 
 def summarize(cases: Sequence[Mapping[str, Any]], class_names: Sequence[str]) -> dict[str, Any]:
-    """The ``metrics.json`` structure from per-case results (``{"image", NAME: {...}}``)."""
+    """The ``metrics.json`` structure from per-case results (``{"image", NAME: {...}}``).
+
+    Args:
+        cases: the per-case results.
+        class_names: the classes scored.
+
+    Returns:
+        ``{"mean", "classes", "cases"}``; non-finite values become ``None``.
+    """
     classes = {name: {m: _mean([c[name][m] for c in cases if name in c]) for m in METRICS} for name in class_names}
     mean = {m: _mean([classes[n][m] for n in class_names if classes[n][m] is not None]) for m in METRICS}
 
@@ -74,7 +104,14 @@ def summarize(cases: Sequence[Mapping[str, Any]], class_names: Sequence[str]) ->
 
 
 def format_table(summary: Mapping[str, Any]) -> str:
-    """A plain-text table: one row per class and the mean."""
+    """A plain-text table: one row per class and the mean.
+
+    Args:
+        summary: the result of :func:`summarize`.
+
+    Returns:
+        The table.
+    """
 
     def fmt(v: float | None) -> str:
         return "   -  " if v is None else f"{v:6.3f}"

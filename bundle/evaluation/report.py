@@ -46,6 +46,11 @@ class MetricsReport:
         self.summary: dict[str, Any] | None = None
 
     def attach(self, engine: Engine) -> None:
+        """Registers the handler on an engine.
+
+        Args:
+            engine: the evaluator.
+        """
         engine.add_event_handler(Events.STARTED, lambda _: self.cases.clear())
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._on_iteration)
         engine.add_event_handler(Events.COMPLETED, self._on_completed)

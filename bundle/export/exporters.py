@@ -90,7 +90,19 @@ def export_onnx(
 
 
 def compare_onnx(net: torch.nn.Module, filepath: PathLike, inputs: tuple[torch.Tensor, ...]) -> float:
-    """Run the ONNX file with onnxruntime (CPU) and return the largest absolute difference from ``net(*inputs)``."""
+    """Run the ONNX file with onnxruntime (CPU) and return the largest absolute difference from ``net(*inputs)``.
+
+    Args:
+        net: the PyTorch network, put in eval mode.
+        filepath: the ``.onnx`` file.
+        inputs: the inputs, one per graph input in the graph's order, e.g. ``(image [B, C, *S],)``.
+
+    Returns:
+        ``max |onnx - pytorch|`` over the first output.
+
+    Raises:
+        ValueError: when the graph takes another number of inputs, or its first output's shape is not PyTorch's.
+    """
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(filepath), providers=["CPUExecutionProvider"])

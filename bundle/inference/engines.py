@@ -11,12 +11,45 @@ from ignite.engine import Events
 from monai.data import Dataset
 from monai.engines import SupervisedEvaluator
 
-__all__ = ["prompt_kwargs", "prompted_inference", "FAILED_KEY", "PromptBatch", "SafeDataset", "FolderEvaluator"]
+__all__ = [
+    "prompt_kwargs",
+    "prompted_inference",
+    "FAILED_KEY",
+    "failure_reason",
+    "PromptBatch",
+    "SafeDataset",
+    "FolderEvaluator",
+]
 
 logger = logging.getLogger(__name__)
 
 
 FAILED_KEY = "_segone_failed"
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The error under MONAI's ``applying transform`` wrappers (an error raised ``from`` another is kept: it says
+    more, e.g. which file a failed write was for)."""
+    while exc.__cause__ is not None and isinstance(exc, RuntimeError) and str(exc).startswith("applying transform"):
+        exc = exc.__cause__
+    return exc
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The cause of an error as ``"<type>: <message>"``.
+
+    MONAI's ``Compose`` wraps a transform's error in ``RuntimeError: applying transform <Compose object ...>``; the
+    error under these wrappers names the problem (``OSError: [Errno 28] <file>: writing <output> failed: No space
+    left on device``).
+
+    Args:
+        exc: the error caught.
+
+    Returns:
+        The type and message of the error under MONAI's wrappers.
+    """
+    root = _unwrap(exc)
+    return f"{type(root).__name__}: {root}"
 
 
 def prompt_kwargs(prompt_embeddings: torch.Tensor | None, device: str | torch.device | None = None) -> dict[str, Any]:
@@ -98,8 +131,12 @@ class PromptBatch:
 class SafeDataset(Dataset):
     """A dataset whose items, when loading or preprocessing fails, become a record of the failure.
 
-    The failed item is ``{"image": <the path>, FAILED_KEY: "<file>: <problem>"}``; :class:`FolderEvaluator`
-    logs it, goes on, and reports all failures at the end.
+    The failed item is ``{"image": <the path>, FAILED_KEY: "<error type>: <problem>"}``; :class:`FolderEvaluator`
+    logs it with the file's name, goes on, and reports all failures at the end.
+
+    Args:
+        data: the datalist.
+        transform: the preprocessing.
     """
 
     def _transform(self, index: int) -> Any:
@@ -107,14 +144,12 @@ class SafeDataset(Dataset):
         try:
             return super()._transform(index)
         except Exception as e:  # any bad input: unreadable, NaN, wrong dimensions
-            root = e
-            while root.__cause__ is not None:  # MONAI wraps transform errors; the innermost names the problem
-                root = root.__cause__
+            root = _unwrap(e)  # MONAI wraps transform errors; the error under the wrappers names the problem
             name = str(item.get("image", item)) if isinstance(item, Mapping) else str(item)
             message = str(root)
             if message.startswith(f"{name}: "):  # the file is named once, in front
                 message = message[len(name) + 2 :]
-            return {"image": name, FAILED_KEY: f"{type(root).__name__}: {message}"}
+            return {"image": name, FAILED_KEY: f"{type(root).__name__}: {message or 'no message'}"}
 
 
 class FolderEvaluator(SupervisedEvaluator):
@@ -122,7 +157,13 @@ class FolderEvaluator(SupervisedEvaluator):
 
     Expects ``batch_size=1`` (one file per iteration). After the run, ``failures`` lists ``(file, problem)``; when
     any file failed and ``raise_on_failure`` is set, the run ends with an error that lists them (so the command's
-    exit status is non-zero) after every other file has been written.
+    exit status is non-zero) after every other file has been written. Each failure is logged and reported with
+    the file's name and the root cause of the error (not MONAI's ``applying transform`` wrapper).
+
+    Args:
+        args: :class:`~monai.engines.SupervisedEvaluator`'s arguments.
+        raise_on_failure: end with an error listing the failures.
+        kwargs: :class:`~monai.engines.SupervisedEvaluator`'s keyword arguments.
     """
 
     def __init__(self, *args: Any, raise_on_failure: bool = True, **kwargs: Any) -> None:
@@ -138,16 +179,17 @@ class FolderEvaluator(SupervisedEvaluator):
             problem = problem[0] if isinstance(problem, (list, tuple)) else problem
             name = name[0] if isinstance(name, (list, tuple)) else name
             self.failures.append((str(name), str(problem)))
-            logger.error("skipped %s", problem)
+            logger.error("skipped %s: %s", name, problem)
             return {}
         meta = getattr(batchdata.get("image"), "meta", {}) or {}
         files = meta.get("filename_or_obj", ["?"])
         name = files[0] if isinstance(files, (list, tuple)) else files
         try:
             output = super()._iteration(engine, batchdata)
-        except Exception as e:
-            self.failures.append((str(name), f"{type(e).__name__}: {e}"))
-            logger.exception("failed on %s", name)
+        except Exception as e:  # noqa: BLE001 - one file failing never stops the folder
+            reason = failure_reason(e)
+            self.failures.append((str(name), reason))
+            logger.error("failed on %s: %s", name, reason, exc_info=e)
             return {}
         self.succeeded += 1
         return output

@@ -57,6 +57,9 @@ def pixel_unshuffle(x: torch.Tensor, spatial_dims: int, scale_factor: int) -> to
 
     Returns:
         Tensor of shape ``[B, C * r**D, *(s // r for s in S)]``.
+
+    Raises:
+        ValueError: when a spatial size is not divisible by ``scale_factor``.
     """
     size = x.shape
     r = scale_factor
@@ -106,21 +109,53 @@ class _PointwiseForward:
 
 
 class PointwiseConv2d(_PointwiseForward, nn.Conv2d):
-    """``nn.Conv2d`` with ``kernel_size=1``, trained through a batched matrix product (see ``_PointwiseForward``)."""
+    """``nn.Conv2d`` with ``kernel_size=1``, trained through a batched matrix product (see ``_PointwiseForward``).
+
+    Args:
+        in_channels: input channels ``C_in``.
+        out_channels: output channels ``C_out``.
+        bias: whether to add a learned bias.
+
+    Shapes:
+        ``[B, in_channels, H, W] -> [B, out_channels, H, W]``.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
         nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size=1, bias=bias)
 
 
 class PointwiseConv3d(_PointwiseForward, nn.Conv3d):
-    """``nn.Conv3d`` with ``kernel_size=1``, trained through a batched matrix product (see ``_PointwiseForward``)."""
+    """``nn.Conv3d`` with ``kernel_size=1``, trained through a batched matrix product (see ``_PointwiseForward``).
+
+    Args:
+        in_channels: input channels ``C_in``.
+        out_channels: output channels ``C_out``.
+        bias: whether to add a learned bias.
+
+    Shapes:
+        ``[B, in_channels, H, W, D] -> [B, out_channels, H, W, D]``.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
         nn.Conv3d.__init__(self, in_channels, out_channels, kernel_size=1, bias=bias)
 
 
 def conv1x1(spatial_dims: int, in_channels: int, out_channels: int, bias: bool = True) -> nn.Module:
-    """A kernel-size-1 convolution: a linear map of the channel vector at every position, shared over positions."""
+    """A kernel-size-1 convolution: a linear map of the channel vector at every position, shared over positions.
+
+    Args:
+        spatial_dims: number of spatial dimensions, 2 or 3.
+        in_channels: input channels.
+        out_channels: output channels.
+        bias: whether to add a learned bias.
+
+    Returns:
+        A :class:`PointwiseConv2d` or :class:`PointwiseConv3d`, mapping ``[B, in_channels, *S]`` to
+        ``[B, out_channels, *S]``.
+
+    Raises:
+        ValueError: when ``spatial_dims`` is not 2 or 3.
+    """
     if spatial_dims == 2:
         return PointwiseConv2d(in_channels, out_channels, bias=bias)
     if spatial_dims == 3:
@@ -162,6 +197,9 @@ class SpatialShift(nn.Module):
 
     Shapes:
         ``[B, channels, *S] -> [B, channels, *S]``.
+
+    Raises:
+        ValueError: when ``channels < 2 * spatial_dims + 1``.
     """
 
     def __init__(self, spatial_dims: int, channels: int) -> None:
@@ -174,6 +212,14 @@ class SpatialShift(nn.Module):
         self.directions = directions
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x: tensor of shape ``[B, C, *S]`` with ``len(S) == spatial_dims``.
+
+        Returns:
+            Tensor of shape ``[B, C, *S]``: group ``i < 2 * spatial_dims`` shifted by ``+1`` (even ``i``) or ``-1``
+            (odd ``i``) along spatial axis ``i // 2``, zero-filled at the border; the remaining channels unchanged.
+        """
         g = self.group
         sizes: list[int] = [g] * self.directions + [x.shape[1] - g * self.directions]
         # split (not slicing): its backward is a single concatenation instead of one full-size buffer per group
@@ -223,6 +269,13 @@ class ChannelMixBlock(nn.Module):
         self.act2 = get_act_layer(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x: tensor of shape ``[B, channels, *S]``.
+
+        Returns:
+            Tensor of shape ``[B, channels, *S]``.
+        """
         h = self.act1(self.norm1(self.conv1(self.shift(x))))
         h = self.norm2(self.conv2(h))
         return self.act2(x + h)
@@ -233,6 +286,13 @@ class UnshuffleDown(nn.Module):
 
     Equivalent in reach to a stride-2, kernel-2 convolution: the ``2**D`` voxels of each aligned block are stacked
     in channels and mixed by ``W``.
+
+    Args:
+        spatial_dims: number of spatial dimensions, 2 or 3.
+        in_channels: input channels.
+        out_channels: output channels.
+        act: activation type and arguments (MONAI ``get_act_layer`` format).
+        norm: normalisation type and arguments (MONAI ``get_norm_layer`` format).
 
     Shapes:
         ``[B, in_channels, *S] -> [B, out_channels, *(s // 2 for s in S)]``.
@@ -253,6 +313,16 @@ class UnshuffleDown(nn.Module):
         self.act = get_act_layer(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x: tensor of shape ``[B, in_channels, *S]``; every size in ``S`` even.
+
+        Returns:
+            Tensor of shape ``[B, out_channels, *(s // 2 for s in S)]``.
+
+        Raises:
+            ValueError: when a spatial size is odd (from :func:`pixel_unshuffle`).
+        """
         return self.act(self.norm(self.proj(pixel_unshuffle(x, self.spatial_dims, 2))))
 
 
@@ -260,6 +330,11 @@ class ShuffleUp(nn.Module):
     """Upsampling by a kernel-size-1 projection to ``out_channels * 2**D`` channels, then pixel-shuffle (factor 2).
 
     Equivalent in reach to a stride-2, kernel-2 transposed convolution, without its learned spatial kernel.
+
+    Args:
+        spatial_dims: number of spatial dimensions, 2 or 3.
+        in_channels: input channels.
+        out_channels: output channels.
 
     Shapes:
         ``[B, in_channels, *S] -> [B, out_channels, *(2 * s for s in S)]``.
@@ -271,6 +346,13 @@ class ShuffleUp(nn.Module):
         self.proj = conv1x1(spatial_dims, in_channels, out_channels * 2**spatial_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x: tensor of shape ``[B, in_channels, *S]``.
+
+        Returns:
+            Tensor of shape ``[B, out_channels, *(2 * s for s in S)]``.
+        """
         return pixelshuffle(self.proj(x), self.spatial_dims, 2)
 
 
@@ -279,6 +361,11 @@ class GlobalContext(nn.Module):
 
     ``y = x + W2 act(W1 mean_S(x))``: the mean is parameter-free pooling, ``W1``/``W2`` are kernel-size-1 convolutions
     applied to the ``[B, C, 1, ..., 1]`` pooled tensor. ``W2`` starts at zero, so the block starts as the identity.
+
+    Args:
+        spatial_dims: number of spatial dimensions, 2 or 3.
+        channels: input and output channels.
+        act: activation between ``W1`` and ``W2`` (MONAI ``get_act_layer`` format).
 
     Shapes:
         ``[B, channels, *S] -> [B, channels, *S]``.
@@ -294,6 +381,13 @@ class GlobalContext(nn.Module):
         nn.init.zeros_(self.conv2.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x: tensor of shape ``[B, channels, *S]``.
+
+        Returns:
+            Tensor of shape ``[B, channels, *S]``: ``x`` plus a per-sample, per-channel offset.
+        """
         g = x.mean(dim=self.reduce_dims, keepdim=True)
         return x + self.conv2(self.act(self.conv1(g)))
 
@@ -321,6 +415,17 @@ class FiLM(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """
+        Args:
+            x: tensor of shape ``[B, channels, *S]`` with ``len(S) == spatial_dims``.
+            cond: conditioning vector ``c`` of shape ``[B, cond_channels]``.
+
+        Returns:
+            Tensor of shape ``[B, channels, *S]``.
+
+        Raises:
+            ValueError: when ``cond`` is None.
+        """
         if cond is None:
             raise ValueError("FiLM needs a conditioning vector; got None.")
         params = self.proj(cond)
@@ -344,6 +449,9 @@ class ConditionEmbedding(nn.Module):
 
     Shapes:
         ``timesteps [B]`` (int or float), ``text [B, text_dim]`` or ``[B, 1, text_dim]`` ``-> [B, cond_channels]``.
+
+    Raises:
+        ValueError: when ``use_timestep`` is False and ``text_dim`` is None.
     """
 
     def __init__(
@@ -365,6 +473,19 @@ class ConditionEmbedding(nn.Module):
         self.text_proj = nn.Linear(text_dim, cond_channels) if text_dim is not None else nn.Identity()
 
     def forward(self, timesteps: torch.Tensor | None, text: torch.Tensor | None) -> torch.Tensor:
+        """
+        Args:
+            timesteps: diffusion timesteps of shape ``[B]`` (any shape with ``B`` elements; it is flattened), int
+                or float; ignored (may be None) without timestep conditioning.
+            text: text embeddings of shape ``[B, text_dim]`` or ``[B, 1, text_dim]``; ignored (may be None)
+                without text conditioning.
+
+        Returns:
+            Conditioning vectors of shape ``[B, cond_channels]``: the sum of the timestep and text terms in use.
+
+        Raises:
+            ValueError: when the network is conditioned on timesteps or text and that input is None.
+        """
         cond: torch.Tensor | None = None
         if self.use_timestep:
             if timesteps is None:

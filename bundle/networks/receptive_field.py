@@ -14,6 +14,14 @@ def activate_zero_init(net: nn.Module, std: float = 0.1, seed: int = 1) -> nn.Mo
     """Give zero-initialised weights (FiLM, GlobalContext output) random values, as after some training.
 
     A zero weight blocks the gradient through its branch, so a fresh network would hide what the branch can reach.
+
+    Args:
+        net: the network; every non-empty ``weight`` tensor of its modules that is all zero is overwritten in place.
+        std: standard deviation of the normal values drawn.
+        seed: seed of the generator the values are drawn from.
+
+    Returns:
+        ``net`` itself, modified in place.
     """
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():

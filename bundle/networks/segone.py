@@ -33,6 +33,14 @@ class Unconditioned(nn.Module):
     """Stands where a :class:`FiLM` would, in a network built without conditioning: returns ``x`` unchanged."""
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """
+        Args:
+            x: tensor of shape ``[B, C, *S]``.
+            cond: conditioning vector (``None`` in an unconditioned network); ignored.
+
+        Returns:
+            ``x`` itself, ``[B, C, *S]``.
+        """
         return x
 
 
@@ -179,6 +187,10 @@ class SegOne(nn.Module):
 
         net = SegOne(spatial_dims=3, in_channels=1, out_channels=3)
         y = net(torch.rand(1, 1, 48, 64, 48))  # [1, 3, 48, 64, 48]
+
+    Raises:
+        ValueError: when ``spatial_dims`` is not 2 or 3, ``features`` has fewer than two levels, ``stem_scale < 1``,
+            or ``refine_inputs`` names a channel outside ``range(in_channels)``.
     """
 
     # a TorchScript constant, so the unconditioned network compiles without the conditioning branch
@@ -281,6 +293,11 @@ class SegOne(nn.Module):
 
         Returns:
             Logits ``[B, out_channels, *S]``.
+
+        Raises:
+            ValueError: when ``x`` does not have ``spatial_dims`` spatial dimensions or a spatial size is not a
+                multiple of :attr:`size_divisor`; when ``timesteps`` or ``context`` is None though the network was
+                built to expect it.
         """
         if x.dim() != self.spatial_dims + 2:
             raise ValueError(

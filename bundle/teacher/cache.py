@@ -42,7 +42,16 @@ class TeacherCache:
 
     @staticmethod
     def case_key(case: str, image: np.ndarray, mask: np.ndarray) -> str:
-        """``"<case>#<digest>"``: the case name and the SHA-256 (16 hex digits) of the teacher's inputs."""
+        """``"<case>#<digest>"``: the case name and the SHA-256 (16 hex digits) of the teacher's inputs.
+
+        Args:
+            case: the case name.
+            image: the intensities the teacher sees (hashed as float32, C order).
+            mask: the mask that places the prompts (hashed as bool).
+
+        Returns:
+            The case key, as :meth:`get_or_compute` stores entries under.
+        """
         return TeacherCache._case_key(case, TeacherCache._image_digest(image), mask)
 
     @staticmethod
@@ -57,13 +66,44 @@ class TeacherCache:
 
     @staticmethod
     def key(case: str, label: int, settings: dict[str, Any]) -> str:
+        """The SHA-256 of an entry's key.
+
+        Args:
+            case: the case key (:meth:`case_key` for the entries of :meth:`get_or_compute`).
+            label: the class's label value.
+            settings: the teacher's settings (:attr:`SAM2Teacher.settings`), JSON-serialisable.
+
+        Returns:
+            64 hexadecimal digits: the entry's file name without ``.npz``.
+        """
         text = json.dumps({"case": str(case), "class": int(label), "teacher": settings}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def path(self, case: str, label: int, settings: dict[str, Any]) -> Path:
+        """Where an entry is stored (whether or not it exists).
+
+        Args:
+            case: the case key (see :meth:`key`).
+            label: the class's label value.
+            settings: the teacher's settings.
+
+        Returns:
+            ``<directory>/<key>.npz``.
+        """
         return self.directory / f"{self.key(case, label, settings)}.npz"
 
     def get(self, case: str, label: int, settings: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+        """A stored entry; an unreadable (damaged) one counts as missing, with a warning.
+
+        Args:
+            case: the case key (see :meth:`key`).
+            label: the class's label value.
+            settings: the teacher's settings.
+
+        Returns:
+            ``(probabilities, IoU per slice)`` as float32 arrays (the shapes :meth:`SAM2Teacher.volume` returns), or
+            None when there is no readable entry.
+        """
         path = self.path(case, label, settings)
         if not path.is_file():
             return None
@@ -77,6 +117,18 @@ class TeacherCache:
             return None
 
     def put(self, case: str, label: int, settings: dict[str, Any], probs: np.ndarray, iou: np.ndarray) -> Path:
+        """Store an entry atomically, replacing any earlier one.
+
+        Args:
+            case: the case key (see :meth:`key`).
+            label: the class's label value.
+            settings: the teacher's settings.
+            probs: teacher probabilities, the shape of the image (stored as float16).
+            iou: predicted IoU per slice ``[n_slices]`` (stored as float32).
+
+        Returns:
+            The entry's path.
+        """
         path = self.path(case, label, settings)
         with atomic_path(path, suffix=".npz") as tmp:
             # float16 halves the size; teacher probabilities need no more precision
@@ -86,13 +138,40 @@ class TeacherCache:
     def get_or_compute(
         self, teacher: SAM2Teacher, case: str, label: int, image: np.ndarray, mask: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The cached teacher volume, or SAM2's, computed now and stored."""
+        """The cached teacher volume, or SAM2's, computed now and stored.
+
+        Args:
+            teacher: the SAM2 teacher; its :attr:`~SAM2Teacher.settings` are part of the key.
+            case: the case name.
+            label: the class's label value.
+            image: ``[X, Y, Z]`` (or ``[X, Y]``) intensities.
+            mask: boolean mask of the class, the shape of ``image``; it places the prompts.
+
+        Returns:
+            ``(probabilities, IoU per slice)``, as :meth:`SAM2Teacher.volume`.
+
+        Raises:
+            ValueError: when SAM2 runs and ``image`` and ``mask`` do not fit (see :meth:`SAM2Teacher.volumes`).
+        """
         return self.get_or_compute_many(teacher, case, image, {label: mask})[label]
 
     def get_or_compute_many(
         self, teacher: SAM2Teacher, case: str, image: np.ndarray, masks: Mapping[int, np.ndarray]
     ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """:meth:`get_or_compute` for several classes of one case; the missing ones share SAM2's image encoding."""
+        """:meth:`get_or_compute` for several classes of one case; the missing ones share SAM2's image encoding.
+
+        Args:
+            teacher: the SAM2 teacher.
+            case: the case name.
+            image: ``[X, Y, Z]`` (or ``[X, Y]``) intensities.
+            masks: ``{label value: boolean mask}``, each the shape of ``image``.
+
+        Returns:
+            ``{label value: (probabilities, IoU per slice)}``, in the order of ``masks``.
+
+        Raises:
+            ValueError: when SAM2 runs and ``image`` and a mask do not fit (see :meth:`SAM2Teacher.volumes`).
+        """
         settings, image_digest = teacher.settings, self._image_digest(image)
         keys = {label: self._case_key(case, image_digest, mask) for label, mask in masks.items()}
         out: dict[int, tuple[np.ndarray, np.ndarray]] = {}

@@ -76,6 +76,12 @@ class SAM2Teacher:
             ``axis`` (steadier when the mask is a noisy prediction with holes or stray slices).
         seed: seeds the point sampling (with the slice index), so a mask always gives the same prompts.
         device: where SAM2 runs.
+
+    Raises:
+        FileNotFoundError: when ``checkpoint`` is not a file.
+        ValueError: when ``image_size`` is not a multiple of 16, ``axis`` is not 0, 1 or 2, ``prompt`` or
+            ``box_mode`` is not a known option, or point prompts are asked for with ``num_points < 1``.
+        RuntimeError: when the checkpoint does not fit the config.
     """
 
     def __init__(
@@ -139,6 +145,7 @@ class SAM2Teacher:
 
     @property
     def checkpoint_hash(self) -> str:
+        """The SHA-256 of the checkpoint file (64 hex digits), computed at first use."""
         if self._checkpoint_hash is None:
             self._checkpoint_hash = file_sha256(self.checkpoint)
         return self._checkpoint_hash
@@ -196,6 +203,9 @@ class SAM2Teacher:
             ``(probabilities, predicted IoU per slice)``: probabilities in [0, 1] (float32, the shape of
             ``image``); IoU ``[n_slices]`` float32 (``[1]`` for a 2D image). Slices without a prompt get
             probability 0 and IoU NaN (no teacher opinion).
+
+        Raises:
+            ValueError: when ``image`` is not 2D or 3D, ``mask`` has another shape, or ``image`` is not finite.
         """
         return self.volumes(image, {0: mask})[0]
 
@@ -204,6 +214,16 @@ class SAM2Teacher:
         """:meth:`volume` for several structures of one image at once: ``{class: (probabilities, IoU)}``.
 
         SAM2's image encoder, most of its cost, runs once per slice for all the structures prompted there.
+
+        Args:
+            image: ``[X, Y, Z]`` intensities, or a 2D ``[X, Y]`` image (one slice).
+            masks: ``{class: boolean mask}``, each the shape of ``image``.
+
+        Returns:
+            ``{class: (probabilities, IoU per slice)}`` for every class of ``masks``, each as :meth:`volume`'s.
+
+        Raises:
+            ValueError: when ``image`` is not 2D or 3D, a mask has another shape, or ``image`` is not finite.
         """
         image = np.asarray(image, np.float32)
         masks = {c: np.asarray(m).astype(bool) for c, m in masks.items()}

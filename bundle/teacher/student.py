@@ -50,6 +50,14 @@ class StudentMasks:
         """A student from a SegOne model file with ``configs/inference.json``'s network and window (e.g. the
         released ``models/model.pt``), outside a training run.
 
+        Args:
+            checkpoint: the SegOne model file.
+            bundle_root: the bundle root whose ``configs/inference.json`` (with ``metadata.json``) is read.
+            overrides: config ids and values applied to ``inference.json`` (e.g. ``num_inference_steps=2``).
+
+        Returns:
+            The student, with ``inference.json``'s ``roi_size`` and ``overlap``.
+
         Raises:
             bundle.utils.checkpoint.CheckpointError: naming the file, when it is missing or does not fit the network.
         """
@@ -105,7 +113,17 @@ class StudentMasks:
 
     @torch.no_grad()
     def __call__(self, image: torch.Tensor) -> np.ndarray:
-        """The student's label map ``[*S]`` (int64: 0 background, ``k`` the ``k``-th class prompt) of ``[C, *S]``."""
+        """The student's label map ``[*S]`` (int64: 0 background, ``k`` the ``k``-th class prompt) of ``[C, *S]``.
+
+        Args:
+            image: one image ``[C, *S]`` (no batch dimension), tensor or array.
+
+        Returns:
+            The label map ``[*S]``, int64, on the CPU.
+
+        Raises:
+            ValueError: when ``roi_size`` does not have one size per spatial dimension of ``image``.
+        """
         from monai.inferers import sliding_window_inference
 
         x = torch.as_tensor(image).float()[None]

@@ -16,7 +16,18 @@ DEFAULT_TEMPLATE = "a magnetic resonance image of the {}"
 
 
 def normalize_prompt(prompt: str) -> str:
-    """Case- and whitespace-insensitive key of a prompt: ``"  Posterior  Hippocampus"`` -> ``"posterior hippocampus"``."""
+    """Case- and whitespace-insensitive key of a prompt: ``"  Posterior  Hippocampus"`` -> ``"posterior hippocampus"``.
+
+    Args:
+        prompt: the prompt text.
+
+    Returns:
+        The prompt lower-cased, stripped, with every run of whitespace replaced by one space.
+
+    Raises:
+        TypeError: when ``prompt`` is not a string.
+        ValueError: when it is empty or only whitespace.
+    """
     if not isinstance(prompt, str):
         raise TypeError(f"a prompt must be a string, got {type(prompt).__name__}: {prompt!r}")
     key = re.sub(r"\s+", " ", prompt.strip().lower())
@@ -40,6 +51,11 @@ class TextPromptEncoder(nn.Module):
 
     Shapes:
         ``forward(prompts: list of N str) -> [N, embed_dim]``.
+
+    Raises:
+        FileNotFoundError: when ``model_config`` is given but is not a file.
+        ValueError: when ``model_config``'s stem is not ``model_name``, ``template`` does not hold exactly one
+            ``{}``, or ``model_name`` is not a known open_clip architecture.
     """
 
     def __init__(
@@ -88,11 +104,30 @@ class TextPromptEncoder(nn.Module):
         self.config = {"model_name": model_name, "pretrained": pretrained, "template": template, "seed": seed}
 
     def train(self, mode: bool = True) -> TextPromptEncoder:
+        """Keep the module in eval mode whatever is asked: the tower is frozen.
+
+        Args:
+            mode: ignored.
+
+        Returns:
+            The module itself, in eval mode.
+        """
         # always frozen, always in eval mode (no dropout)
         return super().train(False)
 
     @torch.no_grad()
     def forward(self, prompts: Sequence[str]) -> torch.Tensor:
+        """
+        Args:
+            prompts: ``N`` prompt texts; each is normalised (:func:`normalize_prompt`) and put into the template.
+
+        Returns:
+            Unit-norm float32 embeddings ``[N, embed_dim]``, in the order of ``prompts``.
+
+        Raises:
+            TypeError: when a prompt is not a string.
+            ValueError: when a prompt is empty.
+        """
         texts = [self.config["template"].format(normalize_prompt(p)) for p in prompts]
         tokens = self.tokenizer(texts)
         return self.model.encode_text(tokens, normalize=True).float()

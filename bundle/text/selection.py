@@ -32,6 +32,10 @@ class PromptSelection:
         names: the prompts, normalised.
         values: their label values.
         embeddings: ``[K, E]`` embeddings, or ``None`` for the network's own class prompts.
+
+    Raises:
+        ValueError: when ``prompts`` are given but ``table`` is None, or a prompt is empty.
+        UnknownPromptError: when the table cannot embed a prompt (no text encoder for a prompt it does not hold).
     """
 
     def __init__(
@@ -63,9 +67,17 @@ class PromptSelection:
 
     @property
     def label_map(self) -> dict[str, int]:
+        """``{normalised prompt: label value}``, in the order of the prompts."""
         return dict(zip(self.names, self.values))
 
     def write(self, output_dir: str | os.PathLike) -> Path:
-        """``labels.json`` in ``output_dir``: ``{"0": "background", value: prompt, ...}`` for the label maps written."""
+        """``labels.json`` in ``output_dir``: ``{"0": "background", value: prompt, ...}`` for the label maps written.
+
+        Args:
+            output_dir: an existing folder; the file is written there atomically, replacing any earlier one.
+
+        Returns:
+            The path of the file written.
+        """
         labels = {"0": "background", **{str(v): n for n, v in self.label_map.items()}}
         return write_text_atomic(Path(output_dir) / "labels.json", json.dumps(labels, indent=2))

@@ -25,6 +25,9 @@ class PromptEmbeddingTable:
         embeddings: normalised prompt -> ``[embed_dim]`` tensor.
         encoder_config: how the embeddings were made (model name, pretrained, template, seed).
         encoder: optional encoder for prompts that are not in the table.
+
+    Raises:
+        ValueError: when the embeddings differ in shape, or their size is not ``encoder.embed_dim``.
     """
 
     def __init__(
@@ -46,16 +49,30 @@ class PromptEmbeddingTable:
 
     @classmethod
     def build(cls, prompts: Iterable[str], encoder: TextPromptEncoder) -> PromptEmbeddingTable:
-        """Embed ``prompts`` with ``encoder`` and keep the encoder for later prompts."""
+        """Embed ``prompts`` with ``encoder`` and keep the encoder for later prompts.
+
+        Args:
+            prompts: prompt texts; normalised, duplicates dropped.
+            encoder: the text encoder.
+
+        Returns:
+            A table of the prompts' ``[embed_dim]`` embeddings, with ``encoder`` and its config.
+        """
         keys = list(dict.fromkeys(normalize_prompt(p) for p in prompts))
         return cls(dict(zip(keys, encoder(keys))), encoder=encoder)
 
     @property
     def prompts(self) -> list[str]:
+        """The normalised prompts in the table, in insertion order."""
         return list(self.embeddings)
 
     @property
     def embed_dim(self) -> int:
+        """Length of the embeddings: the table's, or the encoder's when the table is empty.
+
+        Raises:
+            ValueError: when the table is empty and has no encoder.
+        """
         if self.embeddings:
             return int(next(iter(self.embeddings.values())).shape[-1])
         if self.encoder is not None:
@@ -69,7 +86,17 @@ class PromptEmbeddingTable:
         return len(self.embeddings)
 
     def __call__(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Embeddings ``[N, embed_dim]`` of ``prompts``; unknown prompts are encoded (and added) when possible."""
+        """Embeddings ``[N, embed_dim]`` of ``prompts``; unknown prompts are encoded (and added) when possible.
+
+        Args:
+            prompts: ``N`` prompt texts (normalised for the lookup).
+
+        Returns:
+            Float32 CPU tensor ``[N, embed_dim]``, in the order of ``prompts``.
+
+        Raises:
+            UnknownPromptError: when a prompt is not in the table and there is no encoder.
+        """
         keys = [normalize_prompt(p) for p in prompts]
         unknown = [k for k in dict.fromkeys(keys) if k not in self.embeddings]
         if unknown:
@@ -83,7 +110,12 @@ class PromptEmbeddingTable:
         return torch.stack([self.embeddings[k] for k in keys])
 
     def state_dict(self) -> dict[str, object]:
-        """Plain tensors, strings and lists only, so ``torch.load(weights_only=True)`` can read it back."""
+        """Plain tensors, strings and lists only, so ``torch.load(weights_only=True)`` can read it back.
+
+        Returns:
+            ``{"prompts": [K] normalised prompts, "embeddings": [K, embed_dim] tensor (an empty tensor when K is
+            0), "encoder_config": dict}``.
+        """
         return {
             "prompts": self.prompts,
             "embeddings": torch.stack(list(self.embeddings.values())) if self.embeddings else torch.zeros(0),
@@ -94,6 +126,20 @@ class PromptEmbeddingTable:
     def from_state_dict(
         cls, state: Mapping[str, object], encoder: TextPromptEncoder | None = None
     ) -> PromptEmbeddingTable:
+        """The table that :meth:`state_dict` saved.
+
+        Args:
+            state: the saved state, with ``"prompts"``, ``"embeddings"`` and optionally ``"encoder_config"``.
+            encoder: optional encoder for prompts that are not in the table; it must have been built with the
+                table's encoder config (when the state records one).
+
+        Returns:
+            The table.
+
+        Raises:
+            ValueError: when ``state`` lacks ``"prompts"`` or ``"embeddings"``, their counts differ, or
+                ``encoder``'s config is not the recorded one.
+        """
         try:
             prompts, emb = list(state["prompts"]), state["embeddings"]  # type: ignore[call-overload]
         except (KeyError, TypeError) as e:

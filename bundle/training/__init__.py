@@ -1,6 +1,17 @@
-"""Training: the diffusion trainer on MONAI's engines, and its handlers (resume, best model, report)."""
+"""Training: the diffusion trainer on MONAI's engines, its handlers (resume, best model, report), and the up-front
+check of its inputs."""
 
 from .handlers import BestModelSaver, ResumeCheckpoint, TrainingReport
 from .trainer import DiffusionPrepareBatch, DiffusionTrainer
+from .validation import CheckedCacheDataset, InputError, check_inputs
 
-__all__ = ["BestModelSaver", "DiffusionPrepareBatch", "DiffusionTrainer", "ResumeCheckpoint", "TrainingReport"]
+__all__ = [
+    "BestModelSaver",
+    "CheckedCacheDataset",
+    "DiffusionPrepareBatch",
+    "DiffusionTrainer",
+    "InputError",
+    "ResumeCheckpoint",
+    "TrainingReport",
+    "check_inputs",
+]

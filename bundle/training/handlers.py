@@ -57,6 +57,11 @@ class BestModelSaver:
         self.saved = False
 
     def attach(self, trainer: Engine) -> None:
+        """Registers the saver on ``trainer`` (start, end) and on the evaluator (each validation).
+
+        Args:
+            trainer: the training engine.
+        """
         self.trainer = trainer
         trainer.add_event_handler(Events.STARTED, self._on_start)
         if self.evaluator is not None:
@@ -75,6 +80,11 @@ class BestModelSaver:
         return int(self.trainer.state.epoch) if self.trainer is not None else -1
 
     def save(self, metric: float | None) -> None:
+        """Writes the model file and its prompt table (main process only).
+
+        Args:
+            metric: the validation metric of these weights (``None``: no validation ran).
+        """
         if not is_main_process():
             return
         net = unwrap_module(self.network)
@@ -121,6 +131,11 @@ class ResumeCheckpoint:
         self.resume = resume
 
     def attach(self, trainer: Engine) -> None:
+        """Adds ``trainer`` to the saved objects and loads the resume file when the run starts.
+
+        Args:
+            trainer: the training engine.
+        """
         self.save_dict.setdefault("trainer", trainer)
         trainer.add_event_handler(Events.STARTED, self._load)
 
@@ -189,6 +204,11 @@ class TrainingReport:
         self._cases: list[Sequence[np.ndarray]] = []
 
     def attach(self, trainer: Engine) -> None:
+        """Registers the report on ``trainer`` (losses per epoch) and on the evaluator (metric, overlays).
+
+        Args:
+            trainer: the training engine.
+        """
         self.trainer = trainer
         trainer.add_event_handler(Events.STARTED, self._on_start)
         trainer.add_event_handler(Events.ITERATION_COMPLETED, self._on_train_iteration)

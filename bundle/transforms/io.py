@@ -19,7 +19,16 @@ __all__ = ["output_path_for", "SaveLabelMapd"]
 
 
 def output_path_for(source: str | os.PathLike, output_dir: str | os.PathLike, postfix: str = "seg") -> Path:
-    """``output_dir/<source stem>_<postfix>.nii.gz``."""
+    """``output_dir/<source stem>_<postfix>.nii.gz``.
+
+    Args:
+        source: the input file (or its name).
+        output_dir: the output folder.
+        postfix: appended to the stem.
+
+    Returns:
+        The output path (``x.nii`` and ``x.nii.gz`` give the same one: :class:`SaveLabelMapd` refuses the second).
+    """
     name = Path(str(source)).name
     for suffix in (".nii.gz", ".nii", ".mha", ".nrrd"):
         if name.endswith(suffix):
@@ -31,7 +40,12 @@ def output_path_for(source: str | os.PathLike, output_dir: str | os.PathLike, po
 class SaveLabelMapd(MapTransform):
     """Writes a label map as NIfTI with its own geometry, atomically (temporary file, then rename).
 
-    A killed run never leaves a half-written file; an existing output is replaced only by a complete one.
+    A killed run never leaves a half-written file; an existing output is replaced only by a complete one. Outputs
+    never overwrite each other: an output path that this writer already wrote for another source in its lifetime
+    (``x.nii`` and ``x.nii.gz``; two evaluation cases named alike in different folders) is refused with both files
+    named, and the first output stays (that outputs never overwrite inputs is
+    :func:`~bundle.data.datalist.check_output_dir`'s job). A failed write (a full disk) names the cause and the
+    file and leaves nothing behind.
 
     Args:
         keys: the label map(s) ``[1, *S]`` (MetaTensor carrying ``affine`` and ``filename_or_obj``).
@@ -39,6 +53,7 @@ class SaveLabelMapd(MapTransform):
         postfix: appended to the source file's stem.
         dtype: integer type of the written labels.
         source_key: the key whose file name names the output (defaults to the label map's own metadata).
+        allow_missing_keys: skip keys that are absent instead of failing.
     """
 
     def __init__(
@@ -55,8 +70,21 @@ class SaveLabelMapd(MapTransform):
         self.postfix = postfix
         self.dtype = dtype
         self.source_key = source_key
+        self._written: dict[Path, str] = {}
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Writes the label map(s) of one item.
+
+        Args:
+            data: a MONAI dictionary item.
+
+        Returns:
+            The item with ``<key>_path``: the written file.
+
+        Raises:
+            FileExistsError: the output would overwrite another source's output of this run.
+            OSError: the write failed (e.g. ``ENOSPC``), naming the source, the output and the cause.
+        """
         import nibabel as nib
 
         d = dict(data)
@@ -70,7 +98,19 @@ class SaveLabelMapd(MapTransform):
             if array.ndim == len(affine) and array.shape[0] == 1:  # drop the channel axis
                 array = array[0]
             out = output_path_for(source, self.output_dir, self.postfix)
-            with atomic_path(out, suffix=".nii.gz") as tmp:
-                nib.save(nib.Nifti1Image(np.rint(array).astype(self.dtype), affine), str(tmp))
+            resolved = out.expanduser().resolve()
+            earlier = self._written.get(resolved)
+            if earlier is not None and earlier != source:
+                raise FileExistsError(
+                    f"{source}: its output {out} was already written for {earlier} in this run; not overwritten "
+                    "(rename one of the two inputs)"
+                )
+            try:
+                with atomic_path(out, suffix=".nii.gz") as tmp:
+                    nib.save(nib.Nifti1Image(np.rint(array).astype(self.dtype), affine), str(tmp))
+            except OSError as e:
+                message = f"{source}: writing {out} failed: {e.strerror or e}"
+                raise (OSError(e.errno, message) if e.errno is not None else OSError(message)) from e
+            self._written[resolved] = source
             d[f"{key}_path"] = str(out)
         return d

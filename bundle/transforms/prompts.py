@@ -26,9 +26,11 @@ class RandPromptd(Randomizable, MapTransform):
         prompt_key: where the prompt text goes.
         class_key: where the sampled label value goes (an int; 0 never occurs).
         absent_prob: probability of prompting a class that is absent from the map (empty target), when there is one.
+        allow_missing_keys: don't raise an exception when a key is missing.
 
     Raises:
-        ValueError: naming the label file, when the map holds values outside ``class_names`` and background.
+        ValueError: when ``class_names`` is empty or holds 0, or ``absent_prob`` is outside ``[0, 1]``; when
+            called, naming the label file, when the map holds values outside ``class_names`` and background.
     """
 
     def __init__(
@@ -54,6 +56,12 @@ class RandPromptd(Randomizable, MapTransform):
         self._choice: int | None = None
 
     def randomize(self, present: Sequence[int]) -> None:  # type: ignore[override]
+        """Choose the class to prompt: an absent one with probability ``absent_prob`` (always when no class is
+        present), else one of ``present``, uniformly.
+
+        Args:
+            present: the class values (of ``class_names``) present in the map.
+        """
         absent = [c for c in self.class_names if c not in present]
         if absent and (not present or self.R.rand() < self.absent_prob):
             self._choice = int(self.R.choice(absent))
@@ -61,6 +69,17 @@ class RandPromptd(Randomizable, MapTransform):
             self._choice = int(self.R.choice(list(present)))
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """
+        Args:
+            data: a dictionary item holding the label map under each key.
+
+        Returns:
+            A shallow copy of ``data`` with ``target_key`` (``[1, *S]`` float32), ``prompt_key`` and ``class_key``
+            set (for the last key).
+
+        Raises:
+            ValueError: naming the label file, when the map holds values outside ``class_names`` and background.
+        """
         d = dict(data)
         for key in self.key_iterator(d):
             label = d[key]
@@ -90,6 +109,7 @@ class EmbedPromptd(MapTransform):
         keys: the prompt entries: a string, or a list of strings (one embedding each).
         table: the prompt table (unknown prompts are encoded when it has an encoder, else a clear error).
         embedding_key: where the embedding goes: ``[embed_dim]`` for one prompt, ``[N, embed_dim]`` for a list.
+        allow_missing_keys: don't raise an exception when a key is missing.
     """
 
     def __init__(
@@ -104,6 +124,17 @@ class EmbedPromptd(MapTransform):
         self.embedding_key = embedding_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """
+        Args:
+            data: a dictionary item holding prompt text under each key.
+
+        Returns:
+            A shallow copy of ``data`` with ``embedding_key`` set: ``[embed_dim]`` for a string, ``[N, embed_dim]``
+            for ``N`` prompts.
+
+        Raises:
+            UnknownPromptError: when a prompt is not in the table and the table has no encoder.
+        """
         d = dict(data)
         for key in self.key_iterator(d):
             prompts = d[key]

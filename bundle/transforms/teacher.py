@@ -43,10 +43,16 @@ class TeacherTargetsd(MapTransform):
         cache_dir: the :class:`TeacherCache` folder.
         class_values: the label values, in ``channel_def`` order (the student's ``k``-th prompt is the ``k``-th).
         label_key: the multi-label map ``[1, *S]``.
+        teacher_key: where the teacher probabilities ``[K, *S]`` (float32) go.
+        weight_key: where the trust weights ``[K, *S]`` (float32, 0 or 1) go.
         iou_threshold: slices whose predicted IoU is below it get weight 0.
         prompt_source: ``"label"`` or ``"student"``.
         student: the :class:`StudentMasks` of ``"student"`` mode.
         supervised_key: where 1 (labelled) or 0 (unlabelled) goes.
+
+    Raises:
+        ValueError: when ``prompt_source`` is not a known option, or is ``"student"`` with a teacher but no
+            ``student``.
     """
 
     def __init__(
@@ -77,6 +83,19 @@ class TeacherTargetsd(MapTransform):
         self.prompt_source, self.student, self.supervised_key = prompt_source, student, supervised_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """
+        Args:
+            data: a dictionary item with the image ``[1, *S]`` under each key and, when labelled, ``label_key``.
+
+        Returns:
+            A shallow copy of ``data`` with ``teacher_key`` and ``weight_key`` (``[K, *S]``, in the image's
+            geometry) and ``supervised_key`` (a scalar tensor) set, and ``label_key`` a pseudo-label ``[1, *S]``
+            (uint8) for an unlabelled case; ``data``'s entries unchanged when the teacher is off.
+
+        Raises:
+            ValueError: naming the image file, when the image is not ``[1, *S]`` 2D or 3D, or has no label while
+                the prompts come from labels.
+        """
         d = dict(data)
         if self.teacher is None:
             return d
@@ -128,6 +147,14 @@ class SelectTeacherd(MapTransform):
     """Keeps the teacher channel of the class that :class:`~bundle.transforms.RandPromptd` prompted.
 
     An absent class (empty target) keeps a zero weight: the teacher has no opinion on it.
+
+    Args:
+        keys: the teacher entries, ``[K, *S]`` in ``class_values`` order (``teacher`` and ``teacher_weight``);
+            each becomes ``[1, *S]``.
+        class_values: the label values, in the order of the entries' channels.
+        class_key: where the prompted label value is (:class:`~bundle.transforms.RandPromptd`'s ``class_key``).
+        allow_missing_keys: don't raise an exception when a key is missing (the default: with the teacher off
+            there are no teacher entries).
     """
 
     def __init__(

@@ -28,6 +28,7 @@ from bundle.utils.io import PathLike, save_torch_atomic
 
 __all__ = [
     "CheckpointError",
+    "check_finite",
     "load_checkpoint",
     "load_model_info",
     "load_prompt_table",
@@ -138,6 +139,10 @@ def load_weights(
 
     Returns:
         ``network``, loaded.
+
+    Raises:
+        CheckpointError: naming the file, when it is missing or unreadable, does not fit ``network``, or holds
+            NaN or infinite weights.
     """
     return load_state(network, load_checkpoint(path, map_location), path, key)
 
@@ -156,7 +161,8 @@ def load_state(network: nn.Module, ckpt: Mapping[str, Any], path: PathLike, key:
 
     Raises:
         CheckpointError: naming the file and listing missing keys, unexpected keys and shape mismatches, when the
-            checkpoint was saved from another architecture or configuration.
+            checkpoint was saved from another architecture or configuration; naming the file and the first
+            non-finite tensor, when weights are NaN or infinite.
     """
     state = _state_dict_of(ckpt, path, key)
     own = network.state_dict()
@@ -183,8 +189,33 @@ def load_state(network: nn.Module, ckpt: Mapping[str, Any], path: PathLike, key:
             f"{path}: checkpoint does not fit {type(network).__name__} as configured (another architecture or "
             f"other network settings?): " + "; ".join(problems)
         )
+    check_finite(state, path)
     network.load_state_dict(state, strict=True)
     return network
+
+
+def check_finite(state: Mapping[str, torch.Tensor], path: PathLike) -> None:
+    """Refuses weights with NaN or infinite values (a diverged run's weights give empty masks, silently).
+
+    Args:
+        state: a state dict.
+        path: its file (for messages).
+
+    Raises:
+        CheckpointError: naming the file, the first non-finite tensor and how many tensors are affected.
+    """
+    bad = [
+        (k, int((~torch.isfinite(v)).sum()), v.numel())
+        for k, v in state.items()
+        if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all())
+    ]
+    if bad:
+        key, count, numel = bad[0]
+        more = f"; {len(bad)} of {len(state)} tensors are affected" if len(bad) > 1 else ""
+        raise CheckpointError(
+            f"{path}: non-finite weights (the run that saved them diverged?): '{key}' has {count} NaN or infinite "
+            f"value(s) of {numel}{more}"
+        )
 
 
 def load_model_info(path: PathLike) -> dict[str, Any]:

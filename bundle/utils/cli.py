@@ -16,6 +16,12 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     A VALUE is read as JSON (numbers, lists, ``null``, ``true``), else as a Python literal (``False``, ``None``, as
     on the ``python -m monai.bundle`` command line), else it is the string itself.
 
+    Args:
+        items: the ``KEY=VALUE`` strings; a later KEY overrides an earlier one.
+
+    Returns:
+        ``{KEY: value}``.
+
     Raises:
         ValueError: naming an item that has no ``=``.
     """

@@ -8,7 +8,9 @@ place only when complete, so a reader, or a run killed at any moment, never sees
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,12 +19,26 @@ from typing import Any
 
 import torch
 
-__all__ = ["PathLike", "TEMP_MARK", "atomic_path", "write_text_atomic", "save_torch_atomic", "file_sha256"]
+__all__ = [
+    "PathLike",
+    "TEMP_MARK",
+    "atomic_path",
+    "write_text_atomic",
+    "save_torch_atomic",
+    "file_sha256",
+    "remove_leftovers",
+]
+
+logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
 
 # in the name of every file being written: leftovers of a killed process are found by it
 TEMP_MARK = ".segone-tmp"
+# the temporary names atomic_path writes: .<name>.segone-tmp-<pid>-<8 hex digits><suffix>
+_TEMP_NAME = re.compile(
+    r"^\.(?P<name>.+)" + re.escape(TEMP_MARK) + r"-(?P<pid>\d+)-[0-9a-f]{8}(?P<suffix>(?:\.[A-Za-z0-9]+)*)$"
+)
 
 
 @contextmanager
@@ -97,3 +113,48 @@ def file_sha256(path: PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OverflowError, OSError):
+        return True  # someone else's live process, or a pid we cannot judge: keep its file
+    return True
+
+
+def remove_leftovers(folder: PathLike) -> list[Path]:
+    """Removes the temporary files that killed processes left in ``folder`` and its sub-folders.
+
+    Only regular files whose names match what :func:`atomic_path` writes (``.<name>.segone-tmp-<pid>-<8 hex
+    digits><suffix>``) and whose writing process no longer runs on this machine are removed; anything else, and
+    the temporaries of live writers (another run sharing the folder), stay. Symbolic links are neither followed
+    nor removed.
+
+    Args:
+        folder: the output folder of a run (e.g. training's ``output_dir``); a missing folder is no error.
+
+    Returns:
+        The removed files.
+    """
+    removed: list[Path] = []
+    root = Path(folder)
+    if not root.is_dir():
+        return removed
+    for dirpath, _, filenames in os.walk(root, followlinks=False):
+        for name in filenames:
+            match = _TEMP_NAME.match(name)
+            path = Path(dirpath) / name
+            if match is None or path.is_symlink() or not path.is_file() or _process_alive(int(match["pid"])):
+                continue
+            try:
+                path.unlink()
+            except FileNotFoundError:  # another process removed it first
+                continue
+            removed.append(path)
+            logger.info("removed %s, left by a killed run", path)
+    return removed

@@ -155,6 +155,17 @@ def test_train_fine_tunes_from_the_model_and_infer_uses_the_new_weights(server):
     assert f"Infer model path: {finetuned}" in server["log"].read_text()
 
 
+def test_no_cross_origin_access_by_default(server):
+    import requests
+
+    url = server["url"]
+    preflight = {"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
+    assert "access-control-allow-origin" not in requests.options(f"{url}/infer/segone", headers=preflight).headers
+    r = requests.get(f"{url}/info/", headers={"Origin": "http://evil.example", "Cookie": "session=x"}, timeout=30)
+    assert r.ok and "access-control-allow-origin" not in r.headers
+    assert "access-control-allow-credentials" not in r.headers
+
+
 def test_the_app_refuses_to_listen_everywhere_by_default():
     from bundle.apps.monailabel.main import check_bind_address
 
@@ -223,7 +234,7 @@ def test_dicomweb_lists_series_infers_and_stores_the_seg_back(tmp_path, orthanc)
     image, _ = make_phantom(3, shape=(36, 50, 36))
     series_dir = write_mr_series(
         tmp_path / "mr",
-        image * 1000,
+        image / image.max() * 3000,  # within the series' uint16 range (write_mr_series clips at 4000)
         "1.2.826.0.1.3680043.8.498.77",
         "1.2.826.0.1.3680043.8.498.77.1",
         description="T1 hippocampus crop",

@@ -116,3 +116,108 @@ def test_real_hippocampus_datalist():
     assert len(split["test"]) >= 208 // 5
     first = CheckInputd()(LOAD(split["test"][0]))
     assert first["image"].shape == first["label"].shape
+
+
+# --- bad input refused with the file named (issue #14) --------------------------------------------------------
+
+
+def _signal(shape=(8, 8, 8)):
+    return np.random.default_rng(1).random(shape, dtype=np.float32) + 1.0
+
+
+@pytest.mark.parametrize(
+    "image,spacing,message",
+    [
+        (np.zeros((8, 8, 8), np.float32), (1, 1, 1), r"img\.nii\.gz: no signal: every voxel is 0 "),
+        (np.full((8, 8, 8), -3.5, np.float32), (1, 1, 1), r"img\.nii\.gz: no signal: every voxel is -3\.5 "),
+        (_signal(), (0.3, 0.3, 6.0), r"img\.nii\.gz: voxel size 0\.3 x 0\.3 x 6 mm is too anisotropic \(ratio 20\.0"),
+        (_signal(), (0.01, 0.01, 0.01), r"img\.nii\.gz: implausible voxel size 0\.01 x 0\.01 x 0\.01 mm"),
+        (_signal(), (30, 30, 30), r"img\.nii\.gz: implausible voxel size 30 x 30 x 30 mm"),
+    ],
+)
+def test_check_input_refuses_images_without_signal_or_with_implausible_geometry(tmp_path, image, spacing, message):
+    path = _nifti(tmp_path / "img.nii.gz", image, np.diag([*spacing, 1.0]))
+    loaded = LoadImaged("image", image_only=True, ensure_channel_first=True)({"image": str(path)})
+    with pytest.raises(ValueError, match=message):
+        CheckInputd(label_key=None)(loaded)
+
+
+def test_check_input_keeps_good_anisotropic_images_within_the_documented_ratio(tmp_path):
+    from bundle.data.checks import MAX_ANISOTROPY
+
+    path = _nifti(tmp_path / "img.nii.gz", _signal(), np.diag([1.0, 1.0, MAX_ANISOTROPY, 1.0]))
+    loaded = LoadImaged("image", image_only=True, ensure_channel_first=True)({"image": str(path)})
+    assert CheckInputd(label_key=None)(loaded)["image"] is loaded["image"]
+
+
+@pytest.mark.parametrize(
+    "label,message",
+    [
+        (np.where(np.arange(512).reshape(8, 8, 8) % 3 == 0, 5, 1).astype(np.float32), r"label values \[5\] are not"),
+        (np.full((8, 8, 8), -1, np.int16), r"label values \[-1\] are not among the model's classes \[0, 1, 2\]"),
+        (np.full((8, 8, 8), 0.5, np.float32), r"lab\.nii\.gz: label has non-integer values \(e\.g\. \[0\.5\]\)"),
+    ],
+)
+def test_check_input_refuses_labels_outside_channel_def(tmp_path, label, message):
+    data = {
+        "image": str(_nifti(tmp_path / "img.nii.gz", _signal())),
+        "label": str(_nifti(tmp_path / "lab.nii.gz", label)),
+    }
+    loaded = LoadImaged(["image", "label"], image_only=True, ensure_channel_first=True)(data)
+    check = CheckInputd(label_values=[0, 1, 2])
+    with pytest.raises(ValueError, match=message):
+        check(loaded)
+    loaded["label"] = loaded["label"] * 0 + 2  # a label the model knows passes
+    assert check(loaded)["label"] is loaded["label"]
+
+
+def _huge(path):
+    header = nib.Nifti1Header()
+    header.set_data_shape((2000, 2000, 2000))
+    header.set_data_dtype(np.float32)
+    header["vox_offset"] = 352
+    with open(path, "wb") as f:
+        header.write_to(f)
+        f.write(b"\x00" * 4)
+    return path
+
+
+def test_check_header_refuses_before_loading(tmp_path):
+    from bundle.data.checks import MAX_VOXELS, CheckHeaderd
+
+    check = CheckHeaderd(["image", "label"], allow_missing_keys=True)
+    huge = _huge(tmp_path / "huge.nii")
+    with pytest.raises(
+        ValueError, match=rf"huge\.nii: shape \(2000, 2000, 2000\) is 8000000000 voxels, over the limit of {MAX_VOXELS}"
+    ):
+        check({"image": str(huge)})
+    four = _nifti(tmp_path / "four.nii.gz", np.zeros((4, 4, 4, 2), np.float32))
+    with pytest.raises(ValueError, match=r"four\.nii\.gz: a 4D image of shape \(4, 4, 4, 2\) \(2 volumes\)"):
+        check({"image": str(_nifti(tmp_path / "img.nii.gz", _signal())), "label": str(four)})
+    cut = _nifti(tmp_path / "cut.nii", _signal())
+    cut.write_bytes(cut.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"cut\.nii: truncated: 1000 bytes, the header needs 2400"):
+        check({"image": str(cut)})
+    (tmp_path / "junk.nii").write_bytes(b"not a header")
+    with pytest.raises(ValueError, match=r"junk\.nii: unreadable NIfTI header"):
+        check({"image": str(tmp_path / "junk.nii")})
+    good = {
+        "image": str(_nifti(tmp_path / "ok.nii", _signal())),
+        "label": str(_nifti(tmp_path / "l.nii.gz", _signal()[..., None])),
+    }
+    assert check(good) == good  # a trailing axis of size 1 is one volume
+    assert check({"image": object()})  # not a path: passes (a DICOM series)
+
+
+def test_check_output_dir_refuses_the_input_folder_and_folders_inside_it(tmp_path):
+    from bundle.data.datalist import check_output_dir
+
+    image = _nifti(tmp_path / "in" / "a.nii.gz", _signal())
+    for out in (tmp_path / "in", tmp_path / "in" / "sub" / "segs", tmp_path / "in" / ".." / "in"):
+        with pytest.raises(ValueError, match=r"is, or is inside, the input folder .*in: outputs could overwrite"):
+            check_output_dir(tmp_path / "in", out)
+    with pytest.raises(ValueError, match="is, or is inside"):
+        check_output_dir(image, tmp_path / "in")  # one file: its folder counts
+    assert check_output_dir(tmp_path / "in", tmp_path / "out") == (tmp_path / "out").resolve()
+    assert check_output_dir(tmp_path / "in", tmp_path / "inside_not") == (tmp_path / "inside_not").resolve()
+    assert check_output_dir("", tmp_path / "out") == (tmp_path / "out").resolve()

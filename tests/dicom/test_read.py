@@ -91,7 +91,15 @@ def test_a_uid_with_a_path_in_it_is_sanitised(tmp_path):
     root = tmp_path / "in"
     _write(root / "x.dcm", "1.2.3", "../../evil", 0)
     series, _ = discover_series(root)
-    assert series[0].key == "1.2.3/evil"
+    assert series[0].key.startswith("1.2.3/evil-") and series[0].key == f"1.2.3/{safe_name('../../evil')}"
+
+
+def test_distinct_uids_keep_distinct_names_after_sanitising():
+    tricky = ["1.2.3", "1.2.3.", "1.2.3-", ".1.2.3", "1" * 97, "1" * 98, "1" * 96, "", "a/b", "a_b", "a b"]
+    names = [safe_name(v) for v in tricky]
+    assert len(set(names)) == len(tricky), names
+    assert safe_name("1" * 96) == "1" * 96 and safe_name("1.2.3") == "1.2.3"  # valid names are kept as they are
+    assert all(0 < len(n) <= 96 and not n.startswith(".") for n in names)
 
 
 def test_missing_root_is_an_error(tmp_path):
@@ -151,3 +159,33 @@ def test_real_mr_studies_are_discovered_and_read():
         volume, affine = read_series(s)
         assert volume.shape[2] == len(s.files) and np.isfinite(volume).all()
         np.testing.assert_allclose(np.abs(np.diag(affine)[:3]), 1.0, atol=1e-3)  # 1 mm crops
+
+
+def test_a_series_over_the_voxel_limit_is_refused_from_its_headers(tmp_path, monkeypatch):
+    import bundle.dicom.read as read
+
+    series = _series(tmp_path, [0.0, 2.0, 4.0])
+    monkeypatch.setattr(read, "MAX_VOXELS", 8 * 8 * 3 - 1)
+    with pytest.raises(SeriesError, match=r"series 1\.2\.3\.9: 3 slices of 8x8 are 192 voxels, over the limit of 191"):
+        read_series(series)
+    monkeypatch.setattr(read, "MAX_VOXELS", 8 * 8 * 3)
+    assert read_series(series)[0].shape == (8, 8, 3)
+
+
+def test_a_slice_with_truncated_or_missing_pixel_data_is_named(tmp_path):
+    import pydicom
+
+    from bundle.dicom.read import check_pixel_data
+
+    series = _series(tmp_path, [0.0, 2.0, 4.0])
+    path = series.files[1]
+    ds = pydicom.dcmread(str(path))
+    ds.PixelData = ds.PixelData[:100]
+    ds.save_as(str(path), write_like_original=False)
+    with pytest.raises(SeriesError, match=rf"series 1\.2\.3\.9: {path}: truncated pixel data \(100 of 128 bytes\)"):
+        read_series(series)
+    del ds.PixelData
+    ds.save_as(str(path), write_like_original=False)
+    with pytest.raises(SeriesError, match=rf"{path}: no pixel data"):
+        check_pixel_data(path, "1.2.3.9")
+    check_pixel_data(series.files[0], "1.2.3.9")  # a whole slice passes

@@ -80,3 +80,22 @@ def test_a_file_that_is_no_checkpoint_of_ours_is_refused_by_name(tmp_path):
     path = save_torch_atomic({"weights": [1, 2], "epoch": 3}, tmp_path / "foreign.pt")
     with pytest.raises(CheckpointError, match="foreign.pt: neither a state dict nor a SegOne model"):
         load_weights(_net(), path)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_naming_the_file_and_the_tensor(tmp_path, bad):
+    net = _net()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    state["1.weight"][0, 0] = bad
+    state["1.bias"][:] = bad
+    path = tmp_path / "model.pt"
+    save_torch_atomic(state, path)
+    fresh = _net()
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(CheckpointError) as err:
+        load_weights(fresh, path)
+    message = str(err.value)
+    assert str(path) in message and "non-finite weights" in message
+    assert "'1.weight' has 1 NaN or infinite value(s) of 8" in message and "2 of 4 tensors" in message
+    # the network keeps its own weights
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())

@@ -34,9 +34,13 @@ def start_server(
         models_dir: the app's ``models_dir`` (fine-tuned weights).
         log: file receiving the server's output.
         conf: extra ``--conf KEY VALUE`` arguments, as a flat list.
+        timeout: seconds to wait for the server to answer.
 
     Returns:
         ``(process, base URL)``.
+
+    Raises:
+        RuntimeError: the server exited or did not answer in time (the log's end is in the message).
     """
     import requests
 
@@ -80,7 +84,18 @@ def start_server(
 
 
 def stop_server(proc: subprocess.Popen, timeout: float = 60) -> int:
-    """Stops the server as Ctrl+C would (SIGINT) and returns its exit status; kills it if it does not stop."""
+    """Stops the server as Ctrl+C would (SIGINT); kills its process group if it does not stop in time.
+
+    Args:
+        proc: the server process of :func:`start_server`.
+        timeout: seconds to wait after SIGINT.
+
+    Returns:
+        The server's exit status.
+
+    Raises:
+        subprocess.TimeoutExpired: it did not stop in time (it was killed).
+    """
     proc.send_signal(signal.SIGINT)
     try:
         return proc.wait(timeout=timeout)

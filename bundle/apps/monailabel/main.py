@@ -8,7 +8,12 @@ Optional ``--conf KEY VALUE`` settings:
 - ``models_dir``: where fine-tuned weights go (default: ``<app>/model``); inference uses ``models_dir/model.pt``
   when it exists, the shipped ``models/model.pt`` otherwise;
 - ``num_inference_steps``: DDIM steps (default: inference.json's);
-- ``skip_trainers``: ``true`` to serve inference only.
+- ``skip_trainers``: ``true`` to serve inference only;
+- ``max_upload_mb``: the largest request body accepted (default 64);
+- ``cors_origins``: comma-separated browser origins allowed to call the server (e.g. OHIF on another origin);
+  default none: CORS is off.
+
+Requests are checked before MONAI Label acts on them (``security.py``, ``datastore.py``; docs/security.md).
 """
 
 from __future__ import annotations
@@ -19,13 +24,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
+from bundle.apps.monailabel.datastore import SafeLocalDatastore, make_safe
+from bundle.apps.monailabel.security import (
+    DEFAULT_MAX_UPLOAD_MB,
+    RequestError,
+    cors_origins,
+    install_http_guard,
+    validate_image_request,
+    validate_train_params,
+)
 from bundle.apps.monailabel.tasks import SegOneInfer, SegOneTrain
 from bundle.utils.config import BUNDLE_ROOT, bundle_metadata
 
@@ -39,40 +55,68 @@ def _truthy(value: Any) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
+def _hosts(argv: list[str]) -> list[str]:
+    hosts = []
+    for i, a in enumerate(argv):
+        if a in ("--host", "-i") and i + 1 < len(argv):
+            hosts.append(argv[i + 1])
+        elif a.startswith(("--host=", "-i=")):
+            hosts.append(a.split("=", 1)[1])
+    return hosts
+
+
 def check_bind_address(argv: list[str]) -> None:
     """Refuses MONAI Label's default of listening on every interface unless ``--host`` was given explicitly.
 
     ``monailabel start_server`` binds to 0.0.0.0 when ``--host`` is left out, which would expose unauthenticated
     inference and training to the network. Only the server command is checked (MONAI Label also runs the app in
-    subprocesses for training, with other arguments).
+    subprocesses for training, with other arguments). ``--host X``, ``--host=X`` and ``-i X`` are understood.
+
+    Args:
+        argv: the process's command line (``sys.argv``).
+
+    Raises:
+        SystemExit: for ``start_server`` without ``--host``.
     """
     if "start_server" not in argv:
         return
-    hosts = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--host", "-i")]
+    hosts = _hosts(argv)
     if not hosts:
         raise SystemExit(
             "SegOne's MONAI Label app listens on loopback unless told otherwise: add --host 127.0.0.1 (or a public "
-            "address together with MONAI Label's authentication, see docs/monailabel.md)."
+            "address together with MONAI Label's authentication, see docs/security.md)."
         )
-    from monailabel.config import settings
-
     if hosts[-1] not in ("127.0.0.1", "localhost", "::1") and not settings.MONAI_LABEL_AUTH_ENABLE:
         logger.warning(
             "serving on %s without authentication: anyone who can reach this port can run inference and training "
-            "(set MONAI_LABEL_AUTH_ENABLE and a Keycloak realm, see docs/monailabel.md)",
+            "(set MONAI_LABEL_AUTH_ENABLE and a Keycloak realm, and TLS, see docs/security.md)",
             hosts[-1],
         )
 
 
 class SegOneApp(MONAILabelApp):
+    """The SegOne MONAI Label app: the bundle's infer and fine-tuning tasks behind checked requests.
+
+    Args:
+        app_dir: this folder.
+        studies: a studies folder or a DICOMweb URL.
+        conf: the ``--conf`` settings (see the module docstring).
+
+    Raises:
+        SystemExit: for ``start_server`` without ``--host``.
+        ValueError: for an invalid ``max_upload_mb`` or ``cors_origins`` setting.
+    """
+
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         check_bind_address(sys.argv)
+        max_upload_mb = float(conf.get("max_upload_mb", DEFAULT_MAX_UPLOAD_MB))
+        if not max_upload_mb > 0:
+            raise ValueError(f"max_upload_mb must be positive, got {max_upload_mb}")
+        origins = cors_origins(conf.get("cors_origins"))
         # MONAI Label looks up dcmqi's itkimage2segimage (DICOM SEG for DICOMweb studies) on PATH and downloads it
         # when absent; the environment's own copy (the dcmqi wheel) is next to this interpreter
         # a DICOMweb PACS is searched for MR series: MONAI Label's default filter is {"Modality": "CT"}, which
         # start_server also exports to the environment, so only that default value is replaced
-        from monailabel.config import settings
-
         if settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER == {"Modality": "CT"}:
             settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER = {"Modality": "MR"}
         env_bin = os.path.dirname(sys.executable)
@@ -91,6 +135,64 @@ class SegOneApp(MONAILabelApp):
             description=meta.get("description", "SegOne"),
             version=meta.get("version", "0"),
         )
+        # in the server (not in MONAI Label's training subprocess): checks in front of MONAI Label's routes
+        install_http_guard(int(max_upload_mb * 2**20), origins, lambda: list(self._trainers))
+
+    def init_datastore(self) -> Datastore:
+        """The studies: a folder (ids, tags and uploads checked) or a DICOMweb PACS (ids and tags checked).
+
+        Returns:
+            The datastore.
+        """
+        if self.studies.startswith(("http://", "https://")):
+            self.studies = self.studies.rstrip("/").strip()
+            return make_safe(self.init_remote_datastore())
+        return SafeLocalDatastore(
+            self.studies,
+            extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
+
+    def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
+        """Runs inference on a study of the datastore or an uploaded image; a client path is refused.
+
+        Args:
+            request: MONAI Label's infer request (``model``, ``image``, the parameters).
+            datastore: the datastore (default the app's).
+
+        Returns:
+            MONAI Label's result (``label``, ``params``).
+
+        Raises:
+            RequestError: 404 for an unknown model or study, 400 for an image given as a path or an invalid id.
+        """
+        if request.get("model") not in self._infers:
+            raise RequestError(f"unknown model {request.get('model')!r} (models: {sorted(self._infers)})", 404)
+        store = datastore or self.datastore()
+        sessions = self.sessions()
+        validate_image_request(
+            request.get("image"), lambda i: i in store.list_images(), sessions.store_path if sessions else None
+        )
+        return super().infer(request, datastore)
+
+    def train(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Runs fine-tuning (in MONAI Label's training subprocess) after checking the options again.
+
+        Args:
+            request: the training request (``model`` and the options of
+                :data:`~bundle.apps.monailabel.security.TRAIN_PARAMS`).
+
+        Returns:
+            MONAI Label's training result.
+
+        Raises:
+            RequestError: for an unknown model, or an option of the wrong type, out of range or a config expression.
+        """
+        # what MONAI Label itself adds to the checked request on its way to this subprocess
+        options = {k: v for k, v in request.items() if k not in ("bundle_path", "local_rank")}
+        validate_train_params(options, list(self._trainers))
+        return super().train(request)
 
     def _infer_overrides(self) -> dict[str, Any]:
         overrides: dict[str, Any] = {}
@@ -102,6 +204,11 @@ class SegOneApp(MONAILabelApp):
         return str(self.finetuned_model if self.finetuned_model.is_file() else self.shipped_model)
 
     def init_infers(self) -> dict[str, InferTask]:
+        """The ``segone`` infer task.
+
+        Returns:
+            ``{"segone": SegOneInfer}``.
+        """
         return {
             MODEL_NAME: SegOneInfer(
                 self.bundle_root, [self.shipped_model, self.finetuned_model], overrides=self._infer_overrides()
@@ -109,10 +216,20 @@ class SegOneApp(MONAILabelApp):
         }
 
     def init_trainers(self) -> dict[str, TrainTask]:
+        """The ``segone`` fine-tuning task, unless ``skip_trainers`` is set.
+
+        Returns:
+            ``{"segone": SegOneTrain}`` or ``{}``.
+        """
         if _truthy(self.conf.get("skip_trainers", "false")):
             return {}
         os.makedirs(self.models_dir, exist_ok=True)
         return {MODEL_NAME: SegOneTrain(self.bundle_root, self._current_weights, self.models_dir)}
 
     def init_strategies(self) -> dict[str, Strategy]:
+        """MONAI Label's ``random`` and ``first`` active-learning strategies.
+
+        Returns:
+            The strategies by name.
+        """
         return {"random": Random(), "first": First()}

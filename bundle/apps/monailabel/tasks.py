@@ -7,6 +7,7 @@ bundle and nothing downloaded.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import threading
@@ -25,7 +26,7 @@ from monailabel.transform.post import Restored
 
 from bundle.inference import prompted_inference
 from bundle.text import PromptEmbeddingTable, PromptSelection, UnknownPromptError
-from bundle.utils.checkpoint import load_prompt_table
+from bundle.utils.checkpoint import load_prompt_table, load_weights
 from bundle.utils.config import load_bundle_config
 from bundle.utils.metadata import class_names_from_metadata
 
@@ -47,6 +48,7 @@ class SegOneInfer(BasicInferTask):
         model_paths: checkpoint files, in increasing priority: the last one that exists is used (the shipped model,
             then fine-tuned weights written by :class:`SegOneTrain`); a changed file is reloaded on the next request.
         overrides: inference.json overrides (e.g. ``num_inference_steps``).
+        description: the model's description in ``/info/``.
     """
 
     def __init__(
@@ -113,12 +115,88 @@ class SegOneInfer(BasicInferTask):
         return super().__call__(request, callbacks)
 
     def pre_transforms(self, data: dict[str, Any] | None = None) -> Sequence[Callable]:
+        """inference.json's preprocessing (loading, input checks, orientation, normalisation).
+
+        Args:
+            data: the request's data (unused).
+
+        Returns:
+            The transforms.
+        """
         return list(self.preprocessing.transforms)
 
+    def run_pre_transforms(self, data: dict[str, Any], transforms: Sequence[Callable]) -> dict[str, Any]:
+        """Runs the preprocessing; an image that cannot be read or fails the input checks is the client's error.
+
+        Args:
+            data: the request's data.
+            transforms: the preprocessing.
+
+        Returns:
+            The preprocessed data.
+
+        Raises:
+            HTTPException: 422 naming the problem, instead of MONAI Label's bare 500.
+        """
+        try:
+            return super().run_pre_transforms(data, transforms)
+        except Exception as e:
+            logger.info("infer request refused: the image could not be read or prepared: %s", e)
+            reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            image = data.get("image")
+            if isinstance(image, str) and image:  # name the study, not the server's file
+                reason = reason.replace(image, os.path.basename(image))
+            raise HTTPException(
+                status_code=422, detail=f"the image could not be read or prepared for inference: {reason[:500]}"
+            ) from e
+
+    def _get_network(self, device: str, data: dict[str, Any] | None) -> torch.nn.Module:
+        """The network with the served weights, read with ``weights_only=True`` and strictly; cached until the file
+        changes (MONAI Label's own loader calls ``torch.load`` without ``weights_only``).
+
+        Args:
+            device: where the network runs.
+            data: the request's data (unused: a client cannot choose the model file).
+
+        Returns:
+            The network in eval mode.
+
+        Raises:
+            CheckpointError: naming the file when it is missing, unreadable or does not fit the network.
+        """
+        path = self.get_path()
+        logger.info(f"Infer model path: {path}")
+        mtime = os.stat(path).st_mtime
+        cached = self._networks.get(device)
+        if cached and cached[1] == mtime:
+            return cached[0]
+        network = load_weights(copy.deepcopy(self.network), path, map_location="cpu").to(torch.device(device))
+        network.eval()
+        self._networks[device] = (network, mtime)
+        return network
+
     def inferer(self, data: dict[str, Any] | None = None) -> Inferer:
+        """The bundle's sliding-window inferer.
+
+        Args:
+            data: the request's data (unused: one inferer serves every request).
+
+        Returns:
+            inference.json's ``inferer``.
+        """
         return self._inferer
 
     def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cpu") -> dict[str, Any]:
+        """Class probabilities of the request's image for its prompts (:func:`bundle.inference.prompted_inference`).
+
+        Args:
+            data: the preprocessed request, with ``prompt_selection`` set in :meth:`__call__`.
+            convert_to_batch: unused (the image always gets a batch axis).
+            device: where the network runs.
+
+        Returns:
+            ``data`` with ``pred`` ``[1 + K, *S]``.
+        """
         selection: PromptSelection = data["prompt_selection"]  # set once per request in __call__
         network = self._get_network(device, data)
         image = data[self.input_key]
@@ -128,6 +206,14 @@ class SegOneInfer(BasicInferTask):
         return data
 
     def post_transforms(self, data: dict[str, Any] | None = None) -> Sequence[Callable]:
+        """Inverse of the preprocessing, argmax, the prompts' label values, and the input geometry.
+
+        Args:
+            data: the request's data, with its ``prompt_selection``.
+
+        Returns:
+            The transforms that turn ``pred`` into a label map in the input's geometry.
+        """
         selection: PromptSelection = (data or {}).get("prompt_selection") or PromptSelection(None, self.class_names)
         return [
             self.invert,
@@ -143,6 +229,16 @@ class SegOneInfer(BasicInferTask):
         ]
 
     def writer(self, data: dict[str, Any], extension=None, dtype=None):
+        """MONAI Label's writer, with the prompts' label values and names added to the result JSON.
+
+        Args:
+            data: the post-processed request.
+            extension: the result file's extension.
+            dtype: the result's data type.
+
+        Returns:
+            ``(result file, result JSON)``; the JSON has ``prompt_labels``.
+        """
         selection: PromptSelection = data.pop("prompt_selection")
         result_file, result_json = super().writer(data, extension=extension, dtype=dtype)
         result_json["prompt_labels"] = selection.label_map
