@@ -28,6 +28,9 @@ from bundle.utils.io import TEMP_MARK
 from tests.helpers.bundle_runs import CONFIGS, META, SMALL, TINY_CLIP_DIM, bundle_cli
 from tests.helpers.dicom_series import write_mr_series
 
+# end-to-end runs of the real commands: not part of the fast lane (make test-fast)
+pytestmark = pytest.mark.slow
+
 PROMPTS = ["anterior hippocampus", "posterior hippocampus"]
 SHAPE = (32, 40, 32)
 STUDY = "1.2.826.0.1.3680043.8.498.7"

@@ -27,6 +27,9 @@ from tests.helpers.bundle_runs import TINY_CLIP_DIM
 from tests.helpers.dicom_series import write_mr_series, write_sr
 from tests.helpers.shared_data import shared_path
 
+# end-to-end runs of the real commands: not part of the fast lane (make test-fast)
+pytestmark = pytest.mark.slow
+
 ROOT = BUNDLE_ROOT
 # the console entry point (pyproject.toml [project.scripts]), installed next to the interpreter
 COMMAND = Path(sys.executable).parent / "segone-dicom-batch"
