@@ -55,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         SystemExit: after ``--help`` (status 0), or when the options are invalid, a ``--set`` item is not
             ``KEY=VALUE`` or ``--input_dir`` is not a folder (status 2).
     """
+    from bundle.utils.cli import add_override_option
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--input_dir", required=True, help="folder of DICOM studies (any nesting); only read")
     ap.add_argument("--output_dir", required=True, help="output folder (SEGs, manifest.jsonl)")
@@ -65,13 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1, help="threads reading series ahead of inference (0: none)")
     ap.add_argument("--ckpt_path", default=None, help="model file (default: the bundle's models/model.pt)")
     ap.add_argument("--no_progress", action="store_true", help="no progress bar")
-    ap.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="bundle config override (VALUE parsed as JSON when it is JSON), e.g. --set overlap=0.5",
-    )
+    add_override_option(ap, "--set", "bundle config override, e.g. --set overlap=0.5")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("highdicom").setLevel(logging.WARNING)  # it logs every module it copies, per series

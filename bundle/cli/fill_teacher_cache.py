@@ -38,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         SystemExit: after ``--help`` (status 0), or when the options are invalid or a ``--set`` item is not
             ``KEY=VALUE`` (status 2).
     """
+    from bundle.utils.cli import add_override_option
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset_dir", default="", help="MSD folder (default: the demo data, as train.json)")
     ap.add_argument("--sam2_checkpoint", required=True, help="SAM2 checkpoint file (teacher#checkpoint)")
@@ -60,13 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="images without labels (teacher_training#unlabelled_dir; needs --prompt_source student)",
     )
-    ap.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any other train.json override, e.g. teacher#num_points=5 (VALUE parsed as JSON when it can be)",
-    )
+    add_override_option(ap, "--set", "any other train.json override, e.g. teacher#num_points=5")
     args = ap.parse_args(argv)
 
     from monai.transforms import Compose

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
 import json
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["parse_overrides"]
+__all__ = ["add_override_option", "parse_overrides"]
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
@@ -38,3 +39,22 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
             except (ValueError, SyntaxError):
                 overrides[key] = value
     return overrides
+
+
+def add_override_option(
+    parser: argparse.ArgumentParser, flag: str = "--set", help: str = "bundle config override"
+) -> None:
+    """Adds a repeatable ``KEY=VALUE`` config-override option (read with :func:`parse_overrides`).
+
+    Args:
+        parser: the command's parser.
+        flag: the option's name, e.g. ``--set`` or ``--eval_set``.
+        help: what the overrides apply to, with an example; the VALUE rule is appended.
+    """
+    parser.add_argument(
+        flag,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"{help} (repeatable; VALUE: JSON or a Python literal, else a string)",
+    )

@@ -56,6 +56,8 @@ def _bundle(run_id: str, config: str, **overrides: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from bundle.utils.cli import add_override_option
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset_dir", default="", help="MSD folder (default: the demo data)")
     ap.add_argument("--sam2_checkpoint", required=True, help="SAM2 checkpoint file (teacher#checkpoint)")
@@ -70,28 +72,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=str(BUNDLE_ROOT / "runs" / "ablate_teacher"),
         help="one folder per run in it (default: %(default)s)",
     )
-    ap.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="further train.json override for both runs (VALUE: JSON or a Python literal, else a string)",
-    )
-    ap.add_argument(
+    add_override_option(ap, "--set", "further train.json override for both runs")
+    add_override_option(
+        ap,
         "--teacher_set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override for the teacher run only, e.g. teacher_training#loss=dice, "
+        "override for the teacher run only, e.g. teacher_training#loss=dice, "
         "teacher_training#prompt_source=student, teacher_training#student_checkpoint=models/model.pt, "
         "teacher_training#unlabelled_dir=DIR/imagesTs, teacher#prompt=box+points",
     )
-    ap.add_argument(
-        "--eval_set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="evaluate.json override for both scorings (e.g. the network sizes set by --set)",
+    add_override_option(
+        ap, "--eval_set", "evaluate.json override for both scorings (e.g. the network sizes set by --set)"
     )
     args = ap.parse_args(argv)
 
