@@ -27,6 +27,7 @@ from bundle.utils.config import load_bundle_config
 from bundle.utils.io import TEMP_MARK
 from tests.helpers.bundle_runs import CONFIGS, META, SMALL, TINY_CLIP_DIM, bundle_cli
 from tests.helpers.dicom_series import write_mr_series
+from tests.helpers.images import write_huge_nifti_header
 
 # end-to-end runs of the real commands: not part of the fast lane (make test-fast)
 pytestmark = pytest.mark.slow
@@ -83,18 +84,6 @@ def _failure_line(log: str, path: Path) -> str:
 # --- folder inference --------------------------------------------------------------------------------------------
 
 
-def _huge_header(path: Path) -> Path:
-    """A NIfTI header that claims 2000^3 float32 voxels over a file of a few bytes."""
-    header = nib.Nifti1Header()
-    header.set_data_shape((2000, 2000, 2000))
-    header.set_data_dtype(np.float32)
-    header["vox_offset"] = 352
-    with open(path, "wb") as f:
-        header.write_to(f)
-        f.write(b"\x00" * 4 + b"\x00" * 64)
-    return path
-
-
 def _truncated_nii(path: Path) -> Path:
     _save(path, _image(7))
     path.write_bytes(path.read_bytes()[: 352 + 1000])
@@ -117,7 +106,7 @@ FOLDER_CASES = {
     "series_4d.nii.gz": (lambda p: _save(p, np.stack([_image(5)] * 3, -1)), "a 4D image of shape (32, 40, 32, 3)"),
     "truncated.nii": (_truncated_nii, "truncated:"),
     "truncated_gz.nii.gz": (_truncated_gz, "EOFError"),
-    "huge_header.nii": (_huge_header, "shape (2000, 2000, 2000) is 8000000000 voxels, over the limit"),
+    "huge_header.nii": (write_huge_nifti_header, "shape (2000, 2000, 2000) is 8000000000 voxels, over the limit"),
     "clash.nii.gz": (lambda p: _save(p, _image(9)), "was already written for"),
 }
 GOOD = ["good_a.nii.gz", "good_b.nii.gz", "clash.nii"]  # clash.nii comes first and keeps its output

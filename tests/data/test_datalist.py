@@ -12,6 +12,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
 from bundle.data import CheckInputd, find_images, load_msd_datalist, split_datalist
 from bundle.data.demo import write_demo_dataset
+from tests.helpers.images import write_huge_nifti_header
 from tests.helpers.shared_data import shared_path
 
 
@@ -171,22 +172,11 @@ def test_check_input_refuses_labels_outside_channel_def(tmp_path, label, message
     assert check(loaded)["label"] is loaded["label"]
 
 
-def _huge(path):
-    header = nib.Nifti1Header()
-    header.set_data_shape((2000, 2000, 2000))
-    header.set_data_dtype(np.float32)
-    header["vox_offset"] = 352
-    with open(path, "wb") as f:
-        header.write_to(f)
-        f.write(b"\x00" * 4)
-    return path
-
-
 def test_check_header_refuses_before_loading(tmp_path):
     from bundle.data.checks import MAX_VOXELS, CheckHeaderd
 
     check = CheckHeaderd(["image", "label"], allow_missing_keys=True)
-    huge = _huge(tmp_path / "huge.nii")
+    huge = write_huge_nifti_header(tmp_path / "huge.nii")
     with pytest.raises(
         ValueError, match=rf"huge\.nii: shape \(2000, 2000, 2000\) is 8000000000 voxels, over the limit of {MAX_VOXELS}"
     ):
