@@ -20,12 +20,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 __all__ = ["build_runner", "main"]
+
+# bundle.utils.threads.THREAD_ENV (tests/utils/test_threads.py checks that they agree), repeated here because
+# importing bundle.utils loads torch, and OpenMP reads these when torch loads
+_THREAD_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
 
 
 def build_runner(overrides: Mapping[str, Any]) -> Any:
@@ -55,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         SystemExit: after ``--help`` (status 0), or when the options are invalid, a ``--set`` item is not
             ``KEY=VALUE`` or ``--input_dir`` is not a folder (status 2).
     """
+    if "torch" not in sys.modules:  # a fresh command: OpenMP threads sleep rather than spin (bundle.utils.threads)
+        for key, value in _THREAD_ENV.items():
+            os.environ.setdefault(key, value)
     from bundle.utils.cli import add_override_option
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -31,6 +31,7 @@ import torch
 from bundle.dicom import SeriesInfo, discover_series
 from bundle.inference import failure_reason, prompted_inference
 from bundle.utils.io import file_sha256, remove_leftovers
+from bundle.utils.threads import set_inference_threads
 
 __all__ = ["Manifest", "DicomBatch", "BatchFailures", "model_version", "run_batch"]
 
@@ -141,6 +142,9 @@ class DicomBatch:
         device: where the network runs.
         workers: threads reading series ahead of inference (0: read in the main thread, no overlap).
         progress: show a progress bar over series (on standard error).
+        threads: the most intra-op threads inference uses on the CPU (default every CPU of the process); fewer
+            while other processes keep the cores busy (:func:`bundle.utils.threads.set_inference_threads`, called
+            before each series).
     """
 
     def __init__(
@@ -155,6 +159,7 @@ class DicomBatch:
         device: str | torch.device = "cpu",
         workers: int = 1,
         progress: bool = True,
+        threads: int | None = None,
     ) -> None:
         if workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
@@ -168,6 +173,7 @@ class DicomBatch:
         self.device = torch.device(device)
         self.workers = workers
         self.progress = progress
+        self.threads = threads
 
     def _load(self, info: SeriesInfo) -> tuple[dict[str, Any], float]:
         start = time.perf_counter()
@@ -177,6 +183,8 @@ class DicomBatch:
     def _segment(self, data: dict[str, Any]) -> tuple[dict[str, Any], float, float]:
         start = time.perf_counter()
         image = data["image"].unsqueeze(0).to(self.device)
+        if self.device.type == "cpu":
+            set_inference_threads(self.threads)
         pred = prompted_inference(self.inferer, self.network, image, self.prompt_embeddings)
         data["pred"] = pred[0].cpu()
         middle = time.perf_counter()

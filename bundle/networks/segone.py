@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
-from monai.networks.utils import pixelshuffle
 from monai.utils import ensure_tuple_rep
 
 from bundle.networks.blocks import (
@@ -23,6 +22,7 @@ from bundle.networks.blocks import (
     ShuffleUp,
     UnshuffleDown,
     conv1x1,
+    pixel_shuffle,
     pixel_unshuffle,
 )
 
@@ -126,7 +126,7 @@ class _Head(nn.Module):
     def forward(self, x: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         x = self.proj(x)
         if self.scale > 1:
-            x = pixelshuffle(x, self.spatial_dims, self.scale)
+            x = pixel_shuffle(x, self.spatial_dims, self.scale)
         if self.refine:
             x = self.out(self.act(self.mix(torch.cat([x, inputs[:, self.inputs_used]], dim=1))))
         return x

@@ -6,7 +6,18 @@ import pytest
 import torch
 from monai.networks.utils import pixelshuffle, pixelunshuffle
 
-from bundle.networks.blocks import FiLM, GlobalContext, ShuffleUp, SpatialShift, UnshuffleDown, conv1x1, pixel_unshuffle
+from bundle.networks.blocks import (
+    FiLM,
+    GlobalContext,
+    ShuffleUp,
+    SpatialShift,
+    UnshuffleDown,
+    _shuffle_by_axis,
+    _unshuffle_by_axis,
+    conv1x1,
+    pixel_shuffle,
+    pixel_unshuffle,
+)
 
 
 @pytest.mark.parametrize("spatial_dims,shape", [(2, (2, 3, 8, 6)), (3, (1, 2, 4, 6, 8))])
@@ -15,6 +26,31 @@ def test_pixel_unshuffle_matches_monai_and_inverts_pixelshuffle(spatial_dims, sh
     y = pixel_unshuffle(x, spatial_dims, 2)
     assert torch.equal(y, pixelunshuffle(x, spatial_dims, 2))
     assert torch.equal(pixelshuffle(y, spatial_dims, 2), x)
+
+
+@pytest.mark.parametrize(
+    "spatial_dims,r,shape", [(2, 2, (2, 12, 3, 5)), (2, 3, (1, 18, 4, 2)), (3, 2, (2, 16, 3, 4, 5))]
+)
+def test_export_time_shuffles_equal_monais(spatial_dims, r, shape):
+    # while exporting, the shuffles are written as single-axis transposes (onnxruntime runs rank-8 ones slowly)
+    x = torch.randn(*shape)
+    up = _shuffle_by_axis(x, spatial_dims, r)
+    assert torch.equal(up, pixelshuffle(x, spatial_dims, r))
+    assert torch.equal(pixel_shuffle(x, spatial_dims, r), up)
+    assert torch.equal(_unshuffle_by_axis(up, spatial_dims, r), pixelunshuffle(up, spatial_dims, r))
+
+
+def test_exported_shuffles_have_no_high_rank_transpose(tmp_path):
+    import onnx
+
+    from bundle.export import compare_onnx, export_onnx
+
+    net = torch.nn.Sequential(UnshuffleDown(3, 2, 4), ShuffleUp(3, 4, 2)).eval()
+    x = torch.randn(1, 2, 8, 4, 6)
+    path = export_onnx(net, tmp_path / "shuffles.onnx", (x,), size_divisor=2)
+    assert compare_onnx(net, path, (torch.randn(1, 2, 4, 6, 8),)) < 1e-5
+    ranks = [len(a.ints) for n in onnx.load(str(path)).graph.node if n.op_type == "Transpose" for a in n.attribute]
+    assert ranks and max(ranks) <= 4
 
 
 def test_pixel_unshuffle_rejects_indivisible():

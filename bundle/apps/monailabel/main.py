@@ -11,7 +11,14 @@ Optional ``--conf KEY VALUE`` settings:
 - ``skip_trainers``: ``true`` to serve inference only;
 - ``max_upload_mb``: the largest request body accepted (default 64);
 - ``cors_origins``: comma-separated browser origins allowed to call the server (e.g. OHIF on another origin);
-  default none: CORS is off.
+  default none: CORS is off;
+- ``threads``: the most CPU threads one inference uses (default: every CPU; fewer while the cores are busy, see
+  ``bundle.utils.threads``).
+
+On a CPU that other work shares, start the server with ``OMP_WAIT_POLICY=PASSIVE`` in its environment (OpenMP
+reads it when torch loads, before the app can set it; docs/benchmarks.md, "Latency on a busy CPU"):
+
+    OMP_WAIT_POLICY=PASSIVE monailabel start_server --app bundle/apps/monailabel --studies DIR --host 127.0.0.1
 
 Requests are checked before MONAI Label acts on them (``security.py``, ``datastore.py``; docs/security.md).
 """
@@ -44,6 +51,7 @@ from bundle.apps.monailabel.security import (
 )
 from bundle.apps.monailabel.tasks import SegOneInfer, SegOneTrain
 from bundle.utils.config import BUNDLE_ROOT, bundle_metadata
+from bundle.utils.threads import apply_thread_env
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +112,7 @@ class SegOneApp(MONAILabelApp):
 
     Raises:
         SystemExit: for ``start_server`` without ``--host``.
-        ValueError: for an invalid ``max_upload_mb`` or ``cors_origins`` setting.
+        ValueError: for an invalid ``max_upload_mb``, ``cors_origins`` or ``threads`` setting.
     """
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
@@ -113,6 +121,11 @@ class SegOneApp(MONAILabelApp):
         if not max_upload_mb > 0:
             raise ValueError(f"max_upload_mb must be positive, got {max_upload_mb}")
         origins = cors_origins(conf.get("cors_origins"))
+        self.threads = int(conf["threads"]) if conf.get("threads") else None
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        # torch is loaded by now: the OpenMP defaults reach only MONAI Label's subprocesses (training)
+        apply_thread_env()
         # MONAI Label looks up dcmqi's itkimage2segimage (DICOM SEG for DICOMweb studies) on PATH and downloads it
         # when absent; the environment's own copy (the dcmqi wheel) is next to this interpreter
         # a DICOMweb PACS is searched for MR series: MONAI Label's default filter is {"Modality": "CT"}, which
@@ -211,7 +224,10 @@ class SegOneApp(MONAILabelApp):
         """
         return {
             MODEL_NAME: SegOneInfer(
-                self.bundle_root, [self.shipped_model, self.finetuned_model], overrides=self._infer_overrides()
+                self.bundle_root,
+                [self.shipped_model, self.finetuned_model],
+                overrides=self._infer_overrides(),
+                threads=self.threads,
             )
         }
 

@@ -29,6 +29,7 @@ from bundle.text import PromptEmbeddingTable, PromptSelection, UnknownPromptErro
 from bundle.utils.checkpoint import load_prompt_table, load_weights
 from bundle.utils.config import load_bundle_config
 from bundle.utils.metadata import class_names_from_metadata
+from bundle.utils.threads import set_inference_threads
 
 __all__ = ["SegOneInfer", "SegOneTrain"]
 
@@ -49,6 +50,8 @@ class SegOneInfer(BasicInferTask):
             then fine-tuned weights written by :class:`SegOneTrain`); a changed file is reloaded on the next request.
         overrides: inference.json overrides (e.g. ``num_inference_steps``).
         description: the model's description in ``/info/``.
+        threads: the most intra-op threads a request uses on the CPU (default every CPU of the process); fewer
+            while other processes keep the cores busy (:func:`bundle.utils.threads.set_inference_threads`).
     """
 
     def __init__(
@@ -57,8 +60,10 @@ class SegOneInfer(BasicInferTask):
         model_paths: Sequence[str | os.PathLike],
         overrides: dict[str, Any] | None = None,
         description: str = "SegOne: text-prompted segmentation by mask diffusion",
+        threads: int | None = None,
     ) -> None:
         self.bundle_root = Path(bundle_root)
+        self.threads = threads
         self.parser = load_bundle_config("inference.json", bundle_root=self.bundle_root, overrides=overrides)
         self.class_names: dict[int, str] = class_names_from_metadata(self.parser.get("_meta_"))
         labels = {name: int(value) for value, name in self.class_names.items()}
@@ -201,6 +206,8 @@ class SegOneInfer(BasicInferTask):
         network = self._get_network(device, data)
         image = data[self.input_key]
         image = (image if torch.is_tensor(image) else torch.as_tensor(image))[None].to(torch.device(device))
+        if image.device.type == "cpu":  # in the thread that runs it: fewer threads while the cores are busy
+            set_inference_threads(self.threads)
         pred = prompted_inference(self._inferer, network, image, selection.embeddings)
         data[self.output_label_key] = pred[0]
         return data
