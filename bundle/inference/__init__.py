@@ -1,4 +1,5 @@
-"""Inference: folder inference that goes on past bad files, and the route of prompt embeddings to the network."""
+"""Inference: folder inference that goes on past bad files, the route of prompt embeddings to the network, and the
+edge export (ONNX) behind the network's interface."""
 
 from .engines import (
     FAILED_KEY,
@@ -9,13 +10,17 @@ from .engines import (
     prompt_kwargs,
     prompted_inference,
 )
+from .onnx import OnnxSegmenter, edge_prompt_table, read_edge_manifest
 
 __all__ = [
     "FAILED_KEY",
     "failure_reason",
+    "edge_prompt_table",
     "FolderEvaluator",
+    "OnnxSegmenter",
     "PromptBatch",
     "prompt_kwargs",
     "prompted_inference",
+    "read_edge_manifest",
     "SafeDataset",
 ]

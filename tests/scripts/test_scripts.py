@@ -21,6 +21,7 @@ ENTRY_POINTS = {
     "segone-dicom-batch": "bundle.cli.dicom_batch:main",
     "segone-demo-data": "bundle.cli.demo_data:main",
     "segone-fill-teacher-cache": "bundle.cli.fill_teacher_cache:main",
+    "segone-export-edge": "bundle.cli.export_edge:main",
 }
 # spellings replaced by --dataset_dir, --ckpt_path, --output_dir (or --output_file), --repeats, --input_dir,
 # --sam2_checkpoint, --sam2_config, --student_checkpoint, --image_dir
@@ -83,6 +84,7 @@ def helps(tmp_path_factory) -> dict[str, dict]:
 def test_the_scripts_are_where_the_issue_puts_them():
     assert {s for s in SCRIPTS if s.count("/") == 1} == {
         "scripts/dicom_batch_infer.py",
+        "scripts/export_edge.py",
         "scripts/fill_teacher_cache.py",
         "scripts/make_demo_data.py",
     }
