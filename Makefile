@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup setup-system test test-fast demo benchmark clean-env
+.PHONY: setup setup-system setup-web test test-fast demo benchmark web serve-web clean-env
 
 DEMO_EPOCHS ?= 40
 
@@ -13,11 +13,21 @@ setup:
 setup-system:
 	bash scripts/setup_system.sh
 
-test: setup setup-system
+# the browser page's npm packages (bundle/web/package-lock.json, `npm ci`), where npm is available; a no-op while
+# the lock is unchanged. Without npm the page's tests skip.
+setup-web:
+	@if ! command -v npm >/dev/null 2>&1; then \
+		echo "[setup] npm not found: the browser page (bundle/web) cannot be built; its tests skip"; \
+	elif [ "$$(sha256sum bundle/web/package-lock.json | cut -d' ' -f1)" != "$$(cat bundle/web/node_modules/.segone-lock 2>/dev/null)" ]; then \
+		echo "[setup] npm ci in bundle/web" && cd bundle/web && npm ci --ignore-scripts --no-audit --no-fund && \
+		sha256sum package-lock.json | cut -d' ' -f1 > node_modules/.segone-lock; \
+	fi
+
+test: setup setup-system setup-web
 	$(PY) -m pytest -q tests
 
 # the unit tests (no end-to-end runs marked slow): a few minutes
-test-fast: setup setup-system
+test-fast: setup setup-system setup-web
 	$(PY) -m pytest -q -m "not slow" tests
 
 # the main job on the embedded demo data: generate it, train briefly, segment it, score the held-out cases
@@ -35,6 +45,22 @@ demo: setup
 	@echo "evaluation/metrics.json and metrics.csv (held-out demo cases)."
 	@echo "This is a brief run ($(DEMO_EPOCHS) epochs, about a minute of training): expect a rough segmentation (mean Dice"
 	@echo "about 0.5 on the held-out phantoms). The trained hippocampus model and its results: docs/README.md."
+
+# the browser page (docs/browser.md): the static page, onnxruntime-web's files and an edge export in $(WEB_DIST);
+# `make serve-web` then serves it at http://127.0.0.1:$(WEB_PORT)/. WEB_MODEL is the export folder: by default the
+# shipped one (models/edge: model.onnx, model.int8.onnx, model.json); another comes from scripts/export_edge.py.
+WEB_DIST ?= bundle/web/dist
+WEB_PORT ?= 8000
+WEB_MODEL ?= models/edge
+
+web: setup setup-web
+	node bundle/web/build.mjs $(WEB_DIST)
+	mkdir -p $(WEB_DIST)/model
+	cp $(WEB_MODEL)/model.onnx $(WEB_MODEL)/model.int8.onnx $(WEB_MODEL)/model.json $(WEB_DIST)/model/
+	@echo "built $(WEB_DIST); serve it with: make serve-web (http://127.0.0.1:$(WEB_PORT)/)"
+
+serve-web:
+	$(PY) bundle/web/serve.py --directory $(WEB_DIST) --port $(WEB_PORT)
 
 benchmark: setup
 	$(PY) scripts/benchmarks/benchmark_network.py

@@ -3,9 +3,10 @@
 # machine); elsewhere it says what it skipped and carries on. A no-op when they are already installed.
 #   orthanc, orthanc-dicomweb: a local DICOMweb PACS for the MONAI Label app's tests (tests/apps/)
 #   dicom3tools: dciodvfy, the DICOM validator that checks the DICOM SEG files (tests/dicom/)
+#   chromium, chromium-driver: a headless browser and its WebDriver for the browser page's tests (tests/web/)
 set -uo pipefail
 
-packages=(orthanc orthanc-dicomweb dicom3tools)
+packages=(orthanc orthanc-dicomweb dicom3tools chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
