@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     from bundle.cli.export_edge import DEFAULT_CONFIGS, _config_names, calibration_data, run_export
     from bundle.data import dataset_split
-    from bundle.export.edge import FP32_FILE, quantize_edge
+    from bundle.export.edge import FP32_FILE, quantize_edge, quantize_weights
     from bundle.utils.config import load_bundle_config
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -131,6 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         models = {"fp32": out / FP32_FILE}
         for i, (name, recipe) in enumerate(RECIPES):
             models[name] = quantize_edge(out / FP32_FILE, out / f"variant{i}.onnx", windows, num_prompts, **recipe)
+        models["weight-only, per-channel, Conv (no calibration)"] = quantize_weights(
+            out / FP32_FILE, out / "weights.onnx"
+        )
         split = load_bundle_config("train.json")
         items = dataset_split(
             args.dataset_dir,

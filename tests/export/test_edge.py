@@ -136,6 +136,34 @@ def test_export_writes_graphs_and_manifest(exported):
         np.testing.assert_allclose(quantised.sum(1), 1.0, atol=1e-3)
 
 
+@pytest.mark.slow
+def test_weight_only_int8_stores_int8_weights_and_computes_in_float(exported, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from bundle.export.edge import quantize_weights
+
+    _, out, _ = exported
+    path = quantize_weights(out / FP32_FILE, tmp_path / "weights.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.onnx"]
+    graph = onnx.load(str(path)).graph
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    int8_inits = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    assert convs and all(n.input[1] + "_q" in int8_inits for n in convs)
+    feeds = {"image": np.random.default_rng(0).normal(size=(1, 1, 16, 24, 16)).astype(np.float32)}
+    feeds["prompts"] = np.eye(2, dtype=np.float32)
+    outputs = {}
+    for level in (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = level
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        outputs[level] = session.run(None, feeds)[0]
+    (reference,) = ort.InferenceSession(str(out / FP32_FILE), providers=["CPUExecutionProvider"]).run(None, feeds)
+    # float arithmetic: the same result however the runtime arranges the graph (a static int8 graph's is not)
+    np.testing.assert_allclose(*outputs.values(), atol=1e-5)
+    assert np.abs(outputs[ort.GraphOptimizationLevel.ORT_ENABLE_ALL] - reference).max() < 0.1
+
+
 def test_cli_names_a_missing_checkpoint_and_an_unknown_config(tmp_path, capsys):
     from bundle.cli.export_edge import main
 
