@@ -157,7 +157,8 @@ def run_export(
             "text_encoder": dict(encoder_config),
             "checkpoint": {"file": ckpt.name, "sha256": file_sha256(ckpt)},
             "calibration": {
-                "dataset_dir": str(dataset_dir or demo_dir),
+                # the folder's name: a shipped manifest says which data set, not where it sat on the build machine
+                "dataset_dir": Path(dataset_dir or demo_dir).name,
                 "split": "train",
                 "cases": len(items),
                 "windows": len(windows),

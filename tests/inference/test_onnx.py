@@ -44,7 +44,7 @@ def export(tmp_path_factory, msd_dir) -> tuple[Path, Path]:
     out = root / "edge"
     manifest = run_export(out, "inference.json", ckpt, msd_dir, calibration_cases=2, overrides=OVERRIDES)
     # 27 windows of 16^3 (overlap 0.25) tile each 32x40x32 phantom
-    assert manifest["calibration"] == {"dataset_dir": str(msd_dir), "split": "train", "cases": 2, "windows": 54}
+    assert manifest["calibration"] == {"dataset_dir": msd_dir.name, "split": "train", "cases": 2, "windows": 54}
     assert manifest["parameters"]["folded"] < manifest["parameters"]["pytorch"]
     return ckpt, out
 
