@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from bundle.diffusion.segmenter import PromptedSegmenter
-from bundle.export.exporters import compare_onnx
+from bundle.export.exporters import ONNX_TRANSLATIONS, compare_onnx
 from bundle.networks.blocks import FiLM
 from bundle.utils.io import PathLike, atomic_path, file_sha256, write_text_atomic
 
@@ -200,6 +200,7 @@ def export_folded_onnx(
             input_names=list(INPUT_NAMES),
             output_names=list(OUTPUT_NAMES),
             dynamic_shapes=(spatial, prompts_dim),
+            custom_translation_table=ONNX_TRANSLATIONS,
             verbose=False,
         )
         program.save(str(tmp))

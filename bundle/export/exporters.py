@@ -9,9 +9,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bundle.networks import blocks  # noqa: F401  (registers segone::space_to_depth)
 from bundle.utils.io import PathLike, atomic_path
 
-__all__ = ["export_torchscript", "export_onnx", "compare_onnx"]
+__all__ = ["ONNX_TRANSLATIONS", "export_torchscript", "export_onnx", "compare_onnx"]
+
+
+def _space_to_depth_onnx(x, block: int):
+    """``segone::space_to_depth`` as ONNX: ``[N, H*r, W*r] -> SpaceToDepth([N, 1, H*r, W*r])``."""
+    from onnxscript import opset18 as op
+
+    return op.SpaceToDepth(op.Unsqueeze(x, op.Constant(value_ints=[1])), blocksize=block)
+
+
+# the bundle's custom operators and the ONNX they export as (``torch.onnx.export(custom_translation_table=...)``)
+ONNX_TRANSLATIONS = {torch.ops.segone.space_to_depth.default: _space_to_depth_onnx}
 
 
 def export_torchscript(net: torch.nn.Module, filepath: PathLike, trace_inputs: tuple | None = None) -> Path:
@@ -83,6 +95,7 @@ def export_onnx(
             input_names=list(input_names),
             output_names=list(output_names),
             dynamic_shapes=dynamic_shapes,
+            custom_translation_table=ONNX_TRANSLATIONS,
             verbose=False,
         )
         program.save(str(tmp))

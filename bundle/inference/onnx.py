@@ -79,9 +79,9 @@ class OnnxSegmenter(nn.Module):
 
     Args:
         onnx_path: ``model.onnx`` or ``model.int8.onnx`` of an edge export; ``model.json`` must be beside it.
-        intra_op_num_threads: onnxruntime's threads within an operator (default 1: onnxruntime 1.31 runs the graph's
-            single-axis Transposes of the pixel (un)shuffles about 17x slower on 2 threads than on 1, so the whole
-            graph is 2-3x slower on 2 threads on a 2-core machine; docs/benchmarks.md).
+        intra_op_num_threads: onnxruntime's threads within an operator (default
+            :func:`bundle.utils.threads.inference_threads`: the process's cores that are free when the session is
+            made; the pool's size is fixed per session).
         allow_spinning: whether onnxruntime's idle threads spin (``session.intra_op.allow_spinning``); spinning
             lowers latency a little on a dedicated machine and collapses it on a busy one (docs/benchmarks.md), so it
             is off by default; the other options are :func:`bundle.utils.threads.ort_session_options`.
@@ -115,7 +115,7 @@ class OnnxSegmenter(nn.Module):
         self.size_divisor = int(self.manifest["size_divisor"])
         self.spatial_dims = int(self.manifest["spatial_dims"])
         options = ort_session_options(
-            int(intra_op_num_threads or 1), **{"session.intra_op.allow_spinning": "1" if allow_spinning else "0"}
+            intra_op_num_threads, **{"session.intra_op.allow_spinning": "1" if allow_spinning else "0"}
         )
         try:
             self.session = ort.InferenceSession(str(self.onnx_path), options, providers=["CPUExecutionProvider"])

@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_NORM",
     "pixel_unshuffle",
     "pixel_shuffle",
+    "space_to_depth",
     "conv1x1",
     "PointwiseConv2d",
     "PointwiseConv3d",
@@ -81,7 +82,7 @@ def pixel_unshuffle(x: torch.Tensor, spatial_dims: int, scale_factor: int) -> to
         perm.append(2 * i + 2)
     if not torch.jit.is_scripting():
         if _exporting():
-            return _unshuffle_by_axis(x, spatial_dims, r)
+            return _unshuffle_for_export(x, spatial_dims, r)
     return x.reshape(reshaped).permute(perm).reshape(reduced)
 
 
@@ -89,9 +90,9 @@ def pixel_shuffle(x: torch.Tensor, spatial_dims: int, scale_factor: int) -> torc
     """Move channels into ``r**D`` blocks of voxels (depth-to-space): MONAI's ``pixelshuffle``, also when exported.
 
     In eager mode and TorchScript this is :func:`monai.networks.utils.pixelshuffle` (one permuted copy). While
-    exporting to ONNX or compiling (torch.export, torch.compile) it is written as one single-axis move per spatial dimension (see
-    :func:`_shuffle_by_axis`): the same values, but graphs without rank-8 transposes, which onnxruntime runs on a
-    slow generic path (2-3x slower for the 3D shuffles of the bundle's network).
+    exporting to ONNX or compiling (torch.export, torch.compile) it is :func:`_shuffle_for_export`: the same values,
+    in a ``DepthToSpace`` and rank-4 transposes instead of a rank-8 transpose, which onnxruntime runs on a slow
+    generic path.
 
     Args:
         x: tensor of shape ``[B, C * r**D, *S]`` with ``len(S) == spatial_dims``.
@@ -103,7 +104,7 @@ def pixel_shuffle(x: torch.Tensor, spatial_dims: int, scale_factor: int) -> torc
     """
     if not torch.jit.is_scripting():
         if _exporting():
-            return _shuffle_by_axis(x, spatial_dims, scale_factor)
+            return _shuffle_for_export(x, spatial_dims, scale_factor)
     return pixelshuffle(x, spatial_dims, scale_factor)
 
 
@@ -113,32 +114,65 @@ def _exporting() -> bool:
     return bool(torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling())
 
 
-def _shuffle_by_axis(x: torch.Tensor, spatial_dims: int, r: int) -> torch.Tensor:
-    """:func:`pixel_shuffle` as ``spatial_dims`` transposes that each move one axis (rank <= 4).
+@torch.library.custom_op("segone::space_to_depth", mutates_args=())
+def space_to_depth(x: torch.Tensor, block: int) -> torch.Tensor:
+    """Move each ``block x block`` tile of a stack of planes into channels: ONNX ``SpaceToDepth`` on one channel.
+
+    Exported to ONNX as one ``SpaceToDepth`` node (``bundle.export.ONNX_TRANSLATIONS``); PyTorch's own
+    ``pixel_unshuffle`` exports as a rank-6 Transpose. With a single input channel ONNX's channel order (block offsets
+    first) and PyTorch's (channels first) coincide, which is why the input has no channel axis.
+
+    Args:
+        x: tensor of shape ``[N, H * block, W * block]``.
+        block: tile edge.
+
+    Returns:
+        Tensor of shape ``[N, block * block, H, W]``; channel ``i * block + j`` holds the tile's voxel ``(i, j)``.
+    """
+    return F.pixel_unshuffle(x.unsqueeze(1), block)
+
+
+@space_to_depth.register_fake
+def _space_to_depth_shape(x: torch.Tensor, block: int) -> torch.Tensor:
+    return x.new_empty((x.shape[0], block * block, x.shape[1] // block, x.shape[2] // block))
+
+
+def _shuffle_for_export(x: torch.Tensor, spatial_dims: int, r: int) -> torch.Tensor:
+    """:func:`pixel_shuffle` written for runtimes: ``DepthToSpace`` for the two inner axes, whole-plane moves for the
+    outer ones.
 
     Channel ``c * r**D + i_0 * r**(D-1) + ... + i_{D-1}`` at position ``(a_0, ..., a_{D-1})`` goes to channel ``c``
-    at ``(a_0 * r + i_0, ...)``. Step ``d`` moves ``a_d`` in front of the remaining block offsets
-    ``(i_d, ..., i_{D-1})``; the axes already placed are merged into the leading dimension.
+    at ``(a_0 * r + i_0, ...)``. Each outer step ``d`` moves ``a_d`` in front of the remaining block offsets
+    ``(i_d, ..., i_{D-1})`` (a rank-4 transpose of blocks of ``prod(S[d+1:])`` elements; the axes already placed are
+    merged into the leading dimension); the last two axes interleave element by element in one
+    ``pixel_shuffle`` of a single output channel, which exports as ``DepthToSpace``. onnxruntime 1.31 runs that in
+    one pass whatever its thread count, where a transpose that moves single elements of the last axis is 5x slower
+    on two threads than on one (docs/benchmarks.md).
     """
     b, channels = x.shape[0], x.shape[1]
     sizes = [x.shape[2 + d] for d in range(spatial_dims)]
     c = channels // int(r**spatial_dims)
     lead = b * c
-    for d in range(spatial_dims):
+    for d in range(spatial_dims - 2):
         rest = 1
         for e in range(d + 1, spatial_dims):
             rest *= sizes[e]
         x = x.reshape(lead, int(r ** (spatial_dims - d)), sizes[d], rest).transpose(1, 2)
         lead = lead * sizes[d] * r
+    x = F.pixel_shuffle(x.reshape(lead, r * r, sizes[-2], sizes[-1]), r)
     return x.reshape([b, c] + [s * r for s in sizes])
 
 
-def _unshuffle_by_axis(x: torch.Tensor, spatial_dims: int, r: int) -> torch.Tensor:
-    """:func:`pixel_unshuffle` as ``spatial_dims`` single-axis transposes: the steps of :func:`_shuffle_by_axis`
-    undone in reverse order."""
+def _unshuffle_for_export(x: torch.Tensor, spatial_dims: int, r: int) -> torch.Tensor:
+    """:func:`pixel_unshuffle` written for runtimes: the steps of :func:`_shuffle_for_export` undone in reverse
+    order, ``SpaceToDepth`` (:func:`space_to_depth`) for the two inner axes."""
     b, c = x.shape[0], x.shape[1]
     sizes = [x.shape[2 + d] // r for d in range(spatial_dims)]
-    for d in range(spatial_dims - 1, -1, -1):
+    lead = b * c
+    for d in range(spatial_dims - 2):
+        lead *= sizes[d] * r
+    x = space_to_depth(x.reshape(lead, sizes[-2] * r, sizes[-1] * r), r)
+    for d in range(spatial_dims - 3, -1, -1):
         lead = b * c
         for e in range(d):
             lead *= sizes[e] * r

@@ -12,8 +12,8 @@ from bundle.networks.blocks import (
     ShuffleUp,
     SpatialShift,
     UnshuffleDown,
-    _shuffle_by_axis,
-    _unshuffle_by_axis,
+    _shuffle_for_export,
+    _unshuffle_for_export,
     conv1x1,
     pixel_shuffle,
     pixel_unshuffle,
@@ -32,25 +32,38 @@ def test_pixel_unshuffle_matches_monai_and_inverts_pixelshuffle(spatial_dims, sh
     "spatial_dims,r,shape", [(2, 2, (2, 12, 3, 5)), (2, 3, (1, 18, 4, 2)), (3, 2, (2, 16, 3, 4, 5))]
 )
 def test_export_time_shuffles_equal_monais(spatial_dims, r, shape):
-    # while exporting, the shuffles are written as single-axis transposes (onnxruntime runs rank-8 ones slowly)
+    # while exporting, the shuffles are DepthToSpace/SpaceToDepth plus plane moves (onnxruntime runs rank-8
+    # transposes slowly, and single-element moves slowly on two threads)
     x = torch.randn(*shape)
-    up = _shuffle_by_axis(x, spatial_dims, r)
+    up = _shuffle_for_export(x, spatial_dims, r)
     assert torch.equal(up, pixelshuffle(x, spatial_dims, r))
     assert torch.equal(pixel_shuffle(x, spatial_dims, r), up)
-    assert torch.equal(_unshuffle_by_axis(up, spatial_dims, r), pixelunshuffle(up, spatial_dims, r))
+    assert torch.equal(_unshuffle_for_export(up, spatial_dims, r), pixelunshuffle(up, spatial_dims, r))
 
 
-def test_exported_shuffles_have_no_high_rank_transpose(tmp_path):
+@pytest.mark.parametrize("spatial_dims,shape", [(2, (1, 2, 8, 6)), (3, (1, 2, 8, 4, 6))])
+def test_exported_shuffles_are_depth_to_space_ops(tmp_path, spatial_dims, shape):
     import onnx
 
     from bundle.export import compare_onnx, export_onnx
 
-    net = torch.nn.Sequential(UnshuffleDown(3, 2, 4), ShuffleUp(3, 4, 2)).eval()
-    x = torch.randn(1, 2, 8, 4, 6)
-    path = export_onnx(net, tmp_path / "shuffles.onnx", (x,), size_divisor=2)
-    assert compare_onnx(net, path, (torch.randn(1, 2, 4, 6, 8),)) < 1e-5
-    ranks = [len(a.ints) for n in onnx.load(str(path)).graph.node if n.op_type == "Transpose" for a in n.attribute]
-    assert ranks and max(ranks) <= 4
+    net = torch.nn.Sequential(UnshuffleDown(spatial_dims, 2, 4), ShuffleUp(spatial_dims, 4, 2)).eval()
+    path = export_onnx(net, tmp_path / "shuffles.onnx", (torch.randn(*shape),), size_divisor=2)
+    # another size than the example's: the graph's shapes are dynamic
+    other = (1, 2) + tuple(s + 2 for s in shape[2:])
+    assert compare_onnx(net, path, (torch.randn(*other),)) < 1e-5
+    nodes = onnx.load(str(path)).graph.node
+    ops = [n.op_type for n in nodes]
+    assert ops.count("SpaceToDepth") == 1 and ops.count("DepthToSpace") == 1
+    ranks = [len(a.ints) for n in nodes if n.op_type == "Transpose" for a in n.attribute]
+    assert len(ranks) == 2 * (spatial_dims - 2) and max(ranks, default=0) <= 4
+
+
+def test_space_to_depth_matches_pixel_unshuffle():
+    from bundle.networks.blocks import space_to_depth
+
+    x = torch.randn(3, 6, 9)
+    assert torch.equal(space_to_depth(x, 3), pixelunshuffle(x.unsqueeze(1), 2, 3))
 
 
 def test_pixel_unshuffle_rejects_indivisible():
