@@ -48,7 +48,7 @@ demo: setup
 
 # the browser page (docs/browser.md): the static page, onnxruntime-web's files and an edge export in $(WEB_DIST);
 # `make serve-web` then serves it at http://127.0.0.1:$(WEB_PORT)/. WEB_MODEL is the export folder: by default the
-# shipped one (models/edge: model.onnx, model.int8.onnx, model.json); another comes from scripts/export_edge.py.
+# shipped one (models/edge: its .onnx graphs and model.json); another comes from scripts/export_edge.py.
 WEB_DIST ?= bundle/web/dist
 WEB_PORT ?= 8000
 WEB_MODEL ?= models/edge
@@ -56,7 +56,7 @@ WEB_MODEL ?= models/edge
 web: setup setup-web
 	node bundle/web/build.mjs $(WEB_DIST)
 	mkdir -p $(WEB_DIST)/model
-	cp $(WEB_MODEL)/model.onnx $(WEB_MODEL)/model.int8.onnx $(WEB_MODEL)/model.json $(WEB_DIST)/model/
+	cp $(WEB_MODEL)/*.onnx $(WEB_MODEL)/model.json $(WEB_DIST)/model/
 	@echo "built $(WEB_DIST); serve it with: make serve-web (http://127.0.0.1:$(WEB_PORT)/)"
 
 serve-web:

@@ -7,6 +7,8 @@ narrow edge network and ``models/edge/model.pt``), folds its prompt and timestep
 - ``model.onnx``: ``image [1, 1, *S]``, ``prompts [P, K]`` (one-hot rows) -> ``probs [1, 1 + P, *S]``, fp32;
 - ``model.int8.onnx``: the same graph, onnxruntime static int8 quantisation calibrated on the sliding windows of
   preprocessed training-split images (the bundle's inference preprocessing and split);
+- ``model.int8-weights.onnx``: the same graph with weight-only int8 (int8 convolution weights, fp32 arithmetic:
+  the same masks in every runtime; the browser page's default);
 - ``model.json``: preprocessing, sliding windows, classes and prompts, file hashes (``docs/edge.md``).
 
     segone-export-edge --output_dir OUT [--ckpt_path CKPT] [--config_file inference.json,edge.json] \\
@@ -102,7 +104,8 @@ def run_export(
     """Builds the network from the bundle configs, loads its weights and writes the edge export.
 
     Args:
-        output_dir: destination folder of ``model.onnx``, ``model.int8.onnx`` and ``model.json``.
+        output_dir: destination folder of ``model.onnx``, ``model.int8.onnx``, ``model.int8-weights.onnx`` and
+            ``model.json``.
         configs: bundle config file names in ``configs/``, merged left to right (a comma-separated string or a
             list).
         ckpt_path: the model file; the config's ``ckpt_path`` when ``None``.
@@ -189,7 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bundle.utils.cli import add_override_option, parse_overrides
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--output_dir", required=True, help="output folder (model.onnx, model.int8.onnx, model.json)")
+    ap.add_argument(
+        "--output_dir",
+        required=True,
+        help="output folder (model.onnx, model.int8.onnx, model.int8-weights.onnx, model.json)",
+    )
     ap.add_argument("--ckpt_path", default=None, help="model file (default: the config's ckpt_path)")
     ap.add_argument(
         "--config_file",

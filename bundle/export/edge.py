@@ -6,9 +6,9 @@ the ``K`` class prompts (the ``prompt_embeddings`` buffer). :func:`fold_prompts`
 ``(gamma, beta)`` for each of the ``S * K`` pairs, so the exported graph holds a lookup table instead of the text
 projection, the timestep MLP and the FiLM projections (about 190 k parameters for the bundle's networks), and the
 prompts become one-hot rows. :func:`export_edge` writes the folded network as ``model.onnx`` (fp32),
-``model.int8.onnx`` (onnxruntime static quantisation, calibrated on preprocessed training windows) and
-``model.json`` (everything a runtime needs: preprocessing, sliding windows, classes, prompts, file hashes); see
-``docs/edge.md``.
+``model.int8.onnx`` (onnxruntime static quantisation, calibrated on preprocessed training windows),
+``model.int8-weights.onnx`` (weight-only int8, :func:`quantize_weights`) and ``model.json`` (everything a runtime
+needs: preprocessing, sliding windows, classes, prompts, file hashes); see ``docs/edge.md``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ __all__ = [
     "FP32_FILE",
     "INPUT_NAMES",
     "INT8_FILE",
+    "INT8_WEIGHTS_FILE",
     "MANIFEST_FILE",
     "OUTPUT_NAMES",
     "QUANTIZATION",
@@ -153,6 +154,8 @@ EDGE_FORMAT = "segone-edge"
 EDGE_FORMAT_VERSION = 1
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
+# weight-only int8 (quantize_weights): fp32 arithmetic, so the same masks in every runtime (the browser page's default)
+INT8_WEIGHTS_FILE = "model.int8-weights.onnx"
 MANIFEST_FILE = "model.json"
 INPUT_NAMES = ("image", "prompts")
 OUTPUT_NAMES = ("probs",)
@@ -416,7 +419,7 @@ def edge_manifest(
             that receives embeddings (the bundle's prompt route) matches them against these.
         roi_size: the sliding-window patch size.
         overlap: the sliding-window overlap.
-        files: ``{"fp32": path, "int8": path}`` of the graphs written (their folder is the manifest's).
+        files: ``{"fp32": path, "int8": path, ...}`` of the graphs written (their folder is the manifest's).
         extra: further entries (quantisation recipe, calibration data, checkpoint).
 
     Returns:
@@ -489,7 +492,8 @@ def export_edge(
     quantization: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Writes ``model.onnx`` (fp32), ``model.int8.onnx`` and ``model.json`` of the folded ``segmenter``.
+    """Writes ``model.onnx`` (fp32), ``model.int8.onnx`` (static int8), ``model.int8-weights.onnx`` (weight-only
+    int8) and ``model.json`` of the folded ``segmenter``.
 
     Each file is written atomically; the manifest comes last, with the hashes of the graphs it describes.
 
@@ -522,10 +526,10 @@ def export_edge(
     fp32 = export_folded_onnx(folded, out / FP32_FILE, roi_size)
     recipe = {**QUANTIZATION, **dict(quantization or {})}
     int8 = quantize_edge(fp32, out / INT8_FILE, windows, embeddings.shape[0], **recipe)
+    int8_weights = quantize_weights(fp32, out / INT8_WEIGHTS_FILE)
+    graphs = {"fp32": fp32, "int8": int8, "int8_weights": int8_weights}
     example = (torch.from_numpy(windows[0]), torch.eye(embeddings.shape[0]))
-    checks = {
-        f"{kind}_max_abs_diff": compare_onnx(folded, path, example) for kind, path in (("fp32", fp32), ("int8", int8))
-    }
+    checks = {f"{kind}_max_abs_diff": compare_onnx(folded, path, example) for kind, path in graphs.items()}
     manifest = edge_manifest(
         folded,
         prompts,
@@ -533,7 +537,7 @@ def export_edge(
         embeddings,
         roi_size,
         overlap,
-        {"fp32": fp32, "int8": int8},
+        graphs,
         {"quantization": recipe, "checks": checks, **dict(extra or {})},
     )
     write_text_atomic(out / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")

@@ -13,6 +13,7 @@ from bundle.export.edge import (
     FP32_FILE,
     INPUT_NAMES,
     INT8_FILE,
+    INT8_WEIGHTS_FILE,
     MANIFEST_FILE,
     OUTPUT_NAMES,
     FoldedCondition,
@@ -104,7 +105,9 @@ def test_export_writes_graphs_and_manifest(exported):
     import onnxruntime as ort
 
     seg, out, manifest = exported
-    assert sorted(p.name for p in out.iterdir()) == sorted([FP32_FILE, INT8_FILE, MANIFEST_FILE]), "leftovers"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [FP32_FILE, INT8_FILE, INT8_WEIGHTS_FILE, MANIFEST_FILE]
+    ), "leftovers"
     assert json.loads((out / MANIFEST_FILE).read_text()) == manifest
     assert manifest["format"] == "segone-edge" and manifest["format_version"] == 1
     assert manifest["prompts"] == ["anterior hippocampus", "posterior hippocampus"]
@@ -113,11 +116,12 @@ def test_export_writes_graphs_and_manifest(exported):
     assert manifest["size_divisor"] == 8 and manifest["roi_size"] == [16, 16, 16] and manifest["orientation"] == "RAS"
     assert manifest["sliding_window"]["mode"] == "gaussian" and manifest["sliding_window"]["sigma_scale"] == 0.125
     assert manifest["num_inference_steps"] == 2 and manifest["sampling_timesteps"] == [999, 499]
-    for kind, name in (("fp32", FP32_FILE), ("int8", INT8_FILE)):
+    for kind, name in (("fp32", FP32_FILE), ("int8", INT8_FILE), ("int8_weights", INT8_WEIGHTS_FILE)):
         entry = manifest["models"][kind]
         assert entry["file"] == name and entry["sha256"] == file_sha256(out / name)
         assert entry["bytes"] == (out / name).stat().st_size
     assert manifest["models"]["int8"]["bytes"] < manifest["models"]["fp32"]["bytes"]
+    assert manifest["models"]["int8_weights"]["bytes"] < manifest["models"]["fp32"]["bytes"]
     assert manifest["checks"]["fp32_max_abs_diff"] < 1e-4
 
     fp32 = ort.InferenceSession(str(out / FP32_FILE), providers=["CPUExecutionProvider"])
@@ -200,8 +204,9 @@ def test_shipped_edge_export_is_of_the_shipped_edge_model():
     manifest = json.loads((folder / MANIFEST_FILE).read_text())
     assert manifest["checkpoint"]["sha256"] == file_sha256(folder / "model.pt")
     assert manifest["bundle_version"] == bundle_version()
-    for kind, name in (("fp32", FP32_FILE), ("int8", INT8_FILE)):
+    for kind, name in (("fp32", FP32_FILE), ("int8", INT8_FILE), ("int8_weights", INT8_WEIGHTS_FILE)):
         assert manifest["models"][kind]["file"] == name
         assert manifest["models"][kind]["sha256"] == file_sha256(folder / name)
-    assert (folder / INT8_FILE).stat().st_size <= 1_000_000  # the edge target: an int8 model of at most 1 MB
+    for name in (INT8_FILE, INT8_WEIGHTS_FILE):  # the edge target: an int8 model of at most 1 MB
+        assert (folder / name).stat().st_size <= 1_000_000
     assert manifest["prompts"] == ["anterior hippocampus", "posterior hippocampus"]

@@ -49,11 +49,15 @@ export function readManifest(json) {
   };
 }
 
-/** The file name and sha256 of a model variant ("int8" or "fp32") from the manifest's models. */
+// the export's file names, for a manifest that does not list its models
+const DEFAULT_FILES = { fp32: 'model.onnx', int8: 'model.int8.onnx', int8_weights: 'model.int8-weights.onnx' };
+
+/** The file name and sha256 of a model variant ("int8_weights", "int8" or "fp32") from the manifest's models. */
 export function modelFile(manifest, variant) {
   const entry = manifest.models[variant];
   if (entry && entry.file) return { name: entry.file, sha256: entry.sha256 || null };
-  return { name: variant === 'int8' ? 'model.int8.onnx' : 'model.onnx', sha256: null };
+  if (!(variant in DEFAULT_FILES)) throw new Error(`unknown model variant ${variant}`);
+  return { name: DEFAULT_FILES[variant], sha256: null };
 }
 
 /** One-hot prompt rows [P, K] choosing the classes `classIndices` out of K. */

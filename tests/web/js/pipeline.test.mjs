@@ -48,6 +48,8 @@ test('reads the edge manifest', () => {
   assert.equal(m.outputName, 'probs');
   assert.equal(m.dynamicPrompts, true);
   assert.deepEqual(modelFile(m, 'int8'), { name: 'model.int8.onnx', sha256: 'bb' });
+  assert.deepEqual(modelFile({ models: {} }, 'int8_weights'), { name: 'model.int8-weights.onnx', sha256: null });
+  assert.throws(() => modelFile({ models: {} }, 'int4'), /unknown model variant int4/);
   const fixed = readManifest({ ...MANIFEST, inputs: { image: {}, prompts: { shape: [2, 2] } } });
   assert.equal(fixed.dynamicPrompts, false);
   assert.throws(() => readManifest({ ...MANIFEST, sliding_window: { mode: 'constant' } }), /gaussian only/);
