@@ -67,6 +67,42 @@ def test_training_writes_model_report_and_events(trained):
     assert last["trainer"]["iteration"] > 0
 
 
+# every switch of the training recipe on (docs/README.md, "Preprocessing and training")
+RECIPE = {
+    "augment_spatial": True,
+    "augment_intensity": True,
+    "ema_decay": 0.99,
+    "warmup_epochs": 1,
+    "diffusion#timestep_bias": 10.0,
+    "encoder_blocks": [1, 1, 2],
+    "decoder_blocks": [1, 1],
+    "features": [8, 8, 16],  # a shift block needs 7 channels at the first level
+}
+
+
+def test_training_recipe_switches_run_and_keep_the_averaged_weights(tmp_path, tiny_clip_config, msd_dir):
+    out = tmp_path / "recipe"
+    overrides = train_overrides(tiny_clip_config, msd_dir, out, max_epochs=2, val_interval=2, **RECIPE)
+    wf = workflow("train.json", "train", **overrides)
+    wf.initialize()
+    names = [type(t).__name__ for t in wf.parser.get_parsed_content("train#random_transforms")]
+    for name in ("RandAffined", "RandFlipd", "RandGaussianNoised", "RandSimulateLowResolutiond"):
+        assert name in names, names
+    assert type(wf.parser.get_parsed_content("lr_scheduler")).__name__ == "WarmupCosineSchedule"
+    wf.run()
+    wf.finalize()
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert set(last) == {"model", "optimizer", "trainer", "lr_scheduler", "ema"}
+    steps = last["trainer"]["iteration"]
+    assert int(last["ema"]["n_averaged"]) == steps > 0 and last["lr_scheduler"]["last_epoch"] == steps
+    # the model file (one validation, at the last epoch) holds the averaged weights, not the live ones
+    saved = torch.load(out / "model.pt", weights_only=True)
+    ema = {k[len("module.") :]: v for k, v in last["ema"].items() if k.startswith("module.")}
+    assert set(saved) == set(ema) and all(torch.equal(saved[k], ema[k]) for k in saved)
+    assert any(not torch.equal(last["model"][k], ema[k]) for k in saved if saved[k].is_floating_point())
+    assert any(".encoder.0.blocks.0." in k for k in saved)  # encoder_blocks: a block at the first level
+
+
 def test_training_without_dataset_dir_generates_demo_data(tmp_path, tiny_clip_config):
     demo = tmp_path / "demo"
     overrides = train_overrides(tiny_clip_config, Path(""), tmp_path / "out", demo_dir=str(demo))

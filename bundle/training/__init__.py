@@ -1,7 +1,7 @@
 """Training: the diffusion trainer on MONAI's engines, its handlers (resume, best model, report), and the up-front
 check of its inputs."""
 
-from .handlers import BestModelSaver, ResumeCheckpoint, TrainingReport
+from .handlers import BestModelSaver, ResumeCheckpoint, TrainingReport, WeightEMA
 from .trainer import DiffusionPrepareBatch, DiffusionTrainer
 from .validation import CheckedCacheDataset, InputError, check_inputs
 
@@ -13,5 +13,6 @@ __all__ = [
     "InputError",
     "ResumeCheckpoint",
     "TrainingReport",
+    "WeightEMA",
     "check_inputs",
 ]

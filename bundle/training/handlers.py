@@ -1,4 +1,5 @@
-"""Training handlers: resumable checkpoints, the best model file, and a report (curves and overlays)."""
+"""Training handlers: resumable checkpoints, weight averaging, the best model file, and a report (curves and
+overlays)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from torch.optim.swa_utils import AveragedModel
 
 from bundle.text import PromptEmbeddingTable
 from bundle.utils.checkpoint import load_checkpoint, load_model_info, load_state, save_model
@@ -19,7 +21,7 @@ from bundle.utils.config import bundle_version
 from bundle.utils.distributed import is_main_process, unwrap_module
 from bundle.utils.io import atomic_path, save_torch_atomic, write_text_atomic
 
-__all__ = ["BestModelSaver", "ResumeCheckpoint", "TrainingReport"]
+__all__ = ["BestModelSaver", "ResumeCheckpoint", "TrainingReport", "WeightEMA"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,13 +115,57 @@ class BestModelSaver:
             self.save(None)
 
 
+class WeightEMA(AveragedModel):
+    """An exponential moving average of a network's weights, updated after every training iteration.
+
+    ``module`` is a copy of the network holding the averaged weights: validate and save it instead of the live
+    network (``train.json``: the validation segmenter and the best-model saver use ``ema_network``). It is a
+    module, so :class:`ResumeCheckpoint` saves and restores it with the rest of the training state.
+
+    Args:
+        network: the trained network (a DDP wrapper is unwrapped); copied at construction, so build it after the
+            network is on its device.
+        decay: weight of the running average per update, in ``[0, 1)``; the average spans about ``1 / (1 - decay)``
+            iterations. Update ``n`` uses ``min(decay, (1 + n) / (10 + n))``, so that a short run's average is
+            not dominated by the initial weights.
+
+    Raises:
+        ValueError: when ``decay`` is outside ``[0, 1)``.
+    """
+
+    def __init__(self, network: torch.nn.Module, decay: float = 0.999) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        source = unwrap_module(network)
+        self.decay = float(decay)
+        super().__init__(source, avg_fn=self._average, use_buffers=True)
+        self.__dict__["source"] = source  # not a submodule: the average's state dict holds only its copy
+
+    def attach(self, trainer: Engine) -> None:
+        """Updates the average after each of ``trainer``'s iterations.
+
+        Args:
+            trainer: the training engine.
+        """
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, self._update)
+
+    def _average(self, averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        n = float(num_averaged)
+        decay = min(self.decay, (1.0 + n) / (10.0 + n))
+        return averaged * decay + current.detach() * (1.0 - decay)
+
+    def _update(self, trainer: Engine) -> None:
+        self.update_parameters(self.source)
+
+
 class ResumeCheckpoint:
     """Saves the whole training state each epoch; resumes from it at start.
 
     Args:
         save_path: the resume file (e.g. ``runs/train/last.pt``).
-        save_dict: objects with ``state_dict``/``load_state_dict``: network, optimizer, LR scheduler. The trainer
-            it is attached to is added as ``"trainer"`` (epoch and iteration counts). Attach it first: other
+        save_dict: objects with ``state_dict``/``load_state_dict``: network, optimizer, LR scheduler, weight
+            average; ``None`` values (components switched off) are left out. The trainer it is attached to is
+            added as ``"trainer"`` (epoch and iteration counts). Attach it first: other
             handlers see the restored epoch count when the run starts (the best-model saver and the report restore
             themselves from their own files).
         resume: load ``save_path`` at start when it exists. A finished run resumed again ends at once.
@@ -127,7 +173,7 @@ class ResumeCheckpoint:
 
     def __init__(self, save_path: str, save_dict: Mapping[str, Any], resume: bool = True) -> None:
         self.save_path = Path(save_path)
-        self.save_dict = dict(save_dict)
+        self.save_dict = {k: v for k, v in save_dict.items() if v is not None}
         self.resume = resume
 
     def attach(self, trainer: Engine) -> None:

@@ -1,15 +1,24 @@
 #!/usr/bin/env python
-"""Baseline for the model card: a MONAI U-Net trained on SegOne's split, preprocessing and time budget.
+"""Baselines for the model card: MONAI U-Nets trained on SegOne's split, preprocessing, recipe and time budget.
 
 The same seeded split (``bundle.data.dataset_split``, so the same test cases), the same loading, orientation,
-normalisation, padding/cropping and intensity augmentation as ``configs/train.json`` (those transforms are taken
-from it), the same batch size, optimiser and learning rate; supervised 3-class training with Dice + cross-entropy
-for ``--budget`` seconds of wall-clock time (validation included, as in SegOne's run), keeping the weights with the
-best validation Dice. It then scores the test split with the same metrics code as ``configs/evaluate.json``
-(``bundle.evaluation``), times whole-volume sliding-window inference, and writes ``metrics.json``.
+normalisation, padding/cropping and spatial and intensity augmentation as ``configs/train.json`` (those transforms
+are taken from it), the same batch size, optimiser, learning rate, warm-up and cosine schedule (over the time budget
+instead of epochs) and weight EMA (``ema_decay``; the EMA weights are validated and kept); supervised 3-class
+training with Dice + cross-entropy for ``--budget`` seconds of wall-clock time (validation included, as in SegOne's
+run), keeping the weights with the best validation Dice.
+
+Networks (``--arch``): ``unet`` (MONAI ``UNet`` 16-256, 2 residual units: the model card's baseline),
+``basicunet``, and ``dynunet``: MONAI ``DynUNet`` configured like nnU-Net v2's 3d_fullres plan for MSD Task04 (four
+stages of 32-256 features, two 3x3x3 convolutions per stage, instance norm, leaky ReLU, deep supervision with heads
+at the two coarser decoder levels, weights 1, 1/2, 1/4 normalised), trained on the bundle's 48x64x48 window (which
+holds a whole case) instead of nnU-Net's 40x56x40 patch.
+
+It then scores the test split with the same metrics code as ``configs/evaluate.json`` (``bundle.evaluation``),
+times whole-volume sliding-window inference, and writes ``metrics.json``.
 
     python scripts/experiments/train_baseline.py --dataset_dir ../shared/data/hippocampus --budget 1800 \\
-        --output_dir runs/baseline
+        --output_dir runs/baseline [--arch dynunet]
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bundle.utils.cli import add_override_option, parse_overrides
 from bundle.utils.config import load_bundle_config
 
 
@@ -33,46 +43,105 @@ def build_network(arch: str) -> torch.nn.Module:
     """The baseline network.
 
     Args:
-        arch: ``"unet"`` (MONAI UNet, channels 16-256, 2 residual units) or ``"basicunet"``.
+        arch: ``"unet"`` (MONAI UNet, channels 16-256, 2 residual units), ``"basicunet"`` or ``"dynunet"`` (MONAI
+            DynUNet as nnU-Net's 3d_fullres plan for Task04, with deep supervision).
 
     Returns:
         The untrained network (1 input channel, 3 classes).
     """
-    from monai.networks.nets import BasicUNet, UNet
+    from monai.networks.nets import BasicUNet, DynUNet, UNet
 
     if arch == "unet":
         return UNet(3, 1, 3, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2)
     if arch == "basicunet":
         return BasicUNet(3, 1, 3)
-    raise ValueError(f"unknown arch {arch!r} (unet, basicunet)")
+    if arch == "dynunet":
+        return DynUNet(
+            3,
+            1,
+            3,
+            kernel_size=[3, 3, 3, 3],
+            strides=[1, 2, 2, 2],
+            upsample_kernel_size=[2, 2, 2],
+            filters=[32, 64, 128, 256],
+            norm_name=("instance", {"affine": True}),
+            act_name=("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
+            deep_supervision=True,
+            deep_supr_num=2,
+        )
+    raise ValueError(f"unknown arch {arch!r} (unet, basicunet, dynunet)")
 
 
-def transforms_from_train_config() -> tuple[Any, Any, Any]:
+def deep_supervision_loss(loss_fn: Any, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """nnU-Net's deep-supervision loss: the heads' losses weighted 1, 1/2, 1/4, ... and normalised to sum to one.
+
+    Args:
+        loss_fn: the loss of one output against the label, e.g. MONAI ``DiceCELoss``.
+        outputs: ``[B, C, *S]`` (one output) or DynUNet's training output ``[B, H, C, *S]`` (H heads, all upsampled
+            to the label's size, full resolution first).
+        target: the label ``[B, 1, *S]``.
+
+    Returns:
+        The scalar loss.
+    """
+    if outputs.dim() == target.dim():
+        return loss_fn(outputs, target)
+    weights = [0.5**i for i in range(outputs.shape[1])]
+    total = sum(weights)
+    return sum(w / total * loss_fn(outputs[:, i], target) for i, w in enumerate(weights))
+
+
+def transforms_from_train_config(overrides: dict[str, Any] | None = None) -> tuple[Any, Any, Any]:
     """SegOne's preprocessing, read from configs/train.json.
 
-    Evaluation: loading, checks, orientation, normalisation. Training adds padding, cropping and the intensity
-    augmentation: the random transforms before the prompt sampling.
+    Evaluation: loading, checks, orientation, normalisation. Training adds padding, cropping and the augmentation:
+    the random transforms before the prompt sampling (those that the recipe's switches leave on).
+
+    Args:
+        overrides: train.json overrides, e.g. ``{"augment_spatial": True}`` (the recipe's switches).
 
     Returns:
         ``(training transforms, evaluation transforms, the train.json parser)``.
     """
     from monai.transforms import Compose
 
-    parser = load_bundle_config("train.json")
+    parser = load_bundle_config("train.json", overrides=dict(overrides or {}))
     load = list(parser.get_parsed_content("load_transforms"))
     random = []
     for i, item in enumerate(parser["train"]["random_transforms"]):
         if "RandPromptd" in str(item.get("_target_")):
             break
-        random.append(parser.get_parsed_content(f"train#random_transforms#{i}"))
+        transform = parser.get_parsed_content(f"train#random_transforms#{i}")
+        if transform is not None:  # switched off by the recipe (``_disabled_``)
+            random.append(transform)
     return Compose(load + random), Compose(load), parser
+
+
+def learning_rate_factor(elapsed: float, warmup: float, total: float) -> float:
+    """train.json's learning-rate schedules over time: MONAI ``WarmupCosineSchedule`` (``warmup_multiplier`` 0.1) when
+    there is a warm-up, else cosine decay to 5 % (``CosineAnnealingLR`` with ``eta_min`` 5 %).
+
+    Args:
+        elapsed: seconds of training so far.
+        warmup: seconds of linear warm-up from 0.1 to 1 (0: no warm-up).
+        total: the budget in seconds.
+
+    Returns:
+        The learning-rate factor in ``[0, 1]``.
+    """
+    if warmup <= 0:
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(elapsed / total, 1.0)))
+    if elapsed < warmup:
+        return 0.1 + 0.9 * elapsed / max(warmup, 1e-9)
+    progress = (elapsed - warmup) / max(total - warmup, 1e-9)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset_dir", required=True, help="MSD folder")
     ap.add_argument("--output_dir", default="runs/baseline", help="model.pt and metrics.json (default: %(default)s)")
-    ap.add_argument("--arch", default="unet", choices=["unet", "basicunet"], help="baseline network")
+    ap.add_argument("--arch", default="unet", choices=["unet", "basicunet", "dynunet"], help="baseline network")
     ap.add_argument("--budget", type=float, default=0.0, help="training wall-clock seconds, validation included")
     ap.add_argument("--val_every", type=int, default=5, help="epochs between validations")
     ap.add_argument("--seed", type=int, default=0, help="determinism seed")
@@ -81,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="no training: score OUTPUT_DIR/model.pt on the test split again (keeps the recorded run)",
     )
+    add_override_option(ap, "--set", "train.json override, e.g. --set augment_spatial=true (the recipe's switches)")
     args = ap.parse_args(argv)
     if not args.eval_only and args.budget <= 0:
         ap.error("--budget (seconds, > 0) is required unless --eval_only")
@@ -92,11 +162,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from bundle.data import dataset_split
     from bundle.evaluation import case_metrics, format_table, summarize
+    from bundle.training import WeightEMA
 
     set_determinism(args.seed)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    train_tf, eval_tf, parser = transforms_from_train_config()
+    train_tf, eval_tf, parser = transforms_from_train_config(parse_overrides(args.set))
     split = {
         s: dataset_split(
             args.dataset_dir,
@@ -109,6 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     roi = tuple(parser.get_parsed_content("roi_size"))  # a macro of inference.json's
     batch, lr = int(parser["batch_size"]), float(parser["learning_rate"])
+    ema_decay = float(parser.get_parsed_content("ema_decay"))
+    # train.json's schedules over the time budget instead of epochs: with warm-up, WarmupCosineSchedule (warm-up for
+    # the same fraction of the run as train.json's max_epochs // 30 would be); without, cosine decay to 5 %
+    warmup = args.budget / 30.0 if float(parser.get_parsed_content("warmup_epochs")) > 0 else 0.0
     classes = {1: "anterior hippocampus", 2: "posterior hippocampus"}
 
     train_loader = DataLoader(
@@ -118,13 +193,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     net = build_network(args.arch)
     params = sum(p.numel() for p in net.parameters())
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-5)
+    ema = WeightEMA(net, decay=ema_decay) if ema_decay > 0 else None
+    scored = ema.module if ema is not None else net  # the weights validated, kept and tested
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     inferer = SlidingWindowInferer(roi, sw_batch_size=1, overlap=0.25, mode="gaussian")
 
     def predict(image: torch.Tensor) -> torch.Tensor:
-        net.eval()
+        scored.eval()
         with torch.no_grad():
-            return inferer(image[None], net)[0].argmax(0)
+            return inferer(image[None], scored)[0].argmax(0)
 
     def val_dice() -> float:
         scores = []
@@ -143,12 +220,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             elapsed = time.perf_counter() - start
             if elapsed >= args.budget:
                 break
-            for g in opt.param_groups:  # cosine decay over the time budget, to 5 % as in train.json
-                g["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * elapsed / args.budget)))
+            for g in opt.param_groups:
+                g["lr"] = lr * learning_rate_factor(elapsed, warmup, args.budget)
             opt.zero_grad()
-            loss = loss_fn(net(item["image"]), item["label"].long())
+            loss = deep_supervision_loss(loss_fn, net(item["image"]), item["label"].long())
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update_parameters(net)
             losses.append(float(loss))
             steps += 1
         if epoch % args.val_every == 0 or time.perf_counter() - start >= args.budget:
@@ -161,10 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             if d > best:
                 best, best_epoch = d, epoch
-                torch.save(net.state_dict(), out / "model.pt")
+                torch.save(scored.state_dict(), out / "model.pt")
     train_seconds = time.perf_counter() - start
 
-    net.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    scored.load_state_dict(torch.load(out / "model.pt", weights_only=True))
     cases, times = [], []
     for item in CacheDataset(split["test"], eval_tf, progress=False):
         t0 = time.perf_counter()
@@ -188,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary["run"] = {
         "arch": args.arch,
         "parameters": params,
+        "ema_decay": ema_decay,
+        "train_overrides": parse_overrides(args.set),
         "budget_s": args.budget,
         "train_seconds": train_seconds,
         "epochs": epoch,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from ignite.engine import Engine, Events
 
 from bundle.text import PromptEmbeddingTable
-from bundle.training import BestModelSaver, ResumeCheckpoint, TrainingReport
+from bundle.training import BestModelSaver, ResumeCheckpoint, TrainingReport, WeightEMA
 from bundle.utils.checkpoint import load_model_info
 
 
@@ -69,6 +70,33 @@ def test_resume_restores_the_state_and_a_finished_run_ends_at_once(tmp_path):
     trainer3.run([0], max_epochs=3)  # already finished: no step taken
     assert torch.equal(net3.weight, weight + 1)
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left
+
+
+def test_weight_ema_averages_each_iteration_and_resumes(tmp_path):
+    # the trainer adds 1 to the weight per iteration: weights 1, 2, 3 after iterations 1-3 (starting at 0)
+    trainer, _, net = _engines([0.1] * 3)
+    with torch.no_grad():
+        net.weight.zero_()
+    ema = WeightEMA(net, decay=0.5)
+    ema.attach(trainer)
+    ResumeCheckpoint(str(tmp_path / "last.pt"), {"model": net, "ema": ema, "off": None}).attach(trainer)
+    trainer.run([0], max_epochs=3)
+    # update 0 copies (1); then min(0.5, (1 + n) / (10 + n)): n=1 -> 2/11, n=2 -> 0.25
+    expected = 1.0
+    for n, w in ((1, 2.0), (2, 3.0)):
+        d = min(0.5, (1 + n) / (10 + n))
+        expected = expected * d + w * (1 - d)
+    assert torch.allclose(ema.module.weight, torch.full_like(net.weight, expected))
+    assert ema.module.weight.data_ptr() != net.weight.data_ptr() and int(ema.n_averaged) == 3
+    assert sorted(torch.load(tmp_path / "last.pt", weights_only=True)) == ["ema", "model", "trainer"]
+
+    trainer2, _, net2 = _engines([0.1])
+    ema2 = WeightEMA(net2, decay=0.5)
+    ResumeCheckpoint(str(tmp_path / "last.pt"), {"model": net2, "ema": ema2}).attach(trainer2)
+    trainer2.run([0], max_epochs=3)
+    assert torch.equal(ema2.module.weight, ema.module.weight) and int(ema2.n_averaged) == 3
+    with pytest.raises(ValueError, match="decay must be in"):
+        WeightEMA(net, decay=1.0)
 
 
 def test_training_report_writes_curves_and_history(tmp_path):
