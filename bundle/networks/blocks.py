@@ -28,6 +28,7 @@ __all__ = [
     "pixel_unshuffle",
     "pixel_shuffle",
     "space_to_depth",
+    "exporting",
     "conv1x1",
     "PointwiseConv2d",
     "PointwiseConv3d",
@@ -81,7 +82,7 @@ def pixel_unshuffle(x: torch.Tensor, spatial_dims: int, scale_factor: int) -> to
     for i in range(spatial_dims):
         perm.append(2 * i + 2)
     if not torch.jit.is_scripting():
-        if _exporting():
+        if exporting():
             return _unshuffle_for_export(x, spatial_dims, r)
     return x.reshape(reshaped).permute(perm).reshape(reduced)
 
@@ -103,12 +104,12 @@ def pixel_shuffle(x: torch.Tensor, spatial_dims: int, scale_factor: int) -> torc
         Tensor of shape ``[B, C, *(s * r for s in S)]``.
     """
     if not torch.jit.is_scripting():
-        if _exporting():
+        if exporting():
             return _shuffle_for_export(x, spatial_dims, scale_factor)
     return pixelshuffle(x, spatial_dims, scale_factor)
 
 
-def _exporting() -> bool:
+def exporting() -> bool:
     """True while exporting to ONNX or compiling (torch.export, torch.compile); False in eager runs and TorchScript
     traces, which run on libtorch like eager mode."""
     return bool(torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling())

@@ -22,6 +22,7 @@ from bundle.networks.blocks import (
     ShuffleUp,
     UnshuffleDown,
     conv1x1,
+    exporting,
     pixel_shuffle,
     pixel_unshuffle,
 )
@@ -125,11 +126,40 @@ class _Head(nn.Module):
 
     def forward(self, x: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         x = self.proj(x)
+        if self.refine and not torch.jit.is_scripting():
+            if exporting():
+                return self.refine_by_offset(x, inputs)
         if self.scale > 1:
             x = pixel_shuffle(x, self.spatial_dims, self.scale)
         if self.refine:
             x = self.out(self.act(self.mix(torch.cat([x, inputs[:, self.inputs_used]], dim=1))))
         return x
+
+    def refine_by_offset(self, x: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """The refinement at the low resolution, one batch item per block offset, then one pixel-shuffle.
+
+        Every operator of the refinement acts on one voxel, so it commutes with the shuffle: the ``scale**D``
+        offsets of a block become batch items, the input is pixel-unshuffled to meet them, and only the output
+        channels are shuffled to full resolution (the same values as :meth:`forward`'s order). Exported graphs use it:
+        onnxruntime's ``DepthToSpace`` of the ``refine_channels`` full-resolution channels was two thirds of the
+        graph's shuffle time (docs/benchmarks.md).
+
+        Args:
+            x: the projection's output ``[B, refine_channels * scale**D, *s]``.
+            inputs: the network input ``[B, C, *S]``, ``S = s * scale``.
+
+        Returns:
+            ``[B, out_channels, *S]``.
+        """
+        b, n = x.shape[0], self.scale**self.spatial_dims
+        sizes = list(x.shape[2:])
+        image = pixel_unshuffle(inputs[:, self.inputs_used], self.spatial_dims, self.scale)
+        # channel c * n + k holds block offset k of channel c: gather the channels of each offset
+        z = torch.cat([x.reshape(b, x.shape[1] // n, n, -1), image.reshape(b, image.shape[1] // n, n, -1)], dim=1)
+        z = z.transpose(1, 2).reshape([b * n, z.shape[1]] + sizes)
+        z = self.out(self.act(self.mix(z)))
+        z = z.reshape(b, n, z.shape[1], -1).transpose(1, 2).reshape([b, z.shape[1] * n] + sizes)
+        return pixel_shuffle(z, self.spatial_dims, self.scale)
 
 
 class SegOne(nn.Module):

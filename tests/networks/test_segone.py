@@ -118,6 +118,20 @@ def test_refine_head_is_the_only_full_resolution_work_and_sees_each_voxels_input
         assert not torch.allclose(net(x, t, c), y)
 
 
+@pytest.mark.parametrize("spatial_dims,shape", [(2, (16, 24)), (3, (16, 8, 24))])
+def test_refinement_by_block_offset_equals_the_full_resolution_one(spatial_dims, shape):
+    # exported graphs run the refinement at the low resolution, one batch item per block offset (refine_by_offset)
+    net = SegOne(spatial_dims, 2, 1, features=(8, 16, 32), stem_scale=2, refine_channels=4, refine_inputs=[1])
+    net = activate_zero_init(net).eval()
+    x = torch.randn(2, 2, *shape)
+    projected = []
+    hook = net.head.proj.register_forward_hook(lambda m, i, o: projected.append(o))
+    with torch.no_grad():
+        y = net(x)
+        hook.remove()
+        assert torch.allclose(net.head.refine_by_offset(projected[0], x), y, atol=1e-6)
+
+
 def test_stem_scale_pyramid_alone_sees_its_block_and_the_default_sees_the_whole_patch():
     aligned = activate_zero_init(
         SegOne(3, 1, 1, features=(8, 16, 32), norm=RF_NORM, spatial_shift=False, global_context=False, stem_scale=2)
