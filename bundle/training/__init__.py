@@ -1,7 +1,7 @@
 """Training: the diffusion trainer on MONAI's engines, its handlers (resume, best model, report), and the up-front
 check of its inputs."""
 
-from .handlers import BestModelSaver, ResumeCheckpoint, TrainingReport, WeightEMA
+from .handlers import BestModelSaver, ResumeCheckpoint, TrainingReport, WeightEMA, WeightEMAHandler
 from .trainer import DiffusionPrepareBatch, DiffusionTrainer
 from .validation import CheckedCacheDataset, InputError, check_inputs
 
@@ -14,5 +14,6 @@ __all__ = [
     "ResumeCheckpoint",
     "TrainingReport",
     "WeightEMA",
+    "WeightEMAHandler",
     "check_inputs",
 ]

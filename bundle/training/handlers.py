@@ -21,7 +21,7 @@ from bundle.utils.config import bundle_version
 from bundle.utils.distributed import is_main_process, unwrap_module
 from bundle.utils.io import atomic_path, save_torch_atomic, write_text_atomic
 
-__all__ = ["BestModelSaver", "ResumeCheckpoint", "TrainingReport", "WeightEMA"]
+__all__ = ["BestModelSaver", "ResumeCheckpoint", "TrainingReport", "WeightEMA", "WeightEMAHandler"]
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +156,29 @@ class WeightEMA(AveragedModel):
 
     def _update(self, trainer: Engine) -> None:
         self.update_parameters(self.source)
+
+
+class WeightEMAHandler:
+    """The handler-list entry of a :class:`WeightEMA` defined elsewhere in a config.
+
+    MONAI's workflow checks and MONAI Label's bundle trainer read every item of ``train#handlers`` as a dict (and
+    MONAI Label inserts its own handlers in front), so the average is defined once as ``ema`` and listed by this
+    entry rather than by a reference string or a list index.
+
+    Args:
+        ema: the weight average to update after each training iteration.
+    """
+
+    def __init__(self, ema: WeightEMA) -> None:
+        self.ema = ema
+
+    def attach(self, trainer: Engine) -> None:
+        """Attaches the average to ``trainer`` (:meth:`WeightEMA.attach`).
+
+        Args:
+            trainer: the training engine.
+        """
+        self.ema.attach(trainer)
 
 
 class ResumeCheckpoint:
