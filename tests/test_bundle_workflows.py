@@ -74,6 +74,11 @@ RECIPE = {
     "ema_decay": 0.99,
     "warmup_epochs": 1,
     "diffusion#timestep_bias": 10.0,
+    "diffusion#prediction_type": "logits",
+    "diffusion#l1_weight": 0.0,
+    "diffusion#bce_weight": 1.0,
+    "diffusion#competition_weight": 1.0,
+    "all_prompts": True,
     "encoder_blocks": [1, 1, 2],
     "decoder_blocks": [1, 1],
     "features": [8, 8, 16],  # a shift block needs 7 channels at the first level
@@ -89,6 +94,10 @@ def test_training_recipe_switches_run_and_keep_the_averaged_weights(tmp_path, ti
     for name in ("RandAffined", "RandFlipd", "RandGaussianNoised", "RandSimulateLowResolutiond"):
         assert name in names, names
     assert type(wf.parser.get_parsed_content("lr_scheduler")).__name__ == "WarmupCosineSchedule"
+    network = wf.parser.get_parsed_content("network")
+    assert network.prediction_type == "logits" and network.competition_weight == 1.0
+    losses = []
+    wf.trainer.add_event_handler("ITERATION_COMPLETED", lambda e: losses.append(dict(e.state.output[0])))
     wf.run()
     wf.finalize()
     last = torch.load(out / "last.pt", weights_only=True)
@@ -101,6 +110,8 @@ def test_training_recipe_switches_run_and_keep_the_averaged_weights(tmp_path, ti
     assert set(saved) == set(ema) and all(torch.equal(saved[k], ema[k]) for k in saved)
     assert any(not torch.equal(last["model"][k], ema[k]) for k in saved if saved[k].is_floating_point())
     assert any(".encoder.0.blocks.0." in k for k in saved)  # encoder_blocks: a block at the first level
+    # every class of an image prompted in one step (a decollated label: [2, *S]), competing: the multi-class term
+    assert losses and all(o["competition"] > 0 and o["bce"] > 0 and o["label"].shape[0] == 2 for o in losses)
 
 
 def test_training_without_dataset_dir_generates_demo_data(tmp_path, tiny_clip_config):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from monai.utils import look_up_option
 
@@ -12,7 +13,7 @@ from bundle.diffusion.noise import seeded_normal
 
 __all__ = ["PREDICTION_TYPES", "MaskDiffusion"]
 
-PREDICTION_TYPES = ("sample", "epsilon")
+PREDICTION_TYPES = ("sample", "epsilon", "logits")
 
 
 class MaskDiffusion(nn.Module):
@@ -23,9 +24,16 @@ class MaskDiffusion(nn.Module):
             ``SegOne(D, 1 + image_channels, 1, with_timestep=True, text_dim=E)``.
         num_train_timesteps: diffusion steps of the training process.
         schedule: MONAI noise schedule (``"linear_beta"``, ``"scaled_linear_beta"``, ``"sigmoid_beta"``, ...).
-        prediction_type: ``"sample"`` (clean mask) or ``"epsilon"`` (noise).
-        l1_weight: weight of the L1 term on the prediction.
+        prediction_type: ``"sample"`` (clean mask in [-1, 1]), ``"epsilon"`` (noise) or ``"logits"`` (the clean
+            mask's logit ``z``: the clean mask is ``2 * sigmoid(z) - 1 = tanh(z / 2)``, and DDIM steps as for
+            ``"sample"``; this makes the binary cross-entropy term a likelihood on the denoiser's raw output).
+        l1_weight: weight of the L1 term on the prediction (for ``"logits"``, on the implied clean mask).
         dice_weight: weight of the soft Dice term on the implied clean mask.
+        bce_weight: weight of the binary cross-entropy term on the implied clean-mask probability (computed from
+            the logits for ``"logits"``, which keeps its gradient where the probability saturates).
+        competition_weight: weight of the multi-class term when every class of an image is prompted in one step
+            (``context [B, K, E]``, ``target [B, K, *S]``): cross-entropy over ``[0, z_1, ..., z_K]`` (background's
+            logit fixed at 0) against the label, so the classes compete for each voxel. Needs ``"logits"``.
         prompt_embeddings: ``[K, E]`` embeddings of the class prompts (``channel_def`` order), kept as a buffer.
         num_prompts, embed_dim: the buffer's shape when ``prompt_embeddings`` is not given (zeros, to be loaded
             from a checkpoint).
@@ -37,7 +45,8 @@ class MaskDiffusion(nn.Module):
             (see :func:`~bundle.diffusion.losses.consistency_loss`).
 
     Raises:
-        ValueError: when ``consistency_weight < 0``, ``timestep_bias < 1``, ``prompt_embeddings`` is not 2D, or
+        ValueError: when ``consistency_weight``, ``bce_weight`` or ``competition_weight`` is negative,
+            ``competition_weight > 0`` without ``"logits"``, ``timestep_bias < 1``, ``prompt_embeddings`` is not 2D, or
             ``prediction_type`` or ``consistency_loss`` is not a known option.
 
     ``forward(image, target, context)`` is the training loss (see :meth:`loss`); :meth:`sample` generates masks.
@@ -55,6 +64,8 @@ class MaskDiffusion(nn.Module):
         num_prompts: int = 0,
         embed_dim: int = 0,
         timestep_bias: float = 1.0,
+        bce_weight: float = 0.0,
+        competition_weight: float = 0.0,
         consistency_weight: float = 0.0,
         consistency_loss: str = "l1",
     ) -> None:
@@ -72,8 +83,17 @@ class MaskDiffusion(nn.Module):
         self.prediction_type = look_up_option(prediction_type, PREDICTION_TYPES)
         self.l1_weight = l1_weight
         self.dice_weight = dice_weight
+        if bce_weight < 0:
+            raise ValueError(f"bce_weight must be >= 0, got {bce_weight}")
+        self.bce_weight = float(bce_weight)
+        if competition_weight < 0 or (competition_weight > 0 and self.prediction_type != "logits"):
+            raise ValueError(
+                f"competition_weight must be >= 0, and > 0 only with prediction_type 'logits'; got {competition_weight} "
+                f"with {self.prediction_type!r}"
+            )
+        self.competition_weight = float(competition_weight)
         self.train_scheduler = DDPMScheduler(
-            num_train_timesteps=num_train_timesteps, schedule=schedule, prediction_type=prediction_type
+            num_train_timesteps=num_train_timesteps, schedule=schedule, prediction_type=self._scheduler_prediction
         )
         alphas = self.train_scheduler.alphas_cumprod.float()
         self.register_buffer("alphas_cumprod", alphas, persistent=False)
@@ -84,7 +104,14 @@ class MaskDiffusion(nn.Module):
         # the class prompts' embeddings travel in the state dict, so a checkpoint needs no text tower to be used
         self.register_buffer("prompt_embeddings", prompt_embeddings.detach().float().clone())
 
+    @property
+    def _scheduler_prediction(self) -> str:
+        # a logit is turned into the clean mask before the scheduler sees it
+        return "sample" if self.prediction_type == "logits" else self.prediction_type
+
     def _clean_from_output(self, output: torch.Tensor, noisy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.prediction_type == "logits":
+            return torch.tanh(0.5 * output)
         if self.prediction_type == "sample":
             return output
         a = self.alphas_cumprod[t].reshape([-1] + [1] * (noisy.dim() - 1))
@@ -105,8 +132,10 @@ class MaskDiffusion(nn.Module):
 
         Args:
             image: ``[B, C, *S]``.
-            target: binary mask ``[B, 1, *S]`` in {0, 1}.
-            context: prompt embeddings ``[B, E]``.
+            target: binary mask ``[B, 1, *S]`` in {0, 1}; ``[B, K, *S]`` (one channel per prompt, disjoint) with
+                ``K`` prompts per image.
+            context: prompt embeddings ``[B, E]``; ``[B, K, E]`` for ``K`` prompts per image: the ``B * K`` pairs
+                are denoised in one batch, each image's prompts at the image's timestep.
             timesteps: ``[B]`` diffusion steps; drawn uniformly when ``None``.
             generator: random generator for timesteps and noise.
             teacher: teacher mask probabilities ``[B, 1, *S]`` (e.g. SAM2's, :mod:`bundle.teacher`), or ``None``.
@@ -116,40 +145,61 @@ class MaskDiffusion(nn.Module):
                 the supervised samples only. All supervised when ``None``.
 
         Returns:
-            ``{"loss", "l1", "dice", "consistency", "pred_mask"}``: the weighted total, its terms, and the implied
-            clean-mask probability ``[B, 1, *S]`` (detached). ``consistency`` is :func:`consistency_loss` (of kind
-            ``consistency_loss``) between the student's clean-mask probability and the teacher's; it enters the
-            loss times ``consistency_weight``.
+            ``{"loss", "l1", "dice", "bce", "competition", "consistency", "pred_mask"}``: the weighted total, its
+            terms, and the implied clean-mask probability shaped as ``target`` (detached). ``competition`` is the
+            multi-class term (see ``competition_weight``; 0 with one prompt per image). ``consistency`` is
+            :func:`consistency_loss` (of kind ``consistency_loss``) between the student's clean-mask probability and
+            the teacher's; it enters the loss times ``consistency_weight``.
 
         Raises:
-            ValueError: when ``target`` is not ``[B, 1, *S]`` with the batch size and spatial shape of ``image``.
+            ValueError: when ``target`` is not ``[B, K, *S]`` with the batch size and spatial shape of ``image`` and
+                ``K`` prompts (1 for a ``[B, E]`` context), or a teacher comes with several prompts per image.
         """
-        if target.shape[1] != 1 or target.shape[2:] != image.shape[2:] or target.shape[0] != image.shape[0]:
+        per_image = context.dim() == 3
+        k = context.shape[1] if per_image else 1
+        if target.shape[0] != image.shape[0] or target.shape[2:] != image.shape[2:] or target.shape[1] != k:
             raise ValueError(
-                f"target must be [B, 1, *S] matching image {tuple(image.shape)}, got {tuple(target.shape)}"
+                f"target must be [B, {k}, *S] matching image {tuple(image.shape)} and context "
+                f"{tuple(context.shape)}, got {tuple(target.shape)}"
             )
-        b = image.shape[0]
-        x0 = target.float() * 2.0 - 1.0
+        b, spatial = image.shape[0], target.shape[2:]
         if timesteps is None:
             u = torch.rand((b,), generator=generator, device=image.device)
             drawn = torch.floor(self.num_train_timesteps * u.pow(self.timestep_bias)).long()
             timesteps = (self.num_train_timesteps - 1 - drawn).clamp(0, self.num_train_timesteps - 1)
+        if per_image:  # every (image, prompt) pair in one batch, image-major, the image's timestep for each prompt
+            if teacher is not None:
+                raise ValueError("the teacher term needs one prompt per image (context [B, E], target [B, 1, *S])")
+            image = image.repeat_interleave(k, 0)
+            target = target.reshape(b * k, 1, *spatial)
+            context = context.reshape(b * k, context.shape[-1])
+            timesteps = timesteps.reshape(-1).repeat_interleave(k)
+            supervised = None if supervised is None else supervised.reshape(-1).repeat_interleave(k)
+        x0 = target.float() * 2.0 - 1.0
         noise = torch.randn(x0.shape, generator=generator, device=image.device, dtype=x0.dtype)
         noisy = self.train_scheduler.add_noise(original_samples=x0, noise=noise, timesteps=timesteps)
         output = self.denoiser(torch.cat([noisy, image], dim=1), timesteps, context)
-        goal = x0 if self.prediction_type == "sample" else noise
-        clean = self._clean_from_output(output, noisy, timesteps).clamp(-1.0, 1.0)
+        unclamped = self._clean_from_output(output, noisy, timesteps)
+        goal = noise if self.prediction_type == "epsilon" else x0
+        prediction = unclamped if self.prediction_type == "logits" else output
+        clean = unclamped.clamp(-1.0, 1.0)
         prob = (clean + 1.0) / 2.0
         labelled = None if supervised is None else supervised.reshape(-1).to(image.device) > 0
-        if labelled is None or bool(labelled.all()):
-            l1 = (output - goal).abs().mean()
-            dice = soft_dice_loss(prob, target.float())
-        elif bool(labelled.any()):
-            l1 = (output - goal)[labelled].abs().mean()
-            dice = soft_dice_loss(prob[labelled], target[labelled].float())
-        else:  # a batch of unlabelled cases: the teacher term alone
-            l1 = dice = output.sum() * 0.0
-        loss = self.l1_weight * l1 + self.dice_weight * dice
+        if labelled is not None and not bool(labelled.any()):  # a batch of unlabelled cases: the teacher term alone
+            l1 = dice = bce = output.sum() * 0.0
+        else:
+            keep = slice(None) if labelled is None or bool(labelled.all()) else labelled
+            l1 = (prediction - goal)[keep].abs().mean()
+            dice = soft_dice_loss(prob[keep], target[keep].float())
+            bce = self._bce(output[keep], prob[keep], target[keep].float()) if self.bce_weight > 0 else l1 * 0.0
+        loss = self.l1_weight * l1 + self.dice_weight * dice + self.bce_weight * bce
+        competition = torch.zeros((), device=image.device)
+        if self.competition_weight > 0 and k > 1 and (labelled is None or bool(labelled.any())):
+            per_image_labelled = None if labelled is None else labelled.reshape(b, k)[:, 0]
+            competition = self._competition(output.reshape(b, k, *spatial), target.reshape(b, k, *spatial))
+            competition = competition if per_image_labelled is None else competition[per_image_labelled]
+            competition = competition.mean()
+            loss = loss + self.competition_weight * competition
         consistency = torch.zeros((), device=image.device)
         if teacher is not None and self.consistency_weight > 0:
             consistency = consistency_loss(prob, teacher, teacher_weight, self.consistency_loss)
@@ -158,9 +208,26 @@ class MaskDiffusion(nn.Module):
             "loss": loss,
             "l1": l1.detach(),
             "dice": dice.detach(),
+            "bce": bce.detach(),
+            "competition": competition.detach(),
             "consistency": consistency.detach(),
-            "pred_mask": prob.detach(),
+            "pred_mask": prob.detach().reshape(b, k, *spatial),
         }
+
+    @staticmethod
+    def _competition(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # background's logit is fixed at 0, so a class wins a voxel when its logit is positive and the largest: the
+        # rule PromptedSegmenter's argmax applies at inference
+        full = torch.cat([torch.zeros_like(logits[:, :1]), logits], dim=1)
+        classes = torch.where(
+            target.amax(1) > 0, target.argmax(1) + 1, torch.zeros_like(target[:, 0], dtype=torch.long)
+        )
+        return F.cross_entropy(full, classes, reduction="none").flatten(1).mean(1)
+
+    def _bce(self, output: torch.Tensor, prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.prediction_type == "logits":
+            return F.binary_cross_entropy_with_logits(output, target)
+        return F.binary_cross_entropy(prob.clamp(1e-6, 1.0 - 1e-6), target)
 
     # calling the module computes the loss, so DistributedDataParallel synchronises it
     forward = loss
@@ -191,7 +258,7 @@ class MaskDiffusion(nn.Module):
         sched = DDIMScheduler(
             num_train_timesteps=self.num_train_timesteps,
             schedule=self.schedule,
-            prediction_type=self.prediction_type,
+            prediction_type=self._scheduler_prediction,
             clip_sample=True,
         )
         sched.set_timesteps(num_inference_steps)
@@ -256,6 +323,8 @@ class MaskDiffusion(nn.Module):
                 # a [B] tensor built from the image, so a trace keeps the batch size dynamic
                 ts = torch.zeros_like(image[:, 0].flatten(1)[:, 0], dtype=torch.long) + t_int
                 output = self.denoiser(torch.cat([x, image], dim=1), ts, context)
+                if self.prediction_type == "logits":
+                    output = torch.tanh(0.5 * output)
                 x, _ = sched.step(output, t_int, x)
             probs.append(((x.clamp(-1.0, 1.0) + 1.0) / 2.0))
         stacked = torch.stack(probs)

@@ -24,8 +24,9 @@ class DiffusionPrepareBatch(PrepareBatch):
 
     Args:
         image_key: the image ``[B, C, *S]``.
-        target_key: the binary target ``[B, 1, *S]`` (:class:`~bundle.transforms.RandPromptd`).
-        context_key: the prompt embedding ``[B, E]`` (:class:`~bundle.transforms.EmbedPromptd`).
+        target_key: the binary target ``[B, 1, *S]``, or ``[B, K, *S]`` for every class
+            (:class:`~bundle.transforms.RandPromptd`).
+        context_key: the prompt embedding ``[B, E]``, or ``[B, K, E]`` (:class:`~bundle.transforms.EmbedPromptd`).
         teacher_key: the SAM2 teacher's probabilities ``[B, 1, *S]``, handed on as ``teacher`` when present.
         teacher_weight_key: the teacher's trust weights ``[B, 1, *S]``, handed on as ``teacher_weight``.
         supervised_key: ``[B]`` flags, 0 for unlabelled cases (:class:`~bundle.transforms.TeacherTargetsd`), handed
@@ -87,7 +88,8 @@ class DiffusionTrainer(SupervisedTrainer):
         kwargs: :class:`~monai.engines.SupervisedTrainer`'s other arguments.
 
     The iteration output holds ``image``, ``label`` (the binary target), ``pred`` (the implied clean-mask
-    probability), ``loss`` and its terms ``l1``, ``dice`` and ``consistency``.
+    probability), ``loss`` and the other terms the network reports (:class:`~bundle.diffusion.MaskDiffusion`'s
+    ``l1``, ``dice``, ``bce``, ``competition`` and ``consistency``).
 
     Raises:
         NotImplementedError: ``accumulation_steps > 1`` or ``compile=True``, which this iteration does not support.
@@ -122,15 +124,9 @@ class DiffusionTrainer(SupervisedTrainer):
         loss = terms["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {float(loss)} at iteration {engine.state.iteration}")
-        engine.state.output.update(
-            {
-                Keys.PRED: terms["pred_mask"],
-                Keys.LOSS: loss,
-                "l1": terms["l1"],
-                "dice": terms["dice"],
-                "consistency": terms["consistency"],
-            }
-        )
+        engine.state.output.update({Keys.PRED: terms["pred_mask"], Keys.LOSS: loss})
+        # the loss terms the network reports (l1, dice, bce, competition, consistency), for handlers to log
+        engine.state.output.update({k: v for k, v in terms.items() if k not in ("loss", "pred_mask")})
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         if engine.amp and engine.scaler is not None:
             engine.scaler.scale(loss).backward()

@@ -17,15 +17,19 @@ __all__ = ["RandPromptd", "EmbedPromptd"]
 
 
 class RandPromptd(Randomizable, MapTransform):
-    """Samples one class prompt per item and writes its binary target.
+    """Samples one class prompt per item and writes its binary target; or, with ``all_classes``, prompts every class.
 
     Args:
         keys: the multi-label map (``[1, *S]`` or ``[*S]`` integer labels).
         class_names: ``{label value: name}`` (background excluded), e.g. from :func:`class_names_from_metadata`.
-        target_key: where the binary target ``[1, *S]`` (float32) goes.
-        prompt_key: where the prompt text goes.
-        class_key: where the sampled label value goes (an int; 0 never occurs).
+        target_key: where the binary target ``[1, *S]`` (float32) goes; ``[K, *S]`` with ``all_classes``.
+        prompt_key: where the prompt text goes; the ``K`` names (``class_names`` order) with ``all_classes``.
+        class_key: where the sampled label value goes (an int; 0 never occurs); the ``K`` values (``[K]`` int64
+            tensor) with ``all_classes``.
         absent_prob: probability of prompting a class that is absent from the map (empty target), when there is one.
+            Not used with ``all_classes``, where absent classes are prompted with their empty targets.
+        all_classes: prompt every class of ``class_names`` at once, so that a loss can make the classes compete for
+            each voxel (:class:`~bundle.diffusion.MaskDiffusion`'s ``competition_weight``).
         allow_missing_keys: don't raise an exception when a key is missing.
 
     Raises:
@@ -41,9 +45,11 @@ class RandPromptd(Randomizable, MapTransform):
         prompt_key: str = "prompt",
         class_key: str = "prompt_class",
         absent_prob: float = 0.1,
+        all_classes: bool = False,
         allow_missing_keys: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
+        self.all_classes = bool(all_classes)
         if not class_names:
             raise ValueError("RandPromptd needs at least one class name")
         if 0 in class_names:
@@ -74,8 +80,8 @@ class RandPromptd(Randomizable, MapTransform):
             data: a dictionary item holding the label map under each key.
 
         Returns:
-            A shallow copy of ``data`` with ``target_key`` (``[1, *S]`` float32), ``prompt_key`` and ``class_key``
-            set (for the last key).
+            A shallow copy of ``data`` with ``target_key`` (``[1, *S]`` float32; ``[K, *S]`` with ``all_classes``),
+            ``prompt_key`` and ``class_key`` set (for the last key).
 
         Raises:
             ValueError: naming the label file, when the map holds values outside ``class_names`` and background.
@@ -90,13 +96,19 @@ class RandPromptd(Randomizable, MapTransform):
                     f"{source_name(d, key)}: label values {unknown} are not in channel_def "
                     f"(known: 0 background, {self.class_names})"
                 )
+            label = torch.as_tensor(label)
+            if label.dim() > 1 and label.shape[0] == 1:
+                label = label[0]
+            if self.all_classes:
+                chosen = list(self.class_names)
+                d[self.target_key] = torch.stack([(label == c).float() for c in chosen])
+                d[self.prompt_key] = [self.class_names[c] for c in chosen]
+                d[self.class_key] = torch.tensor(chosen, dtype=torch.long)
+                continue
             present = [int(v) for v in values if int(v) in self.class_names]
             self.randomize(present)
             assert self._choice is not None
-            target = (torch.as_tensor(label) == self._choice).float()
-            if target.shape[0] != 1:  # a label without its channel axis
-                target = target[None]
-            d[self.target_key] = target
+            d[self.target_key] = (label == self._choice).float()[None]
             d[self.prompt_key] = self.class_names[self._choice]
             d[self.class_key] = self._choice
         return d

@@ -94,7 +94,7 @@ def test_unlabelled_samples_train_through_the_teacher_only():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.denoiser.parameters())
 
 
-@pytest.mark.parametrize("prediction_type", ["sample", "epsilon"])
+@pytest.mark.parametrize("prediction_type", ["sample", "epsilon", "logits"])
 def test_loss_is_finite_deterministic_and_trains_the_denoiser(prediction_type):
     torch.manual_seed(0)
     model = MaskDiffusion(_denoiser(), prediction_type=prediction_type)
@@ -118,9 +118,89 @@ def test_epsilon_prediction_implies_the_clean_mask():
     torch.testing.assert_close(model._clean_from_output(noise, noisy, t), x0, atol=1e-3, rtol=1e-3)
 
 
+def test_logits_prediction_is_a_likelihood_on_the_raw_output():
+    """For ``"logits"`` the clean mask is tanh(z / 2), the BCE term is the logits' BCE, and DDIM steps on tanh(z / 2)."""
+    torch.manual_seed(0)
+    model = MaskDiffusion(_denoiser(), prediction_type="logits", l1_weight=0.5, dice_weight=0.25, bce_weight=2.0)
+    image, target = torch.rand(2, 1, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
+    context, t = torch.randn(2, 4), torch.tensor([999, 400])
+    out = model.loss(image, target, context, timesteps=t, generator=torch.Generator().manual_seed(1))
+    # the same noise, the raw output by hand
+    gen = torch.Generator().manual_seed(1)
+    noise = torch.randn(target.shape, generator=gen)
+    noisy = model.train_scheduler.add_noise(target * 2 - 1, noise, t)
+    z = model.denoiser(torch.cat([noisy, image], 1), t, context)
+    prob = torch.sigmoid(z)
+    torch.testing.assert_close(out["pred_mask"], prob)
+    torch.testing.assert_close(out["bce"], torch.nn.functional.binary_cross_entropy_with_logits(z, target).detach())
+    torch.testing.assert_close(out["l1"], ((2 * prob - 1) - (2 * target - 1)).abs().mean().detach())
+    torch.testing.assert_close(out["loss"].detach(), 0.5 * out["l1"] + 0.25 * out["dice"] + 2.0 * out["bce"])
+    # one DDIM step from t = T - 1 with the trailing grid lands on tanh(z / 2), up to the (tiny) remaining noise
+    model.eval()
+    x = seeded_normal(image[:1, :1], 0).expand(2, 1, 16, 16)
+    with torch.no_grad():
+        z1 = model.denoiser(torch.cat([x, image], 1), torch.tensor([999, 999]), context)
+        sampled, _ = model.sample(image, context, num_inference_steps=1, seed=0)
+    torch.testing.assert_close(sampled, torch.sigmoid(z1), atol=2e-2, rtol=0)
+    assert ((sampled > 0.5) == (z1 > 0)).float().mean() > 0.99
+
+
+def test_bce_term_is_off_by_default_and_counts_labelled_samples_only():
+    torch.manual_seed(0)
+    image, target = torch.rand(2, 1, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
+    context, t = torch.randn(2, 4), torch.tensor([999, 600])
+    plain = MaskDiffusion(_denoiser())
+    out = plain.loss(image, target, context, timesteps=t, generator=torch.Generator().manual_seed(1))
+    assert out["bce"] == 0
+    torch.testing.assert_close(out["loss"].detach(), out["l1"] + out["dice"])
+    model = MaskDiffusion(_denoiser(), prediction_type="logits", bce_weight=1.0)
+    other = target.clone()
+    other[1] = 1 - other[1]
+    kwargs = {"timesteps": t, "supervised": torch.tensor([1.0, 0.0])}
+    a = model.loss(image, target, context, generator=torch.Generator().manual_seed(1), **kwargs)
+    b = model.loss(image, other, context, generator=torch.Generator().manual_seed(1), **kwargs)
+    assert a["bce"] > 0 and a["bce"] == b["bce"]
+
+
+def test_every_prompt_of_an_image_in_one_step_with_the_classes_competing():
+    """``[B, K, E]`` context: the B * K pairs equal one-prompt calls at the image's timestep; the multi-class term is
+    the cross-entropy over [0, z_1, ..., z_K] against the label, and it is what makes the classes compete."""
+    torch.manual_seed(0)
+    model = MaskDiffusion(_denoiser(), prediction_type="logits", l1_weight=0.0, bce_weight=1.0, competition_weight=1.0)
+    image = torch.rand(2, 1, 16, 16)
+    label = torch.randint(0, 3, (2, 16, 16))
+    target = torch.stack([(label == c).float() for c in (1, 2)], 1)  # [2, 2, 16, 16]
+    context = torch.randn(2, 2, 4)
+    t = torch.tensor([999, 500])
+    out = model.loss(image, target, context, timesteps=t, generator=torch.Generator().manual_seed(1))
+    assert out["pred_mask"].shape == target.shape
+    # the same pairs, flattened by hand, with the noise drawn in the same order
+    gen = torch.Generator().manual_seed(1)
+    noise = torch.randn(4, 1, 16, 16, generator=gen)
+    pairs_t = t.repeat_interleave(2)
+    noisy = model.train_scheduler.add_noise(target.reshape(4, 1, 16, 16) * 2 - 1, noise, pairs_t)
+    z = model.denoiser(torch.cat([noisy, image.repeat_interleave(2, 0)], 1), pairs_t, context.reshape(4, 4))
+    torch.testing.assert_close(out["pred_mask"], torch.sigmoid(z).reshape(2, 2, 16, 16))
+    full = torch.cat([torch.zeros(2, 1, 16, 16), z.reshape(2, 2, 16, 16)], 1)
+    expected = torch.nn.functional.cross_entropy(full, label)
+    torch.testing.assert_close(out["competition"], expected.detach())
+    torch.testing.assert_close(out["loss"].detach(), out["dice"] + out["bce"] + out["competition"])
+    # one prompt per image: no multi-class term
+    single = model.loss(image, target[:, :1], context[:, 0], timesteps=t)
+    assert single["competition"] == 0
+    with pytest.raises(ValueError, match="target must be"):
+        model.loss(image, target[:, :1], context, timesteps=t)
+    with pytest.raises(ValueError, match="teacher term needs one prompt"):
+        model.loss(image, target, context, teacher=torch.rand(2, 1, 16, 16))
+    with pytest.raises(ValueError, match="competition_weight"):
+        MaskDiffusion(_denoiser(), competition_weight=1.0)  # needs logits
+
+
 def test_invalid_arguments():
     with pytest.raises(ValueError, match="Unsupported option .v."):
         MaskDiffusion(_denoiser(), prediction_type="v")
+    with pytest.raises(ValueError, match="bce_weight"):
+        MaskDiffusion(_denoiser(), bce_weight=-1.0)
     model = MaskDiffusion(_denoiser())
     with pytest.raises(ValueError, match="target must be"):
         model.loss(torch.rand(1, 1, 8, 8), torch.rand(1, 2, 8, 8), torch.randn(1, 4))
@@ -161,12 +241,14 @@ def _two_object_batch(gen: torch.Generator, n: int, size: int = 32):
     return image + 0.05 * torch.randn(image.shape, generator=gen), targets
 
 
-def test_prompts_are_learnt_through_diffusion():
+@pytest.mark.parametrize("prediction_type", ["sample", "logits"])
+def test_prompts_are_learnt_through_diffusion(prediction_type):
     """A tiny model learns to answer two prompts on the same images; fails if conditioning or sampling is broken."""
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     prompts = torch.eye(4)[:2]  # two prompt embeddings
-    model = MaskDiffusion(_denoiser())
+    weights = {"l1_weight": 0.0, "bce_weight": 1.0} if prediction_type == "logits" else {}
+    model = MaskDiffusion(_denoiser(), prediction_type=prediction_type, **weights)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(300):
         image, targets = _two_object_batch(gen, 8)

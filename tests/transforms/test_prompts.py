@@ -57,6 +57,18 @@ def test_absent_classes_are_sampled_with_empty_targets():
     assert not out["target"].any() and out["prompt_class"] in NAMES
 
 
+def test_all_classes_prompts_every_class_with_its_target():
+    t = RandPromptd("label", NAMES, all_classes=True)
+    lab = _label((2,))  # class 1 absent
+    out = t({"label": lab})
+    assert out["prompt"] == [NAMES[1], NAMES[2]]
+    assert out["prompt_class"].tolist() == [1, 2]
+    assert out["target"].shape == (2, 8, 8, 8) and out["target"].dtype == torch.float32
+    assert not out["target"][0].any() and torch.equal(out["target"][1].bool(), lab[0] == 2)
+    # without a channel axis too
+    assert torch.equal(t({"label": lab[0]})["target"], out["target"])
+
+
 def test_sampling_is_reproducible_with_a_seed():
     a, b = RandPromptd("label", NAMES, absent_prob=0.3), RandPromptd("label", NAMES, absent_prob=0.3)
     a.set_random_state(5)
