@@ -284,6 +284,9 @@ def test_seeded_normal_is_standard_normal_and_deterministic():
     assert abs(float(torch.corrcoef(torch.stack([flat[:-1], flat[1:]]))[0, 1])) < 0.01, "neighbours correlated"
     torch.testing.assert_close(seeded_normal(ref, 0), z)
     assert abs(float(torch.corrcoef(torch.stack([flat, seeded_normal(ref, 1).flatten()]))[0, 1])) < 0.01
+    # a function of the flat voxel index: an odd-sized tensor gets the same values as the start of a larger one
+    odd = seeded_normal(torch.zeros(1, 1, 3, 5, 7), 0)
+    torch.testing.assert_close(odd.flatten(), flat[: odd.numel()])
 
 
 def test_seeded_normal_survives_trace_and_onnx(tmp_path):
