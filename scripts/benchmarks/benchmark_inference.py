@@ -2,10 +2,14 @@
 """Whole-volume inference time on the CPU: SegOne (all class prompts, by DDIM steps) against U-Net baselines.
 
 Every network runs through the same MONAI SlidingWindowInferer as ``configs/inference.json`` (ROI 48x64x48,
-overlap 0.25, Gaussian blending) on a volume of the size of an MSD hippocampus crop; the median of ``--repeats``
-runs is reported, with the number of threads. Timing does not depend on the weights: the U-Nets run untrained.
+overlap 0.25, Gaussian blending) on a volume of the size of an MSD hippocampus crop. The networks are timed in
+interleaved rounds (one run of each per round, the order rotating), so a change in the machine's load hits every
+row alike; the table gives the median and the ratio to the MONAI UNet baseline at the same thread count. Timing does
+not depend on the weights: the U-Nets run untrained.
 
-    python scripts/benchmarks/benchmark_inference.py --steps 1 2 3 5 --threads 2
+    python scripts/benchmarks/benchmark_inference.py --steps 1 2 --threads 1 2 --repeats 20
+    # another SegOne configuration, e.g. the recipe's shift blocks at 2 mm
+    python scripts/benchmarks/benchmark_inference.py --set "encoder_blocks=[1,1,2,2]" --set "decoder_blocks=[1,1,1]"
 """
 
 from __future__ import annotations
@@ -14,91 +18,112 @@ import argparse
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from bundle.utils.cli import add_override_option, parse_overrides
 from bundle.utils.config import BUNDLE_ROOT, load_bundle_config
 
+BASELINE = "MONAI UNet (baseline)"
 
-def segone(steps: int, ckpt_path: Path) -> torch.nn.Module:
+
+def segone(steps: int, ckpt_path: Path, overrides: Mapping[str, Any] | None = None) -> torch.nn.Module:
     """SegOne as configs/inference.json builds it.
 
     Args:
         steps: DDIM steps per prompt.
-        ckpt_path: the model file, loaded when it exists (else random weights: timing does not depend on them).
+        ckpt_path: the model file, loaded when it exists and no ``overrides`` are given (else random weights: timing
+            does not depend on them).
+        overrides: inference.json overrides (e.g. ``{"encoder_blocks": [1, 1, 2, 2]}``).
 
     Returns:
         The network in eval mode.
     """
-    parser = load_bundle_config("inference.json", overrides={"num_inference_steps": steps, "ckpt_path": str(ckpt_path)})
-    return parser.get_parsed_content("network" if ckpt_path.is_file() else "network_def").eval()
+    config = {"num_inference_steps": steps, "ckpt_path": str(ckpt_path), **(overrides or {})}
+    parser = load_bundle_config("inference.json", overrides=config)
+    load = ckpt_path.is_file() and not overrides
+    return parser.get_parsed_content("network" if load else "network_def").eval()
 
 
-def median_seconds(net: torch.nn.Module, volume: torch.Tensor, repeats: int) -> float:
-    """Whole-volume sliding-window inference time.
+def interleaved_seconds(runs: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Times callables in interleaved rounds: each round runs every callable once, in an order that rotates.
 
     Args:
-        net: the network.
-        volume: ``[1, 1, X, Y, Z]``.
-        repeats: timed runs, after one warm-up run.
+        runs: ``{name: callable}``.
+        repeats: timed rounds.
+        warmup: untimed runs of each callable first.
 
     Returns:
-        The median seconds of the timed runs.
+        ``{name: [seconds per round]}``.
     """
-    from monai.inferers import SlidingWindowInferer
-
-    inferer = SlidingWindowInferer((48, 64, 48), sw_batch_size=1, overlap=0.25, mode="gaussian")
-    with torch.no_grad():
-        inferer(volume, net)  # warm-up
-        times = []
-        for _ in range(repeats):
+    names = list(runs)
+    for name in names:
+        for _ in range(warmup):
+            runs[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             t0 = time.perf_counter()
-            inferer(volume, net)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+            runs[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from monai.inferers import SlidingWindowInferer
     from monai.networks.nets import BasicUNet, UNet
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 3, 5], help="SegOne DDIM step counts to time")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads")
-    ap.add_argument("--repeats", type=int, default=10, help="timed runs per network (the median is reported)")
+    ap.add_argument("--steps", type=int, nargs="+", default=[1, 2], help="SegOne DDIM step counts to time")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts, one table each")
+    ap.add_argument("--repeats", type=int, default=20, help="interleaved timed rounds (the median is reported)")
     ap.add_argument("--shape", type=int, nargs=3, default=[36, 50, 36], help="volume size (a hippocampus crop)")
+    ap.add_argument("--basic_unet", action="store_true", help="also time MONAI BasicUNet (about 5x the UNet)")
     ap.add_argument(
         "--ckpt_path",
         default=str(BUNDLE_ROOT / "models" / "model.pt"),
-        help="SegOne model file (default: %(default)s; random weights when it is absent)",
+        help="SegOne model file (default: %(default)s; random weights when it is absent or with --set)",
     )
+    add_override_option(ap, "--set", "inference.json override for SegOne, e.g. --set encoder_blocks=[1,1,2,2]")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    overrides = parse_overrides(args.set)
+
     torch.manual_seed(0)
     volume = torch.randn(1, 1, *args.shape)
-    rows = []
-    for steps in args.steps:
-        net = segone(steps, Path(args.ckpt_path))
-        rows.append(
-            (
-                f"SegOne, {steps} DDIM step(s), 2 prompts",
-                sum(p.numel() for p in net.parameters()),
-                median_seconds(net, volume, args.repeats),
+    inferer = SlidingWindowInferer((48, 64, 48), sw_batch_size=1, overlap=0.25, mode="gaussian")
+    label = ", ".join(f"{k}={v}" for k, v in overrides.items())
+    nets = {
+        f"SegOne, {steps} DDIM step(s), 2 prompts"
+        + (f" ({label})" if label else ""): segone(steps, Path(args.ckpt_path), overrides)
+        for steps in args.steps
+    }
+    nets[BASELINE] = UNet(3, 1, 3, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2).eval()
+    if args.basic_unet:
+        nets["MONAI BasicUNet"] = BasicUNet(3, 1, 3).eval()
+
+    def _run(net: torch.nn.Module) -> Callable[[], Any]:
+        return lambda: inferer(volume, net)
+
+    print(f"\nvolume {'x'.join(map(str, args.shape))}, ROI 48x64x48, {args.repeats} interleaved rounds\n")
+    print("| network | parameters | threads | median time / volume | p10-p90 | ratio to UNet |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        with torch.no_grad():
+            times = interleaved_seconds({name: _run(net) for name, net in nets.items()}, args.repeats)
+        base = statistics.median(times[BASELINE])
+        for name, net in nets.items():
+            t = sorted(times[name])
+            med = statistics.median(t)
+            p10, p90 = t[int(0.1 * (len(t) - 1))], t[int(0.9 * (len(t) - 1))]
+            params = sum(p.numel() for p in net.parameters()) / 1e6
+            print(
+                f"| {name} | {params:.2f} M | {threads} | {med * 1000:.0f} ms | {p10 * 1000:.0f}-{p90 * 1000:.0f} | "
+                f"x{med / base:.2f} |"
             )
-        )
-    for name, net in (
-        ("MONAI UNet (baseline)", UNet(3, 1, 3, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2)),
-        ("MONAI BasicUNet", BasicUNet(3, 1, 3)),
-    ):
-        rows.append((name, sum(p.numel() for p in net.parameters()), median_seconds(net.eval(), volume, args.repeats)))
-    print(
-        f"\nvolume {'x'.join(map(str, args.shape))}, ROI 48x64x48, {args.threads} threads, median of {args.repeats}\n"
-    )
-    print("| network | parameters | time / volume |")
-    print("|---|---:|---:|")
-    for name, params, seconds in rows:
-        print(f"| {name} | {params / 1e6:.2f} M | {seconds * 1000:.0f} ms |")
     return 0
 
 

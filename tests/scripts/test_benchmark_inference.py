@@ -1,0 +1,41 @@
+"""scripts/benchmarks/benchmark_inference.py: interleaved whole-volume timing of SegOne against the UNet baseline."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from bundle.utils.config import BUNDLE_ROOT
+
+SCRIPT = BUNDLE_ROOT / "scripts" / "benchmarks" / "benchmark_inference.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("benchmark_inference", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rounds_are_interleaved_with_a_rotating_order():
+    calls = []
+    runs = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    times = _module().interleaved_seconds(runs, repeats=3, warmup=1)
+    assert calls == list("abc") + list("abc") + list("bca") + list("cab")
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
+
+
+@pytest.mark.slow
+def test_table_has_every_network_and_thread_count_with_ratios(capsys):
+    argv = ["--steps", "1", "--threads", "1", "2", "--repeats", "2", "--shape", "16", "16", "16"]
+    assert _module().main(argv + ["--set", "encoder_blocks=[1,1,2,2]"]) == 0
+    rows = [
+        line
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("| SegOne") or line.startswith("| MONAI")
+    ]
+    assert len(rows) == 4
+    assert all("encoder_blocks=[1, 1, 2, 2]" in r for r in rows if r.startswith("| SegOne"))
+    assert [r.split(" | ")[2] for r in rows] == ["1", "1", "2", "2"]
+    assert all(r.endswith("x1.00 |") for r in rows if "UNet (baseline)" in r)
