@@ -74,7 +74,7 @@ RECIPE = {
     "ema_decay": 0.99,
     "warmup_epochs": 1,
     "diffusion#timestep_bias": 10.0,
-    "diffusion#prediction_type": "logits",
+    "prediction_type": "logits",
     "diffusion#l1_weight": 0.0,
     "diffusion#bce_weight": 1.0,
     "diffusion#competition_weight": 1.0,
