@@ -32,12 +32,26 @@ def test_hd95_uses_the_spacing():
     assert case_metrics(pred, gt, {1: "a"}, spacing=(2, 1, 1))["a"]["hd95"] == pytest.approx(4.0)
 
 
+def test_surface_dice_counts_boundaries_within_one_mm():
+    gt = np.zeros((12, 12, 12), int)
+    gt[4:8, 4:8, 4:8] = 1
+    pred = np.roll(gt, 1, axis=0)  # every boundary voxel one voxel from the other's boundary
+    assert case_metrics(pred, gt, {1: "a"})["a"]["surface_dice"] == pytest.approx(1.0)
+    assert case_metrics(gt, gt, {1: "a"})["a"]["surface_dice"] == pytest.approx(1.0)
+    # at 2 mm along x the two faces across x are out of tolerance, the four side faces are not
+    shifted = case_metrics(pred, gt, {1: "a"}, spacing=(2, 1, 1))["a"]["surface_dice"]
+    assert 0.3 < shifted < 0.95
+    far = np.roll(gt, 6, axis=0)  # disjoint, 6 voxels away
+    assert case_metrics(far, gt, {1: "a"})["a"]["surface_dice"] == pytest.approx(0.0)
+
+
 def test_empty_classes_follow_the_documented_conventions():
     gt = np.zeros((8, 8, 8), int)
     gt[2:4, 2:4, 2:4] = 1
     m = case_metrics(np.zeros_like(gt), gt, CLASSES)
     assert m["a"]["dice"] == 0.0 and math.isnan(m["a"]["hd95"])  # missed entirely
-    assert m["b"] == {"dice": 1.0, "iou": 1.0, "hd95": 0.0, "precision": 1.0, "recall": 1.0}  # absent in both
+    assert m["a"]["surface_dice"] == 0.0
+    assert m["b"] == {"dice": 1.0, "iou": 1.0, "hd95": 0.0, "surface_dice": 1.0, "precision": 1.0, "recall": 1.0}
     summary = summarize([{"image": "x", **m}], ["a", "b"])
     assert summary["cases"][0]["a"]["hd95"] is None  # JSON-safe
     assert summary["classes"]["a"]["hd95"] is None and summary["mean"]["hd95"] == 0.0
