@@ -294,7 +294,7 @@ def test_evaluation_writes_metrics(tmp_path, trained, msd_dir):
     wf.initialize()
     wf.run()
     metrics = json.loads((out / "metrics.json").read_text())
-    keys = {"dice", "iou", "hd95", "precision", "recall"}
+    keys = {"dice", "iou", "hd95", "surface_dice", "precision", "recall"}
     assert set(metrics) == {"mean", "classes", "cases"} and set(metrics["mean"]) == keys
     assert set(metrics["classes"]) == {"anterior hippocampus", "posterior hippocampus"}
     assert len(metrics["cases"]) == 2  # 34 % of 6 cases

@@ -140,7 +140,7 @@ def test_evaluate_command_with_onnx_path_writes_metrics(export, msd_dir, tmp_pat
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    keys = {"dice", "iou", "hd95", "precision", "recall"}
+    keys = {"dice", "iou", "hd95", "surface_dice", "precision", "recall"}
     assert set(metrics) == {"mean", "classes", "cases"} and set(metrics["mean"]) == keys
     assert set(metrics["classes"]) == set(PROMPTS) and len(metrics["cases"]) == 2
     assert all(0.0 <= np.float64(c["posterior hippocampus"]["dice"]) <= 1.0 for c in metrics["cases"])
