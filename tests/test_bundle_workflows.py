@@ -303,7 +303,7 @@ def test_evaluation_writes_metrics(tmp_path, trained, msd_dir):
         assert set(case["anterior hippocampus"]) == keys
         assert 0.0 <= case["posterior hippocampus"]["dice"] <= 1.0
     rows = (out / "metrics.csv").read_text().strip().splitlines()
-    assert rows[0] == "image,class,dice,iou,hd95,precision,recall" and len(rows) == 1 + 2 * 2
+    assert rows[0] == "image,class,dice,iou,hd95,surface_dice,precision,recall" and len(rows) == 1 + 2 * 2
     assert len(list((out / "predictions").glob("*_seg.nii.gz"))) == 2
 
 
