@@ -63,7 +63,7 @@ def test_training_writes_model_report_and_events(trained):
     history = json.loads((trained / "history.json").read_text())
     assert [e for e, _ in history["loss"]] == [1, 2] and [e for e, _ in history["metric"]] == [1, 2]
     last = torch.load(trained / "last.pt", weights_only=True)
-    assert set(last) == {"model", "optimizer", "trainer", "lr_scheduler"}
+    assert set(last) == {"model", "optimizer", "trainer", "lr_scheduler", "ema"}  # EMA on by default (0.7.0)
     assert last["trainer"]["iteration"] > 0
 
 

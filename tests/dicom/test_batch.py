@@ -23,7 +23,7 @@ from bundle.dicom.seg import TEMP_MARK, check_seg, coded_concepts, dciodvfy_erro
 from bundle.text import PromptEmbeddingTable
 from bundle.utils.checkpoint import save_model
 from bundle.utils.config import BUNDLE_ROOT, load_bundle_config
-from tests.helpers.bundle_runs import TINY_CLIP_DIM
+from tests.helpers.bundle_runs import SMALL, TINY_CLIP_DIM
 from tests.helpers.dicom_series import write_mr_series, write_sr
 from tests.helpers.shared_data import shared_path
 
@@ -33,7 +33,6 @@ pytestmark = pytest.mark.slow
 ROOT = BUNDLE_ROOT
 # the console entry point (pyproject.toml [project.scripts]), installed next to the interpreter
 COMMAND = Path(sys.executable).parent / "segone-dicom-batch"
-SMALL = {"features": [4, 8, 16], "roi_size": [16, 16, 16]}
 PROMPTS = ["anterior hippocampus", "posterior hippocampus"]
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 
