@@ -25,6 +25,7 @@ from tests.helpers.bundle_runs import (
     CONFIGS,
     META,
     ROOT,
+    SMALL,
     TINY_CLIP_DIM,
     bundle_cli,
     error_chain,
@@ -308,7 +309,8 @@ def test_evaluation_writes_metrics(tmp_path, trained, msd_dir):
 
 
 def test_cli_verify_net_in_out_and_torchscript_export(tmp_path, trained):
-    overrides = ["--features", "[4, 8, 16]", "--text_dim", str(TINY_CLIP_DIM), "--num_inference_steps", "1"]
+    overrides = [a for k, v in SMALL.items() if k != "roi_size" for a in (f"--{k}", json.dumps(v))]
+    overrides += ["--text_dim", str(TINY_CLIP_DIM), "--num_inference_steps", "1"]
     result = bundle_cli(
         "verify_net_in_out",
         "network_def",
@@ -355,6 +357,7 @@ def test_cli_verify_net_in_out_and_torchscript_export(tmp_path, trained):
             refine_channels=8,
             refine_inputs=[1],
         ),
+        prediction_type="logits",  # inference.json's
         num_prompts=2,
         embed_dim=TINY_CLIP_DIM,
         num_inference_steps=1,

@@ -62,7 +62,7 @@ def write_msd(root: Path, num_cases: int = 6) -> Path:
 
 # the network sizes every test run shares (a 3-level SegOne: sizes in multiples of 4; SegOne's default blocks, as
 # the shipped [1, 1, 2, 2] needs four levels and at least 7 channels at the first)
-SMALL = {"features": [4, 8, 16], "roi_size": [16, 16, 16], "encoder_blocks": None, "decoder_blocks": None}
+SMALL = {"features": [4, 8, 16], "roi_size": [16, 16, 16], "encoder_blocks": [0, 1, 2], "decoder_blocks": [0, 1]}
 
 
 def train_overrides(tiny_clip_config: str, dataset_dir: Path, output_dir: Path, **extra) -> dict:
