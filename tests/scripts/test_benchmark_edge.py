@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 
 import pytest
 
 from bundle.utils.config import BUNDLE_ROOT
+from tests.helpers.scripts import load_script
 
 SCRIPT = BUNDLE_ROOT / "scripts" / "benchmarks" / "benchmark_edge.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("benchmark_edge", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 @pytest.mark.slow

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
 from bundle.utils.config import BUNDLE_ROOT
+from tests.helpers.scripts import load_script
 
 SCRIPT = BUNDLE_ROOT / "scripts" / "benchmarks" / "benchmark_inference.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("benchmark_inference", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def test_rounds_are_interleaved_with_a_rotating_order():

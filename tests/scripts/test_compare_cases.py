@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
@@ -10,16 +9,14 @@ import pytest
 
 from bundle.evaluation import summarize
 from bundle.utils.config import BUNDLE_ROOT
+from tests.helpers.scripts import load_script
 
 SCRIPT = BUNDLE_ROOT / "scripts" / "experiments" / "compare_cases.py"
 CLASSES = ["a", "b"]
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("compare_cases", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def _write(path, dice_by_case):

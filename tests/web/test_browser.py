@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 
 from tests.helpers.bundle_runs import bundle_cli
+from tests.helpers.scripts import load_script
 from tests.helpers.shared_data import SHARED_DATA
 
 pytestmark = pytest.mark.slow
@@ -76,10 +77,7 @@ def _requirements() -> tuple[str, str, str]:
 
 
 def _load_serve():
-    spec = importlib.util.spec_from_file_location("segone_web_serve", WEB / "serve.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(WEB / "serve.py", "segone_web_serve")
 
 
 @pytest.fixture(scope="session")
