@@ -308,6 +308,55 @@ def test_evaluation_writes_metrics(tmp_path, trained, msd_dir):
     assert len(list((out / "predictions").glob("*_seg.nii.gz"))) == 2
 
 
+def test_a_suite_of_folders_trains_one_model_and_each_folder_evaluates_with_its_own_classes(tmp_path, tiny_clip_config):
+    from monai.transforms import Compose
+
+    from bundle.utils.checkpoint import load_prompt_table
+    from tests.helpers.bundle_runs import write_msd
+
+    write_msd(tmp_path / "hippo", num_cases=5)
+    # another folder numbering the same phantom its own way: 2 is the anterior part, 1 a structure of its own
+    other = write_msd(
+        tmp_path / "other",
+        num_cases=5,
+        labels={"0": "background", "1": "spleen", "2": "Anterior Hippocampus"},
+        relabel={1: 2, 2: 1},
+    )
+    suite_file = tmp_path / "suite.json"
+    suite_file.write_text(json.dumps({"datasets": ["hippo", "other"]}))
+    out = tmp_path / "train"
+    wf = workflow("train.json", "train", **train_overrides(tiny_clip_config, suite_file, out, max_epochs=1))
+    wf.initialize()
+    assert wf.parser.get_parsed_content("class_names") == {
+        1: "anterior hippocampus",
+        2: "posterior hippocampus",
+        3: "spleen",
+    }
+    # the other folder's labels arrive in the vocabulary's numbering
+    load = Compose(wf.parser.get_parsed_content("load_transforms"))
+    item = next(i for i in wf.parser.get_parsed_content("train#datalist") if i["dataset"] == "other")
+    assert set(load(item)["label"].unique().tolist()) == {0, 1, 3}
+    wf.run()
+    wf.finalize()
+    assert load_prompt_table(out / "model.pt").prompts == ["anterior hippocampus", "posterior hippocampus", "spleen"]
+
+    # the suite model's metadata lists the vocabulary; evaluating one folder scores that folder's own classes
+    meta = json.loads(Path(META).read_text())
+    names = {"0": "background", "1": "anterior hippocampus", "2": "posterior hippocampus", "3": "spleen"}
+    meta["network_data_format"]["outputs"]["pred"]["channel_def"] = names
+    meta_file = tmp_path / "metadata.json"
+    meta_file.write_text(json.dumps(meta))
+    ev = tmp_path / "eval"
+    overrides = infer_overrides(out / "model.pt", other, ev, eval_split="all")
+    wf = workflow("evaluate.json", "infer", meta_file=str(meta_file), **overrides)
+    wf.initialize()
+    wf.run()
+    metrics = json.loads((ev / "metrics.json").read_text())
+    assert set(metrics["classes"]) == {"spleen", "anterior hippocampus"} and len(metrics["cases"]) == 5
+    seg = nib.load(str(next((ev / "predictions").glob("*_seg.nii.gz")))).get_fdata()
+    assert set(np.unique(seg)) <= {0, 1, 2}  # written in the folder's own numbering
+
+
 def test_cli_verify_net_in_out_and_torchscript_export(tmp_path, trained):
     overrides = [a for k, v in SMALL.items() if k != "roi_size" for a in (f"--{k}", json.dumps(v))]
     overrides += ["--text_dim", str(TINY_CLIP_DIM), "--num_inference_steps", "1"]

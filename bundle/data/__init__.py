@@ -1,4 +1,5 @@
-"""Data: MSD-layout datalists, a seeded split, image discovery for inference, input checks and the demo phantom.
+"""Data: MSD-layout datalists and suites of them, a seeded split by patient, image discovery for inference, input
+checks and the demo phantom.
 
 Errors name the file and the problem: a missing image, a label whose shape or geometry differs from its image,
 non-finite intensities, a volume of the wrong dimensionality.
@@ -7,9 +8,21 @@ non-finite intensities, a volume of the wrong dimensionality.
 from .checks import CheckInputd
 from .datalist import NIFTI_SUFFIXES, dataset_split, find_images, load_msd_datalist, split_datalist
 from .demo import DEMO_LABELS, ensure_demo_dataset, make_phantom, write_demo_dataset
+from .suite import (
+    RemapSuiteLabelsd,
+    dataset_class_names,
+    dataset_dirs,
+    dataset_labels,
+    patient_id,
+    suite_label_maps,
+    suite_vocabulary,
+)
 
 __all__ = [
     "CheckInputd",
+    "dataset_class_names",
+    "dataset_dirs",
+    "dataset_labels",
     "dataset_split",
     "DEMO_LABELS",
     "ensure_demo_dataset",
@@ -17,6 +30,10 @@ __all__ = [
     "load_msd_datalist",
     "make_phantom",
     "NIFTI_SUFFIXES",
+    "patient_id",
+    "RemapSuiteLabelsd",
     "split_datalist",
+    "suite_label_maps",
+    "suite_vocabulary",
     "write_demo_dataset",
 ]

@@ -4,21 +4,53 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from bundle.utils.io import PathLike
 
-__all__ = ["NIFTI_SUFFIXES", "load_msd_datalist", "split_datalist", "dataset_split", "find_images", "check_output_dir"]
+__all__ = [
+    "NIFTI_SUFFIXES",
+    "BRATS2013_LABELS",
+    "is_brats2013_folder",
+    "load_msd_datalist",
+    "split_datalist",
+    "dataset_split",
+    "find_images",
+    "check_output_dir",
+]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+# BraTS 2013 case folders (shared/data/brats_sample): the FLAIR image alone is the input, since the network takes one
+# channel and edema, the largest compartment, shows on FLAIR; the four label values are the OTMultiClass ones
+BRATS2013_LABELS = {"1": "necrosis", "2": "edema", "3": "non-enhancing tumour", "4": "enhancing tumour"}
+_BRATS2013_IMAGE, _BRATS2013_LABEL = "Flair_subtrMeanDivStd.nii.gz", "OTMultiClass.nii.gz"
+
+
+def is_brats2013_folder(folder: PathLike) -> bool:
+    """Whether ``folder`` holds BraTS 2013 case folders (``<case>/Flair_subtrMeanDivStd.nii.gz`` and
+    ``<case>/OTMultiClass.nii.gz``) instead of an MSD ``dataset.json``."""
+    root = Path(folder)
+    return not (root / "dataset.json").is_file() and any((c / _BRATS2013_LABEL).is_file() for c in root.glob("*/"))
+
+
+def _brats2013_items(root: Path) -> list[dict[str, str]]:
+    cases = sorted(c for c in root.iterdir() if c.is_dir() and (c / _BRATS2013_LABEL).is_file())
+    missing = [str(c / _BRATS2013_IMAGE) for c in cases if not (c / _BRATS2013_IMAGE).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{root}: BraTS case folder(s) without {_BRATS2013_IMAGE}: {', '.join(missing)}")
+    return [{"image": str(c / _BRATS2013_IMAGE), "label": str(c / _BRATS2013_LABEL)} for c in cases]
 
 
 def load_msd_datalist(dataset_dir: PathLike, section: str = "training") -> list[dict[str, str]]:
     """``[{"image": path, "label": path}, ...]`` (absolute paths) from an MSD ``dataset.json``.
 
+    A folder of BraTS 2013 cases (:func:`is_brats2013_folder`) lists its FLAIR images and label maps as its
+    ``training`` section.
+
     Args:
-        dataset_dir: the MSD-layout folder holding ``dataset.json``.
+        dataset_dir: the MSD-layout folder holding ``dataset.json``, or a folder of BraTS 2013 cases.
         section: the list to read (``training`` or ``test``).
 
     Returns:
@@ -30,6 +62,8 @@ def load_msd_datalist(dataset_dir: PathLike, section: str = "training") -> list[
     """
     root = Path(dataset_dir).expanduser().resolve()
     meta_path = root / "dataset.json"
+    if section == "training" and root.is_dir() and is_brats2013_folder(root):
+        return _brats2013_items(root)
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path}: not found; --dataset_dir must be an MSD-layout folder")
     try:
@@ -56,17 +90,25 @@ def load_msd_datalist(dataset_dir: PathLike, section: str = "training") -> list[
 
 
 def split_datalist(
-    items: Sequence[Mapping[str, str]], val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0
+    items: Sequence[Mapping[str, str]],
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    group_by: Callable[[str], str] | None = None,
 ) -> dict[str, list[dict[str, str]]]:
-    """Seeded split into ``train``/``val``/``test``, independent of the order of ``items``.
+    """Seeded split into ``train``/``val``/``test``, independent of the order of ``items``, by patient if asked.
 
-    Items are sorted by image path before a seeded shuffle, so the same data and seed always give the same split.
+    Groups (one per patient with ``group_by``, else one per item) are ordered by their first image path and
+    shuffled with ``seed``; the fractions count groups, so a patient's volumes are always in the same part. With one
+    image per patient the split is the same as without ``group_by``.
 
     Args:
         items: the datalist.
         val_fraction: share of the validation part.
         test_fraction: share of the test part.
         seed: the shuffle's seed.
+        group_by: image path -> patient id (e.g. :func:`~bundle.data.suite.patient_id`); ``None``: every item on
+            its own.
 
     Returns:
         ``{"train": [...], "val": [...], "test": [...]}``.
@@ -78,18 +120,23 @@ def split_datalist(
         raise ValueError(
             f"fractions must be in [0, 1) with a sum below 1, got val {val_fraction}, test {test_fraction}"
         )
-    ordered = sorted((dict(i) for i in items), key=lambda i: i["image"])
+    groups: dict[str, list[dict[str, str]]] = {}
+    for item in sorted((dict(i) for i in items), key=lambda i: i["image"]):
+        groups.setdefault(group_by(item["image"]) if group_by else item["image"], []).append(item)
+    ordered = list(groups.values())
     random.Random(seed).shuffle(ordered)
     n = len(ordered)
     n_test = int(round(n * test_fraction))
     n_val = int(round(n * val_fraction))
     if n and n - n_test - n_val < 1:
-        raise ValueError(f"{n} items leave nothing to train on with val {val_fraction} and test {test_fraction}")
-    return {"test": ordered[:n_test], "val": ordered[n_test : n_test + n_val], "train": ordered[n_test + n_val :]}
+        unit = "patients" if group_by else "items"
+        raise ValueError(f"{n} {unit} leave nothing to train on with val {val_fraction} and test {test_fraction}")
+    parts = {"test": ordered[:n_test], "val": ordered[n_test : n_test + n_val], "train": ordered[n_test + n_val :]}
+    return {k: [item for group in v for item in group] for k, v in parts.items()}
 
 
 def dataset_split(
-    dataset_dir: PathLike | None,
+    dataset_dir: PathLike | Sequence[PathLike] | None,
     split: str,
     demo_dir: PathLike | None = None,
     val_fraction: float = 0.1,
@@ -99,10 +146,13 @@ def dataset_split(
     """One part (``train``, ``val``, ``test`` or ``all``) of the seeded split of an MSD folder's training cases.
 
     With an empty ``dataset_dir`` the embedded demo dataset at ``demo_dir`` is used, generated first when absent
-    (so the bundle's training command works on a fresh clone).
+    (so the bundle's training command works on a fresh clone). A suite (several folders, see
+    :func:`~bundle.data.suite.dataset_dirs`) is split folder by folder, each with the same fractions and seed, and
+    its items carry their folder's name under ``dataset``. Volumes of one patient
+    (:func:`~bundle.data.suite.patient_id`) stay in one part.
 
     Args:
-        dataset_dir: the MSD folder, or empty for the demo data.
+        dataset_dir: the MSD folder, a suite (list of folders, ``"a,b"``, or a suite file), or empty for the demo.
         split: ``train``, ``val``, ``test`` or ``all``.
         demo_dir: where the demo data is (generated when absent).
         val_fraction: share of the validation part.
@@ -115,19 +165,26 @@ def dataset_split(
     Raises:
         ValueError: an unknown split, or neither ``dataset_dir`` nor ``demo_dir``.
     """
-    if not dataset_dir:
+    from bundle.data.suite import dataset_dirs, patient_id
+
+    if split not in ("train", "val", "test", "all"):
+        raise ValueError(f"split must be one of train, val, test, all; got {split!r}")
+    folders = dataset_dirs(dataset_dir)
+    if not folders:
         if demo_dir is None:
             raise ValueError("no dataset_dir given and no demo_dir to generate the demo data in")
         from bundle.data.demo import ensure_demo_dataset
 
-        dataset_dir = ensure_demo_dataset(demo_dir)
-    items = load_msd_datalist(dataset_dir, "training")
-    if split == "all":
-        return sorted(items, key=lambda i: i["image"])
-    parts = split_datalist(items, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
-    if split not in parts:
-        raise ValueError(f"split must be one of train, val, test, all; got {split!r}")
-    return parts[split]
+        folders = [Path(ensure_demo_dataset(demo_dir))]
+    out: list[dict[str, str]] = []
+    for folder in folders:
+        items = load_msd_datalist(folder, "training")
+        if split == "all":
+            part = sorted(items, key=lambda i: i["image"])
+        else:
+            part = split_datalist(items, val_fraction, test_fraction, seed, group_by=patient_id)[split]
+        out += [dict(i, dataset=folder.name) for i in part] if len(folders) > 1 else part
+    return out
 
 
 def find_images(path: PathLike) -> list[dict[str, str]]:
@@ -165,30 +222,38 @@ def find_images(path: PathLike) -> list[dict[str, str]]:
     return [{"image": str(f)} for f in files]
 
 
-def check_output_dir(input_path: PathLike | None, output_dir: PathLike) -> Path:
-    """Refuses an output folder that is, or is inside, the input folder, so no output can overwrite an input.
+def check_output_dir(input_path: PathLike | Sequence[PathLike] | None, output_dir: PathLike) -> Path:
+    """Refuses an output folder that is, or is inside, an input folder, so no output can overwrite an input.
 
-    A single input file counts as its folder (an output beside it could replace a file of that folder).
+    A single input file counts as its folder (an output beside it could replace a file of that folder); a suite
+    (several folders, or a suite file) is checked folder by folder.
 
     Args:
-        input_path: the input folder or file (``--dataset_dir``); ``None`` or empty: nothing to check.
+        input_path: the input folder or file, or a suite (``--dataset_dir``); ``None`` or empty: nothing to check.
         output_dir: the output folder (``--output_dir``).
 
     Returns:
         ``output_dir``, resolved.
 
     Raises:
-        ValueError: naming both folders, when ``output_dir`` is ``input_path``'s folder or inside it.
+        ValueError: naming both folders, when ``output_dir`` is an input folder or inside one.
     """
+    from bundle.data.suite import SUITE_FILE_SUFFIXES, dataset_dirs
+
     out = Path(output_dir).expanduser().resolve()
     if not input_path:
         return out
-    src = Path(input_path).expanduser().resolve()
-    if src.is_file():
-        src = src.parent
-    if out == src or src in out.parents:
-        raise ValueError(
-            f"output folder {out} is, or is inside, the input folder {src}: outputs could overwrite inputs; "
-            "choose an --output_dir outside the input"
-        )
+    single = isinstance(input_path, (str, Path)) and "," not in str(input_path)
+    if single and not str(input_path).endswith(SUITE_FILE_SUFFIXES):
+        sources = [Path(input_path).expanduser().resolve()]
+    else:
+        sources = dataset_dirs(input_path)
+    for src in sources:
+        if src.is_file():
+            src = src.parent
+        if out == src or src in out.parents:
+            raise ValueError(
+                f"output folder {out} is, or is inside, the input folder {src}: outputs could overwrite inputs; "
+                "choose an --output_dir outside the input"
+            )
     return out

@@ -43,7 +43,17 @@ META = str(CONFIGS / "metadata.json")
 SHAPE = (32, 40, 32)
 
 
-def write_msd(root: Path, num_cases: int = 6) -> Path:
+def write_msd(
+    root: Path, num_cases: int = 6, labels: dict[str, str] | None = None, relabel: dict[int, int] | None = None
+) -> Path:
+    """A synthetic MSD folder of phantom cases (``case_<i>``).
+
+    Args:
+        root: the folder to create.
+        num_cases: how many cases.
+        labels: ``dataset.json``'s labels (default: the demo's hippocampus names).
+        relabel: phantom label value -> value written (e.g. ``{1: 2, 2: 1}``), to give a folder its own numbering.
+    """
     from bundle.data.demo import DEMO_LABELS, make_phantom
 
     (root / "imagesTr").mkdir(parents=True)
@@ -53,10 +63,12 @@ def write_msd(root: Path, num_cases: int = 6) -> Path:
     affine[:3, 3] = [5.0, -3.0, 2.0]
     for i in range(num_cases):
         image, label = make_phantom(100 + i, shape=SHAPE)
+        if relabel:
+            label = np.select([label == k for k in relabel], list(relabel.values()), label).astype(label.dtype)
         nib.save(nib.Nifti1Image(image, affine), str(root / "imagesTr" / f"case_{i}.nii.gz"))
         nib.save(nib.Nifti1Image(label, affine), str(root / "labelsTr" / f"case_{i}.nii.gz"))
         training.append({"image": f"./imagesTr/case_{i}.nii.gz", "label": f"./labelsTr/case_{i}.nii.gz"})
-    (root / "dataset.json").write_text(json.dumps({"labels": DEMO_LABELS, "training": training, "test": []}))
+    (root / "dataset.json").write_text(json.dumps({"labels": labels or DEMO_LABELS, "training": training, "test": []}))
     return root
 
 
@@ -96,11 +108,15 @@ def infer_overrides(ckpt: Path, dataset_dir: Path, output_dir: Path, **extra) ->
     return overrides
 
 
-def workflow(config: str, workflow_type: str, **overrides):
+def workflow(config: str, workflow_type: str, meta_file: str = META, **overrides):
     from monai.bundle import ConfigWorkflow
 
     wf = ConfigWorkflow(
-        config_file=str(CONFIGS / config), meta_file=META, logging_file=False, workflow_type=workflow_type, **overrides
+        config_file=str(CONFIGS / config),
+        meta_file=meta_file,
+        logging_file=False,
+        workflow_type=workflow_type,
+        **overrides,
     )
     return wf
 
