@@ -325,7 +325,9 @@ def test_a_suite_of_folders_trains_one_model_and_each_folder_evaluates_with_its_
     suite_file = tmp_path / "suite.json"
     suite_file.write_text(json.dumps({"datasets": ["hippo", "other"]}))
     out = tmp_path / "train"
-    wf = workflow("train.json", "train", **train_overrides(tiny_clip_config, suite_file, out, max_epochs=1))
+    # windows centred on each class in turn, so small structures of large volumes are seen
+    overrides = train_overrides(tiny_clip_config, suite_file, out, max_epochs=1, crop_sampling="classes")
+    wf = workflow("train.json", "train", **overrides)
     wf.initialize()
     assert wf.parser.get_parsed_content("class_names") == {
         1: "anterior hippocampus",
@@ -336,6 +338,9 @@ def test_a_suite_of_folders_trains_one_model_and_each_folder_evaluates_with_its_
     load = Compose(wf.parser.get_parsed_content("load_transforms"))
     item = next(i for i in wf.parser.get_parsed_content("train#datalist") if i["dataset"] == "other")
     assert set(load(item)["label"].unique().tolist()) == {0, 1, 3}
+    train_transforms = wf.parser.get_parsed_content("train#preprocessing").transforms
+    crops = [type(t).__name__ for t in train_transforms if "Crop" in type(t).__name__]
+    assert crops == ["RandCropByLabelClassesd"]
     wf.run()
     wf.finalize()
     assert load_prompt_table(out / "model.pt").prompts == ["anterior hippocampus", "posterior hippocampus", "spleen"]

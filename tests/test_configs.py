@@ -77,3 +77,23 @@ def test_monai_verify_net_in_out():
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "data shape of network is verified with no error" in (proc.stdout + proc.stderr)
+
+
+def test_one_anisotropy_limit_reaches_every_input_check():
+    """``max_anisotropy`` (inference.json, shared by train.json and evaluate.json) is what each CheckInputd applies:
+    4 for the shipped near-isotropic model; a suite of 7-10 mm slice stacks raises it on the command line."""
+    from bundle.data import CheckInputd
+
+    for name, key in (
+        ("inference.json", "preprocessing"),
+        ("evaluate.json", "preprocessing"),
+        ("train.json", "load_transforms"),
+    ):
+        for limit in (None, 8.0):
+            parser = load_bundle_config(name)
+            if limit is not None:
+                parser["max_anisotropy"] = limit
+            transforms = parser.get_parsed_content(key)
+            transforms = transforms.transforms if hasattr(transforms, "transforms") else transforms
+            checks = [t for t in transforms if isinstance(t, CheckInputd)]
+            assert len(checks) == 1 and checks[0].max_anisotropy == (limit or 4.0), name
