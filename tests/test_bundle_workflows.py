@@ -352,7 +352,8 @@ def test_a_suite_of_folders_trains_one_model_and_each_folder_evaluates_with_its_
     meta_file = tmp_path / "metadata.json"
     meta_file.write_text(json.dumps(meta))
     ev = tmp_path / "eval"
-    overrides = infer_overrides(out / "model.pt", other, ev, eval_split="all")
+    # and asks every image, one prompt at a time, for the model's classes that this folder does not label
+    overrides = infer_overrides(out / "model.pt", other, ev, eval_split="all", absent_prompts="others")
     wf = workflow("evaluate.json", "infer", meta_file=str(meta_file), **overrides)
     wf.initialize()
     wf.run()
@@ -360,6 +361,13 @@ def test_a_suite_of_folders_trains_one_model_and_each_folder_evaluates_with_its_
     assert set(metrics["classes"]) == {"spleen", "anterior hippocampus"} and len(metrics["cases"]) == 5
     seg = nib.load(str(next((ev / "predictions").glob("*_seg.nii.gz")))).get_fdata()
     assert set(np.unique(seg)) <= {0, 1, 2}  # written in the folder's own numbering
+    absent = json.loads((ev / "absent_prompts.json").read_text())
+    assert absent["prompts"] == ["posterior hippocampus"] and absent["num_answers"] == 5
+    volumes = np.array([c["volumes_ml"]["posterior hippocampus"] for c in absent["cases"]])
+    voxel_ml = 1.0 * 1.2 * 1.0 / 1000  # the folder's voxels
+    assert np.allclose(volumes / voxel_ml, np.round(volumes / voxel_ml))
+    assert absent["summary"]["0"]["empty_fraction"] == np.mean(volumes == 0)
+    assert absent["summary"]["5"]["empty_fraction"] == np.mean(volumes <= 5)
 
 
 def test_cli_verify_net_in_out_and_torchscript_export(tmp_path, trained):

@@ -1,0 +1,187 @@
+"""Absent structures: each evaluated image is asked, one prompt at a time, for structures it does not contain.
+
+A text-prompted segmenter answers every prompt; the common failure of such models is a confident mask for a
+structure that is not there ("liver" on a brain MRI). :class:`AbsentPromptsReport` measures it: for every image and
+every absent prompt, the volume of the answer, written to ``absent_prompts.json`` with, for a range of "absent" rules
+(an answer of at most ``T`` ml counts as empty), the fraction of empty answers and the false-positive volume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+from bundle.inference.engines import FAILED_KEY, prompted_inference
+from bundle.text import PromptEmbeddingTable, normalize_prompt
+from bundle.utils.io import write_text_atomic
+
+__all__ = ["AbsentPromptsReport", "absent_prompt_names", "DEFAULT_THRESHOLDS_ML"]
+
+logger = logging.getLogger(__name__)
+
+# answers of at most this many ml counted as empty: 0 is the strict rule; the others are candidate "absent" rules
+DEFAULT_THRESHOLDS_ML = (0.0, 0.1, 0.5, 1.0, 5.0)
+
+
+def absent_prompt_names(
+    absent_prompts: str | Sequence[str] | None, model_classes: Mapping[int, str], evaluated_classes: Mapping[int, str]
+) -> list[str]:
+    """The prompts to ask every image for: a list of names, or ``"others"``: every class of the model that the
+    evaluated data set does not label.
+
+    Args:
+        absent_prompts: ``None``/empty (none), ``"others"``, or prompt names (a list, or one comma-separated string).
+        model_classes: the model's classes (``channel_def``).
+        evaluated_classes: the evaluated data set's classes.
+
+    Returns:
+        Normalised, de-duplicated names, none of them a class of the evaluated data set.
+
+    Raises:
+        ValueError: a requested name is a class of the evaluated data set (it is present, not absent).
+    """
+    if not absent_prompts:
+        return []
+    present = {normalize_prompt(n) for n in evaluated_classes.values()}
+    if isinstance(absent_prompts, str) and absent_prompts.strip().lower() == "others":
+        return [n for n in dict.fromkeys(normalize_prompt(v) for v in model_classes.values()) if n not in present]
+    if isinstance(absent_prompts, str):
+        absent_prompts = [p for p in absent_prompts.split(",") if p.strip()]
+    names = list(dict.fromkeys(normalize_prompt(p) for p in absent_prompts))
+    labelled = [n for n in names if n in present]
+    if labelled:
+        raise ValueError(f"absent_prompts {labelled} are classes of the evaluated data set, not absent structures")
+    return names
+
+
+class AbsentPromptsReport:
+    """Handler: every image of an evaluation is segmented for each absent prompt alone; answers are measured in ml.
+
+    Each prompt runs on its own (``[1, E]`` embeddings), as a user asking for one structure would, so absent prompts
+    never compete with each other or with the present classes. The voxel volume comes from the preprocessed image's
+    affine (the bundle's preprocessing reorients and never resamples).
+
+    ``absent_prompts.json`` holds ``{"prompts", "thresholds_ml", "summary", "per_prompt", "cases"}``: per threshold
+    ``T``, the fraction of (image, prompt) answers of at most ``T`` ml (counted empty under the rule "an answer of at
+    most ``T`` ml is absent") and the mean volume of the others; per prompt the same; per case the volumes.
+
+    Args:
+        output_dir: where ``absent_prompts.json`` goes.
+        prompts: the absent prompts (:func:`absent_prompt_names`); none: the handler does nothing.
+        table: the prompt table, or a callable returning it (called once, when attached: an unknown prompt fails
+            before the first image).
+        inferer: the evaluation's inferer (sliding windows).
+        thresholds_ml: the "absent" rules compared (ml; 0 is the strict one).
+        image_key: the image entry of the batch.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        prompts: Sequence[str],
+        table: PromptEmbeddingTable | Callable[[], PromptEmbeddingTable],
+        inferer: Callable[..., torch.Tensor],
+        thresholds_ml: Sequence[float] = DEFAULT_THRESHOLDS_ML,
+        image_key: str = "image",
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.prompts = [normalize_prompt(p) for p in prompts]
+        self._table = table
+        self._embeddings: torch.Tensor | None = None
+        self.inferer = inferer
+        self.thresholds_ml = sorted(float(t) for t in thresholds_ml)
+        self.image_key = image_key
+        self.cases: list[dict[str, Any]] = []
+        self.summary: dict[str, Any] | None = None
+
+    def attach(self, engine: Engine) -> None:
+        """Registers the handler on an evaluator (a :class:`~bundle.inference.FolderEvaluator`).
+
+        Args:
+            engine: the evaluator.
+        """
+        if not self.prompts:
+            return
+        self.embeddings()  # an unknown prompt fails here, before the first image
+        engine.add_event_handler(Events.STARTED, lambda _: self.cases.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._on_iteration)
+        engine.add_event_handler(Events.COMPLETED, self._on_completed)
+
+    def embeddings(self) -> torch.Tensor:
+        """``[K, E]`` embeddings of the absent prompts (from the table, looked up once)."""
+        if self._embeddings is None:
+            table = self._table if isinstance(self._table, PromptEmbeddingTable) else self._table()
+            self._embeddings = table(self.prompts)
+        return self._embeddings
+
+    def _on_iteration(self, engine: Engine) -> None:
+        # MONAI decollates the batch after the iteration: a list of items, images [C, *S]; else one collated batch
+        batch = engine.state.batch
+        items = batch if isinstance(batch, list) else [batch]
+        for item in items:
+            if not isinstance(item, Mapping) or FAILED_KEY in item or self.image_key not in item:
+                continue  # a file that failed is reported by the evaluator
+            image = item[self.image_key]
+            self.cases.append(self._ask(engine, image if isinstance(batch, list) else image[0]))
+
+    def _ask(self, engine: Engine, image: torch.Tensor) -> dict[str, Any]:
+        affine = getattr(image, "affine", None)
+        if affine is None:
+            raise ValueError("absent prompts need the image's affine to measure volumes in ml")
+        affine = torch.as_tensor(affine).reshape(-1, 4, 4)[0].double()
+        voxel_ml = float(abs(torch.det(affine[:3, :3]))) / 1000.0
+        name = getattr(image, "meta", {}).get("filename_or_obj", "?")
+        name = name[0] if isinstance(name, (list, tuple)) else name
+        device = getattr(engine.state, "device", None) or torch.device("cpu")
+        x = torch.as_tensor(image)[None].to(device)
+        volumes = {}
+        for prompt, emb in zip(self.prompts, self.embeddings()):
+            probs = prompted_inference(self.inferer, engine.network, x, emb[None])
+            volumes[prompt] = int((probs.argmax(dim=1) > 0).sum()) * voxel_ml
+        return {"image": str(name), "volumes_ml": volumes}
+
+    def _rates(self, volumes: np.ndarray) -> dict[str, dict[str, float]]:
+        out = {}
+        for t in self.thresholds_ml:
+            kept = volumes[volumes > t]
+            out[f"{t:g}"] = {
+                "empty_fraction": float(np.mean(volumes <= t)) if volumes.size else float("nan"),
+                "mean_false_positive_ml": float(kept.mean()) if kept.size else 0.0,
+            }
+        return out
+
+    def _on_completed(self, engine: Engine) -> None:
+        per_prompt = {
+            p: self._rates(np.array([c["volumes_ml"][p] for c in self.cases], dtype=np.float64)) for p in self.prompts
+        }
+        everything = np.array([v for c in self.cases for v in c["volumes_ml"].values()], dtype=np.float64)
+        self.summary = self._rates(everything)
+        report = {
+            "prompts": self.prompts,
+            "thresholds_ml": self.thresholds_ml,
+            "num_answers": int(everything.size),
+            "summary": self.summary,
+            "per_prompt": per_prompt,
+            "cases": self.cases,
+        }
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.output_dir / "absent_prompts.json", json.dumps(report, indent=2))
+        strict = self.summary[f"{self.thresholds_ml[0]:g}"]
+        logger.info(
+            "absent prompts: %d answers (%d images x %d prompts); empty %.1f %% (answers <= %g ml), "
+            "mean false-positive volume %.2f ml",
+            everything.size,
+            len(self.cases),
+            len(self.prompts),
+            100 * strict["empty_fraction"],
+            self.thresholds_ml[0],
+            strict["mean_false_positive_ml"],
+        )
