@@ -38,12 +38,29 @@ def _code(value: str, meaning: str) -> Any:
 
 
 # Segmentation property categories (DICOM CID 7150) and types (CID 7151/7159 subsets), matched by keyword in the
-# prompt, first match wins; anything else is coded as generic tissue and keeps its text in SegmentLabel
+# prompt, first match wins (so "left kidney" before "kidney"); anything else is coded as generic tissue and keeps its
+# text in SegmentLabel. The codes are pydicom's (pydicom.sr.codedict) except the sided kidneys, which CID 7151 lacks
 _ANATOMY = ("91723000", "Anatomical Structure")
 _ALTERED = ("49755003", "Morphologically Altered Structure")
 _TISSUE = ("85756007", "Tissue")
+_SUBSTANCE = ("91720002", "Body Substance")
 _CONCEPTS: list[tuple[str, tuple[str, str], tuple[str, str]]] = [
     ("hippocamp", _ANATOMY, ("5366008", "Hippocampus")),
+    ("left ventricle", _ANATOMY, ("87878005", "Left Ventricle")),
+    ("right ventricle", _ANATOMY, ("53085002", "Right ventricle")),
+    # the cardiac data sets' "myocardium" is the left ventricle's
+    ("myocard", _ANATOMY, ("49848007", "Left Ventricle Myocardium")),
+    ("left atri", _ANATOMY, ("82471001", "Left atrium")),
+    ("right atri", _ANATOMY, ("73829009", "Right Atrium")),
+    ("right kidney", _ANATOMY, ("9846003", "Right kidney")),
+    ("left kidney", _ANATOMY, ("18639004", "Left kidney")),
+    ("kidney", _ANATOMY, ("64033007", "Kidney")),
+    ("liver", _ANATOMY, ("10200004", "Liver")),
+    ("spleen", _ANATOMY, ("78961009", "Spleen")),
+    ("white matter", _TISSUE, ("389080008", "White Matter")),
+    ("grey matter", _TISSUE, ("389081007", "Gray Matter")),
+    ("gray matter", _TISSUE, ("389081007", "Gray Matter")),
+    ("cerebrospinal", _SUBSTANCE, ("65216001", "Cerebrospinal Fluid")),
     ("edema", _ALTERED, ("79654002", "Edema")),
     ("oedema", _ALTERED, ("79654002", "Edema")),
     ("necros", _ALTERED, ("6574001", "Necrosis")),

@@ -162,6 +162,47 @@ def test_coded_concepts_for_known_and_unknown_prompts():
     assert coded_concepts("something new")[1].meaning == "Tissue"
 
 
+# every structure of the MRI suite (docs/suite.md) -> the SNOMED CT type its segment gets
+SUITE_TYPES = {
+    "anterior hippocampus": "5366008",
+    "necrosis": "6574001",
+    "edema": "79654002",
+    "non-enhancing tumour": "108369006",
+    "enhancing tumour": "108369006",
+    "cerebrospinal fluid": "65216001",
+    "grey matter": "389081007",
+    "white matter": "389080008",
+    "liver": "10200004",
+    "right kidney": "9846003",
+    "left kidney": "18639004",
+    "spleen": "78961009",
+    "right ventricle": "53085002",
+    "myocardium": "49848007",
+    "left ventricle": "87878005",
+    "left atrium": "82471001",
+}
+
+
+def test_every_suite_structure_has_its_own_coded_concept():
+    from pydicom.sr.codedict import codes
+
+    by_value = {}
+    for name in dir(codes.SCT):  # pydicom's SNOMED CT concepts of the DICOM context groups
+        try:
+            code = getattr(codes.SCT, name)
+        except RuntimeError:  # a name with several codes
+            continue
+        if hasattr(code, "value") and hasattr(code, "meaning"):
+            by_value.setdefault(code.value, set()).add(code.meaning)
+    for prompt, value in SUITE_TYPES.items():
+        category, kind = coded_concepts(prompt)
+        assert kind.value == value and kind.scheme_designator == "SCT", prompt
+        assert category.meaning != "Tissue" or prompt.endswith("matter"), prompt
+        if value in by_value:  # the sided kidneys are not in pydicom's context groups
+            assert kind.meaning in by_value[value], prompt
+    assert coded_concepts("left kidney")[1].value != coded_concepts("kidney")[1].value
+
+
 # --- the batch ---------------------------------------------------------------------------------------------------
 
 
