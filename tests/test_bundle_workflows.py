@@ -308,6 +308,19 @@ def test_evaluation_writes_metrics(tmp_path, trained, msd_dir):
     assert len(list((out / "predictions").glob("*_seg.nii.gz"))) == 2
 
 
+def test_evaluation_with_mirroring_test_time_augmentation(tmp_path, trained, msd_dir):
+    from bundle.inference import FlipEnsemble
+
+    out = tmp_path / "eval"
+    overrides = infer_overrides(trained / "model.pt", msd_dir, out, eval_split="test", tta_flips=[[], [0]])
+    wf = workflow("evaluate.json", "infer", **overrides)
+    wf.initialize()
+    assert isinstance(wf.parser.get_parsed_content("network"), FlipEnsemble)
+    wf.run()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["cases"]) == 1 and 0.0 <= metrics["mean"]["dice"] <= 1.0
+
+
 def test_a_suite_of_folders_trains_one_model_and_each_folder_evaluates_with_its_own_classes(tmp_path, tiny_clip_config):
     from monai.transforms import Compose
 

@@ -1,5 +1,5 @@
-"""Inference: folder inference that goes on past bad files, the route of prompt embeddings to the network, and the
-edge export (ONNX) behind the network's interface."""
+"""Inference: folder inference that goes on past bad files, the route of prompt embeddings to the network, the
+edge export (ONNX) behind the network's interface, and mirroring test-time augmentation."""
 
 from .engines import (
     FAILED_KEY,
@@ -11,9 +11,11 @@ from .engines import (
     prompted_inference,
 )
 from .onnx import OnnxSegmenter, edge_prompt_table, read_edge_manifest
+from .tta import FlipEnsemble, with_flips
 
 __all__ = [
     "FAILED_KEY",
+    "FlipEnsemble",
     "failure_reason",
     "edge_prompt_table",
     "FolderEvaluator",
@@ -23,4 +25,5 @@ __all__ = [
     "prompted_inference",
     "read_edge_manifest",
     "SafeDataset",
+    "with_flips",
 ]

@@ -48,6 +48,14 @@ def segone(steps: int, ckpt_path: Path, overrides: Mapping[str, Any] | None = No
     return parser.get_parsed_content("network" if load else "network_def").eval()
 
 
+def baseline_unet(num_classes: int) -> torch.nn.Module:
+    """The MONAI UNet of the model card's baseline (16-256 channels, 2 residual units), ``num_classes`` + background
+    outputs, in eval mode."""
+    from monai.networks.nets import UNet
+
+    return UNet(3, 1, num_classes + 1, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2).eval()
+
+
 def interleaved_seconds(runs: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
     """Times callables in interleaved rounds: each round runs every callable once, in an order that rotates.
 
@@ -74,13 +82,22 @@ def interleaved_seconds(runs: Mapping[str, Callable[[], Any]], repeats: int, war
 
 def main(argv: Sequence[str] | None = None) -> int:
     from monai.inferers import SlidingWindowInferer
-    from monai.networks.nets import BasicUNet, UNet
+    from monai.networks.nets import BasicUNet
+
+    from bundle.diffusion import PromptedSegmenter
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 2], help="SegOne DDIM step counts to time")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts, one table each")
     ap.add_argument("--repeats", type=int, default=20, help="interleaved timed rounds (the median is reported)")
     ap.add_argument("--shape", type=int, nargs=3, default=[36, 50, 36], help="volume size (a hippocampus crop)")
+    ap.add_argument(
+        "--num_classes",
+        type=int,
+        default=2,
+        help="structures segmented: SegOne's prompts, the U-Nets' output channels less background (a suite data "
+        "set's: 4 for the abdomen)",
+    )
     ap.add_argument("--basic_unet", action="store_true", help="also time MONAI BasicUNet (about 5x the UNet)")
     ap.add_argument(
         "--ckpt_path",
@@ -95,17 +112,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     volume = torch.randn(1, 1, *args.shape)
     inferer = SlidingWindowInferer((48, 64, 48), sw_batch_size=1, overlap=0.25, mode="gaussian")
     label = ", ".join(f"{k}={v}" for k, v in overrides.items())
+    k = args.num_classes
     nets = {
-        f"SegOne, {steps} DDIM step(s), 2 prompts"
+        f"SegOne, {steps} DDIM step(s), {k} prompts"
         + (f" ({label})" if label else ""): segone(steps, Path(args.ckpt_path), overrides)
         for steps in args.steps
     }
-    nets[BASELINE] = UNet(3, 1, 3, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2).eval()
+    nets[BASELINE] = baseline_unet(k)
     if args.basic_unet:
-        nets["MONAI BasicUNet"] = BasicUNet(3, 1, 3).eval()
+        nets["MONAI BasicUNet"] = BasicUNet(3, 1, k + 1).eval()
 
     def _run(net: torch.nn.Module) -> Callable[[], Any]:
-        return lambda: inferer(volume, net)
+        if not isinstance(net, PromptedSegmenter):
+            return lambda: inferer(volume, net)
+        # k prompts: the model's own, repeated when it has fewer (the cost does not depend on their values)
+        own = net.prompt_embeddings
+        prompts = own[torch.arange(k) % own.shape[0]]
+        return lambda: inferer(volume, net, prompt_embeddings=prompts)
 
     print(f"\nvolume {'x'.join(map(str, args.shape))}, ROI 48x64x48, {args.repeats} interleaved rounds\n")
     print("| network | parameters | threads | median time / volume | p10-p90 | ratio to UNet |")

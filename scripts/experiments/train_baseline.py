@@ -39,27 +39,28 @@ from bundle.utils.cli import add_override_option, parse_overrides
 from bundle.utils.config import load_bundle_config
 
 
-def build_network(arch: str) -> torch.nn.Module:
+def build_network(arch: str, out_channels: int = 3) -> torch.nn.Module:
     """The baseline network.
 
     Args:
         arch: ``"unet"`` (MONAI UNet, channels 16-256, 2 residual units), ``"basicunet"`` or ``"dynunet"`` (MONAI
             DynUNet as nnU-Net's 3d_fullres plan for Task04, with deep supervision).
+        out_channels: background + the data set's classes (3 for the hippocampus).
 
     Returns:
-        The untrained network (1 input channel, 3 classes).
+        The untrained network (1 input channel).
     """
     from monai.networks.nets import BasicUNet, DynUNet, UNet
 
     if arch == "unet":
-        return UNet(3, 1, 3, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2)
+        return UNet(3, 1, out_channels, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2)
     if arch == "basicunet":
-        return BasicUNet(3, 1, 3)
+        return BasicUNet(3, 1, out_channels)
     if arch == "dynunet":
         return DynUNet(
             3,
             1,
-            3,
+            out_channels,
             kernel_size=[3, 3, 3, 3],
             strides=[1, 2, 2, 2],
             upsample_kernel_size=[2, 2, 2],
@@ -167,7 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_determinism(args.seed)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    train_tf, eval_tf, parser = transforms_from_train_config(parse_overrides(args.set))
+    # the parser sees the data set too: its classes (a folder's own, a suite's vocabulary) and label renumbering
+    train_tf, eval_tf, parser = transforms_from_train_config(
+        {**parse_overrides(args.set), "dataset_dir": args.dataset_dir}
+    )
     split = {
         s: dataset_split(
             args.dataset_dir,
@@ -184,13 +188,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # train.json's schedules over the time budget instead of epochs: with warm-up, WarmupCosineSchedule (warm-up for
     # the same fraction of the run as train.json's max_epochs // 30 would be); without, cosine decay to 5 %
     warmup = args.budget / 30.0 if float(parser.get_parsed_content("warmup_epochs")) > 0 else 0.0
-    classes = {1: "anterior hippocampus", 2: "posterior hippocampus"}
+    classes = parser.get_parsed_content("class_names")
 
     train_loader = DataLoader(
         CacheDataset(split["train"], train_tf, progress=False), batch_size=batch, shuffle=True, drop_last=True
     )
     val_data = CacheDataset(split["val"], eval_tf, progress=False)
-    net = build_network(args.arch)
+    net = build_network(args.arch, len(classes) + 1)
     params = sum(p.numel() for p in net.parameters())
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-5)
     ema = WeightEMA(net, decay=ema_decay) if ema_decay > 0 else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from bundle.utils.config import BUNDLE_ROOT
 from tests.helpers.scripts import load_script
@@ -35,3 +36,13 @@ def test_table_has_every_network_and_thread_count_with_ratios(capsys):
     assert all("encoder_blocks=[1, 1, 2, 2]" in r for r in rows if r.startswith("| SegOne"))
     assert [r.split(" | ")[2] for r in rows] == ["1", "1", "2", "2"]
     assert all(r.endswith("x1.00 |") for r in rows if "UNet (baseline)" in r)
+
+
+@pytest.mark.slow
+def test_the_number_of_structures_sets_prompts_and_unet_channels(capsys):
+    argv = ["--steps", "1", "--threads", "1", "--repeats", "1", "--shape", "16", "16", "16", "--num_classes", "4"]
+    assert _module().main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| SegOne, 1 DDIM step(s), 4 prompts |" in out
+    assert "UNet (baseline)" in out
+    assert _module().baseline_unet(4)(torch.zeros(1, 1, 32, 32, 32)).shape[1] == 5
