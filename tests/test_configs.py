@@ -97,3 +97,17 @@ def test_one_anisotropy_limit_reaches_every_input_check():
             transforms = transforms.transforms if hasattr(transforms, "transforms") else transforms
             checks = [t for t in transforms if isinstance(t, CheckInputd)]
             assert len(checks) == 1 and checks[0].max_anisotropy == (limit or 4.0), name
+
+
+def test_the_absent_rule_is_one_key_in_inference_and_evaluation():
+    from bundle.transforms import DropSmallAnswersd
+
+    for name in ("inference.json", "evaluate.json"):
+        for value in (None, 1.5):
+            parser = load_bundle_config(name)
+            if value is not None:
+                parser["min_answer_ml"] = value
+            rules = [
+                t for t in parser.get_parsed_content("postprocessing").transforms if isinstance(t, DropSmallAnswersd)
+            ]
+            assert len(rules) == 1 and rules[0].min_volume_ml == (value or 0.0), name

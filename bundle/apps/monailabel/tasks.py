@@ -26,6 +26,7 @@ from monailabel.transform.post import Restored
 
 from bundle.inference import prompted_inference
 from bundle.text import PromptEmbeddingTable, PromptSelection, UnknownPromptError
+from bundle.transforms import DropSmallAnswersd
 from bundle.utils.checkpoint import load_prompt_table, load_weights
 from bundle.utils.config import load_bundle_config
 from bundle.utils.metadata import class_names_from_metadata
@@ -213,7 +214,7 @@ class SegOneInfer(BasicInferTask):
         return data
 
     def post_transforms(self, data: dict[str, Any] | None = None) -> Sequence[Callable]:
-        """Inverse of the preprocessing, argmax, the prompts' label values, and the input geometry.
+        """Inverse of the preprocessing, argmax, the "absent" rule, the prompts' label values, and the input geometry.
 
         Args:
             data: the request's data, with its ``prompt_selection``.
@@ -225,6 +226,7 @@ class SegOneInfer(BasicInferTask):
         return [
             self.invert,
             AsDiscreted(keys="pred", argmax=True),
+            DropSmallAnswersd(keys="pred", min_volume_ml=float(self.parser.get_parsed_content("min_answer_ml"))),
             MapLabelValued(
                 keys="pred",
                 orig_labels=list(range(len(selection.values) + 1)),
