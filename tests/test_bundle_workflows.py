@@ -300,7 +300,7 @@ def test_evaluation_writes_metrics(tmp_path, trained, msd_dir):
     assert set(metrics["classes"]) == {"anterior hippocampus", "posterior hippocampus"}
     assert len(metrics["cases"]) == 2  # 34 % of 6 cases
     for case in metrics["cases"]:
-        assert Path(case["image"]).name.startswith("case_")
+        assert Path(case["image"]).name.startswith("case_") and Path(case["image"]).parent.name == "imagesTr"
         assert set(case["anterior hippocampus"]) == keys
         assert 0.0 <= case["posterior hippocampus"]["dice"] <= 1.0
     rows = (out / "metrics.csv").read_text().strip().splitlines()

@@ -12,7 +12,7 @@ the same seed gives the same mask, in eager mode and in exported graphs. :class:
 (:mod:`.segmenter`) is the inference network: every class prompt of an image in one batch, class probabilities out.
 """
 
-from .losses import CONSISTENCY_LOSSES, consistency_loss, soft_dice_loss
+from .losses import CONSISTENCY_LOSSES, consistency_loss, deep_supervision_loss, soft_dice_loss
 from .model import MaskDiffusion
 from .noise import seeded_normal
 from .segmenter import PromptedSegmenter
@@ -20,6 +20,7 @@ from .segmenter import PromptedSegmenter
 __all__ = [
     "consistency_loss",
     "CONSISTENCY_LOSSES",
+    "deep_supervision_loss",
     "MaskDiffusion",
     "PromptedSegmenter",
     "seeded_normal",

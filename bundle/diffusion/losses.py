@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from monai.utils import look_up_option
 
-__all__ = ["soft_dice_loss", "CONSISTENCY_LOSSES", "consistency_loss"]
+__all__ = ["soft_dice_loss", "deep_supervision_loss", "CONSISTENCY_LOSSES", "consistency_loss"]
 
 
 def soft_dice_loss(prob: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -25,6 +25,33 @@ def soft_dice_loss(prob: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -
     inter = (prob * target).sum(dims)
     denom = prob.sum(dims) + target.sum(dims)
     return (1.0 - (2.0 * inter + eps) / (denom + eps)).mean()
+
+
+def deep_supervision_loss(logits: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """BCE + soft Dice of coarse heads' logits against the target averaged down to their grids, weighted as
+    nnU-Net weights its deep-supervision outputs: 1/2, 1/4, ... from the finest head, normalised to sum to one.
+
+    Averaging (not nearest sampling) keeps a thin structure's partial presence in a coarse voxel as a soft target.
+
+    Args:
+        logits: ``[B, C, *S_i]`` per head, finest first, each ``S / S_i`` an integer factor.
+        target: ``[B, C, *S]`` in ``[0, 1]``.
+
+    Returns:
+        A scalar tensor (0 without heads).
+    """
+    if not logits:
+        return target.sum() * 0.0
+    spatial = target.dim() - 2
+    pool = F.avg_pool3d if spatial == 3 else F.avg_pool2d
+    weights = [0.5 ** (i + 1) for i in range(len(logits))]
+    total = target.new_zeros(())
+    for w, z in zip(weights, logits):
+        factor = [t // s for t, s in zip(target.shape[2:], z.shape[2:])]
+        coarse = pool(target.float(), kernel_size=factor, stride=factor)
+        term = F.binary_cross_entropy_with_logits(z, coarse) + soft_dice_loss(torch.sigmoid(z), coarse)
+        total = total + w * term
+    return total / sum(weights)
 
 
 CONSISTENCY_LOSSES = ("l1", "dice", "bce")

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from monai.utils import look_up_option
 
-from bundle.diffusion.losses import CONSISTENCY_LOSSES, consistency_loss, soft_dice_loss
+from bundle.diffusion.losses import CONSISTENCY_LOSSES, consistency_loss, deep_supervision_loss, soft_dice_loss
 from bundle.diffusion.noise import seeded_normal
 
 __all__ = ["PREDICTION_TYPES", "MaskDiffusion"]
@@ -40,14 +40,18 @@ class MaskDiffusion(nn.Module):
         timestep_bias: training timesteps are ``T - 1 - floor(T * u ** timestep_bias)`` for uniform ``u``: 1 is
             uniform; larger values train more often at high noise, where few-step DDIM sampling does its work (the
             first step always starts from pure noise at ``t = T - 1``).
+        deep_supervision_weight: weight of the deep-supervision term (0: not computed): BCE + soft Dice of the
+            denoiser's coarse heads (``SegOne(deep_supervision=n)``, its ``forward_deep``) predicting the clean mask's
+            logit on coarser grids (:func:`~bundle.diffusion.losses.deep_supervision_loss`). Needs ``"logits"``.
         consistency_weight: weight of the consistency term against a teacher's masks (0: not computed).
         consistency_loss: kind of that term, one of :data:`~bundle.diffusion.losses.CONSISTENCY_LOSSES`
             (see :func:`~bundle.diffusion.losses.consistency_loss`).
 
     Raises:
-        ValueError: when ``consistency_weight``, ``bce_weight`` or ``competition_weight`` is negative,
-            ``competition_weight > 0`` without ``"logits"``, ``timestep_bias < 1``, ``prompt_embeddings`` is not 2D, or
-            ``prediction_type`` or ``consistency_loss`` is not a known option.
+        ValueError: when ``consistency_weight``, ``bce_weight``, ``competition_weight`` or ``deep_supervision_weight``
+            is negative, ``competition_weight > 0`` or ``deep_supervision_weight > 0`` without ``"logits"``,
+            ``deep_supervision_weight > 0`` with a denoiser without deep-supervision heads, ``timestep_bias < 1``,
+            ``prompt_embeddings`` is not 2D, or ``prediction_type`` or ``consistency_loss`` is not a known option.
 
     ``forward(image, target, context)`` is the training loss (see :meth:`loss`); :meth:`sample` generates masks.
     """
@@ -68,6 +72,7 @@ class MaskDiffusion(nn.Module):
         competition_weight: float = 0.0,
         consistency_weight: float = 0.0,
         consistency_loss: str = "l1",
+        deep_supervision_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if consistency_weight < 0:
@@ -92,6 +97,15 @@ class MaskDiffusion(nn.Module):
                 f"with {self.prediction_type!r}"
             )
         self.competition_weight = float(competition_weight)
+        heads = int(getattr(denoiser, "deep_supervision", 0))
+        if deep_supervision_weight < 0 or (
+            deep_supervision_weight > 0 and (self.prediction_type != "logits" or not heads)
+        ):
+            raise ValueError(
+                f"deep_supervision_weight must be >= 0, and > 0 only with prediction_type 'logits' and a denoiser with "
+                f"deep-supervision heads; got {deep_supervision_weight} with {self.prediction_type!r} and {heads} heads"
+            )
+        self.deep_supervision_weight = float(deep_supervision_weight)
         self.train_scheduler = DDPMScheduler(
             num_train_timesteps=num_train_timesteps, schedule=schedule, prediction_type=self._scheduler_prediction
         )
@@ -145,11 +159,12 @@ class MaskDiffusion(nn.Module):
                 the supervised samples only. All supervised when ``None``.
 
         Returns:
-            ``{"loss", "l1", "dice", "bce", "competition", "consistency", "pred_mask"}``: the weighted total, its
-            terms, and the implied clean-mask probability shaped as ``target`` (detached). ``competition`` is the
-            multi-class term (see ``competition_weight``; 0 with one prompt per image). ``consistency`` is
-            :func:`consistency_loss` (of kind ``consistency_loss``) between the student's clean-mask probability and
-            the teacher's; it enters the loss times ``consistency_weight``.
+            ``{"loss", "l1", "dice", "bce", "competition", "consistency", "deep_supervision", "pred_mask"}``: the
+            weighted total, its terms, and the implied clean-mask probability shaped as ``target`` (detached).
+            ``competition`` is the multi-class term (see ``competition_weight``; 0 with one prompt per image).
+            ``consistency`` is :func:`consistency_loss` (of kind ``consistency_loss``) between the student's
+            clean-mask probability and the teacher's; it enters the loss times ``consistency_weight``.
+            ``deep_supervision`` is the coarse heads' term (0 without ``deep_supervision_weight``).
 
         Raises:
             ValueError: when ``target`` is not ``[B, K, *S]`` with the batch size and spatial shape of ``image`` and
@@ -178,7 +193,10 @@ class MaskDiffusion(nn.Module):
         x0 = target.float() * 2.0 - 1.0
         noise = torch.randn(x0.shape, generator=generator, device=image.device, dtype=x0.dtype)
         noisy = self.train_scheduler.add_noise(original_samples=x0, noise=noise, timesteps=timesteps)
-        output = self.denoiser(torch.cat([noisy, image], dim=1), timesteps, context)
+        if self.deep_supervision_weight > 0:
+            output, *coarse = self.denoiser.forward_deep(torch.cat([noisy, image], dim=1), timesteps, context)
+        else:
+            output, coarse = self.denoiser(torch.cat([noisy, image], dim=1), timesteps, context), []
         unclamped = self._clean_from_output(output, noisy, timesteps)
         goal = noise if self.prediction_type == "epsilon" else x0
         prediction = unclamped if self.prediction_type == "logits" else output
@@ -193,6 +211,11 @@ class MaskDiffusion(nn.Module):
             dice = soft_dice_loss(prob[keep], target[keep].float())
             bce = self._bce(output[keep], prob[keep], target[keep].float()) if self.bce_weight > 0 else l1 * 0.0
         loss = self.l1_weight * l1 + self.dice_weight * dice + self.bce_weight * bce
+        deep = torch.zeros((), device=image.device)
+        if coarse and (labelled is None or bool(labelled.any())):
+            keep = slice(None) if labelled is None or bool(labelled.all()) else labelled
+            deep = deep_supervision_loss([z[keep] for z in coarse], target[keep].float())
+            loss = loss + self.deep_supervision_weight * deep
         competition = torch.zeros((), device=image.device)
         if self.competition_weight > 0 and k > 1 and (labelled is None or bool(labelled.any())):
             per_image_labelled = None if labelled is None else labelled.reshape(b, k)[:, 0]
@@ -211,6 +234,7 @@ class MaskDiffusion(nn.Module):
             "bce": bce.detach(),
             "competition": competition.detach(),
             "consistency": consistency.detach(),
+            "deep_supervision": deep.detach(),
             "pred_mask": prob.detach().reshape(b, k, *spatial),
         }
 

@@ -30,6 +30,7 @@ class MetricsReport:
         class_names: ``{label value: name}`` scored (background excluded).
         pred_key, label_key: keys of the predicted and ground-truth label maps (``[1, *S]``, same grid) in the
             engine output after postprocessing.
+        image_key: the image in the engine output, whose file names the case.
     """
 
     def __init__(
@@ -38,10 +39,11 @@ class MetricsReport:
         class_names: Mapping[int, str],
         pred_key: str = "pred",
         label_key: str = "label",
+        image_key: str = "image",
     ) -> None:
         self.output_dir = Path(output_dir)
         self.class_names = {int(k): str(v) for k, v in class_names.items()}
-        self.pred_key, self.label_key = pred_key, label_key
+        self.pred_key, self.label_key, self.image_key = pred_key, label_key, image_key
         self.cases: list[dict[str, Any]] = []
         self.summary: dict[str, Any] | None = None
 
@@ -65,7 +67,8 @@ class MetricsReport:
             spacing = np.linalg.norm(affine[:-1, :-1], axis=0).tolist()
             p = torch.as_tensor(pred).detach().cpu().numpy()[0]
             g = torch.as_tensor(label).detach().cpu().numpy()[0]
-            meta = getattr(label, "meta", {}) or {}
+            # the image's file names the case (the label's when the output has no image)
+            meta = getattr(out.get(self.image_key, label), "meta", {}) or getattr(label, "meta", {}) or {}
             case: dict[str, Any] = {"image": str(meta.get("filename_or_obj", f"case {len(self.cases)}"))}
             case.update(case_metrics(np.rint(p).astype(int), np.rint(g).astype(int), self.class_names, spacing))
             self.cases.append(case)

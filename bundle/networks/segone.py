@@ -207,9 +207,13 @@ class SegOne(nn.Module):
         refine_inputs: the input channels the refinement sees (default all). A diffusion denoiser passes only its
             image channels: its noisy-mask channel is pure noise at the first sampling step, and a per-voxel,
             timestep-blind mix would copy that noise to the output.
+        deep_supervision: number of extra 1x1 output heads, on the decoder's outputs at levels ``1..n`` (each
+            ``stem_scale * 2**level`` times coarser than the input), for deep supervision in training
+            (:meth:`forward_deep`); ``forward`` never runs them. At most ``len(features) - 2``.
 
     Shapes:
-        ``x [B, in_channels, *S] -> [B, out_channels, *S]``, where every size in ``S`` is a multiple of
+        ``x [B, in_channels, *S] -> [B, out_channels, *S]``; :meth:`forward_deep` adds ``[B, out_channels,
+        *S / (stem_scale * 2**level)]`` for ``level = 1..deep_supervision``. Every size in ``S`` is a multiple of
         ``stem_scale * 2 ** (len(features) - 1)`` (see :attr:`size_divisor`). ``timesteps [B]``, ``context [B, text_dim]`` or
         ``[B, 1, text_dim]`` when the network was built with them.
 
@@ -220,7 +224,8 @@ class SegOne(nn.Module):
 
     Raises:
         ValueError: when ``spatial_dims`` is not 2 or 3, ``features`` has fewer than two levels, ``stem_scale < 1``,
-            or ``refine_inputs`` names a channel outside ``range(in_channels)``.
+            ``refine_inputs`` names a channel outside ``range(in_channels)``, or ``deep_supervision`` is outside
+            ``[0, len(features) - 2]``.
     """
 
     # a TorchScript constant, so the unconditioned network compiles without the conditioning branch
@@ -245,6 +250,7 @@ class SegOne(nn.Module):
         stem_scale: int = 1,
         refine_channels: int = 0,
         refine_inputs: Sequence[int] | None = None,
+        deep_supervision: int = 0,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -311,6 +317,15 @@ class SegOne(nn.Module):
         if any(not 0 <= c < in_channels for c in used):
             raise ValueError(f"refine_inputs {used} must be channels of the {in_channels}-channel input.")
         self.head = _Head(spatial_dims, features[0], out_channels, self.stem_scale, refine_channels, used, act)
+        if not 0 <= deep_supervision <= levels - 2:
+            raise ValueError(
+                f"deep_supervision must be in [0, {levels - 2}] for {levels} levels, got {deep_supervision}."
+            )
+        self.deep_supervision = int(deep_supervision)
+        # heads[i] reads level i + 1, the output of decoder stage len(decoder) - 2 - i
+        self.deep_heads = nn.ModuleList(
+            [conv1x1(spatial_dims, features[level], out_channels) for level in range(1, deep_supervision + 1)]
+        )
 
     def forward(
         self, x: torch.Tensor, timesteps: torch.Tensor | None = None, context: torch.Tensor | None = None
@@ -329,6 +344,31 @@ class SegOne(nn.Module):
                 multiple of :attr:`size_divisor`; when ``timesteps`` or ``context`` is None though the network was
                 built to expect it.
         """
+        return self.head(self._decode(x, timesteps, context)[-1], x)
+
+    @torch.jit.export
+    def forward_deep(
+        self, x: torch.Tensor, timesteps: torch.Tensor | None = None, context: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """The output and the deep-supervision heads' outputs, for a training loss.
+
+        Args:
+            x, timesteps, context: as for :meth:`forward`.
+
+        Returns:
+            ``[output, head at level 1, ..., head at level deep_supervision]``: ``[B, out_channels, *S]``, then
+            ``[B, out_channels, *S / (stem_scale * 2**level)]``.
+        """
+        decoded = self._decode(x, timesteps, context)
+        outputs = [self.head(decoded[-1], x)]
+        for i, head in enumerate(self.deep_heads):
+            outputs.append(head(decoded[-2 - i]))
+        return outputs
+
+    def _decode(
+        self, x: torch.Tensor, timesteps: torch.Tensor | None = None, context: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """The decoder stages' outputs, coarsest first (the last feeds the head)."""
         if x.dim() != self.spatial_dims + 2:
             raise ValueError(
                 f"SegOne({self.spatial_dims}D) expects input [B, C, *S] with {self.spatial_dims} spatial dims, "
@@ -345,15 +385,16 @@ class SegOne(nn.Module):
         if self.conditioned:
             cond = self.cond_embed(timesteps, context)
 
-        inputs = x
         skips: list[torch.Tensor] = []
         for stage in self.encoder:
             x = stage(x)
             skips.append(x)
         x = self.latent_film(self.context(x), cond)
+        decoded: list[torch.Tensor] = []
         for i, stage in enumerate(self.decoder):
             x = stage(x, skips[-(i + 2)], cond)
-        return self.head(x, inputs)
+            decoded.append(x)
+        return decoded
 
 
 def _norm_act(spatial_dims: int, channels: int, norm: str | tuple, act: str | tuple) -> nn.Module:

@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Paired per-case comparison of two evaluations of the same cases (two ``metrics.json`` files).
 
-Cases are matched by their ``image`` entry; each case's value is the mean over the classes both files score. The
+Cases are matched by the file name of their ``image`` entry (so an evaluation that recorded label paths, as the
+bundle's did before 0.8, still matches one that records image paths: MSD images and labels share names); each
+case's value is the mean over the classes both files score. The
 table gives both means, the mean paired difference (A - B) with a percentile bootstrap 95 % interval (cases
 resampled with replacement, seeded), the Wilcoxon signed-rank test's two-sided p-value (scipy), and how many cases
 A wins, ties and loses.
@@ -24,22 +26,27 @@ import numpy as np
 
 
 def load_cases(path: Path) -> dict[str, dict[str, Any]]:
-    """``{image: case}`` from a ``metrics.json`` (``bundle.evaluation.summarize``'s format).
+    """``{image file name: case}`` from a ``metrics.json`` (``bundle.evaluation.summarize``'s format).
 
     Args:
         path: the file.
 
     Returns:
-        The cases by image path.
+        The cases by the file name of their image.
 
     Raises:
-        ValueError: naming the file when it holds no ``cases`` list or a case has no ``image``.
+        ValueError: naming the file when it holds no ``cases`` list, a case has no ``image``, or two cases share a
+            file name.
     """
     data = json.loads(Path(path).read_text())
     cases = data.get("cases") if isinstance(data, Mapping) else None
     if not isinstance(cases, list) or not all(isinstance(c, Mapping) and "image" in c for c in cases):
         raise ValueError(f"{path}: not a metrics.json with per-case results ('cases' entries with an 'image')")
-    return {str(c["image"]): dict(c) for c in cases}
+    names = [Path(str(c["image"])).name for c in cases]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{path}: cases share file names {repeated[:5]}; they cannot be matched by name")
+    return {n: dict(c) for n, c in zip(names, cases)}
 
 
 def case_values(case: Mapping[str, Any], classes: Sequence[str], metric: str) -> float:
@@ -118,7 +125,7 @@ def compare(
     a, b = load_cases(path_a), load_cases(path_b)
     shared = sorted(set(a) & set(b))
     if not shared:
-        raise ValueError(f"{path_a} and {path_b} share no case (matched by 'image')")
+        raise ValueError(f"{path_a} and {path_b} share no case (matched by the file name of 'image')")
     if classes is None:
         names_a = {k for c in a.values() for k, v in c.items() if isinstance(v, Mapping)}
         names_b = {k for c in b.values() for k, v in c.items() if isinstance(v, Mapping)}

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bundle.diffusion import MaskDiffusion, PromptedSegmenter, consistency_loss, seeded_normal, soft_dice_loss
+from bundle.diffusion import (
+    MaskDiffusion,
+    PromptedSegmenter,
+    consistency_loss,
+    deep_supervision_loss,
+    seeded_normal,
+    soft_dice_loss,
+)
 from bundle.networks import SegOne
 from bundle.networks.receptive_field import activate_zero_init
 
@@ -160,6 +167,42 @@ def test_bce_term_is_off_by_default_and_counts_labelled_samples_only():
     a = model.loss(image, target, context, generator=torch.Generator().manual_seed(1), **kwargs)
     b = model.loss(image, other, context, generator=torch.Generator().manual_seed(1), **kwargs)
     assert a["bce"] > 0 and a["bce"] == b["bce"]
+
+
+def test_deep_supervision_loss_weights_heads_against_averaged_targets():
+    target = torch.zeros(1, 1, 8, 8)
+    target[0, 0, :2, :2] = 1.0  # one whole 2x2 block; a quarter of one 4x4 block
+    fine, coarse = torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 2, 2)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    t2 = torch.zeros(1, 1, 4, 4)
+    t2[0, 0, 0, 0] = 1.0
+    t4 = torch.zeros(1, 1, 2, 2)
+    t4[0, 0, 0, 0] = 0.25
+    by_hand = [bce(z, t) + soft_dice_loss(torch.sigmoid(z), t) for z, t in ((fine, t2), (coarse, t4))]
+    expected = (0.5 * by_hand[0] + 0.25 * by_hand[1]) / 0.75
+    torch.testing.assert_close(deep_supervision_loss([fine, coarse], target), expected)
+    assert deep_supervision_loss([], target) == 0
+
+
+def test_deep_supervision_term_enters_the_loss_with_its_weight():
+    torch.manual_seed(0)
+    denoiser = SegOne(2, 2, 1, features=(8, 16, 32, 64), with_timestep=True, text_dim=4, deep_supervision=2)
+    image, target = torch.rand(2, 1, 32, 32), (torch.rand(2, 1, 32, 32) > 0.5).float()
+    context, t = torch.randn(2, 4), torch.tensor([999, 300])
+    kwargs = {"timesteps": t}
+    plain = MaskDiffusion(denoiser, prediction_type="logits", bce_weight=1.0)
+    deep = MaskDiffusion(denoiser, prediction_type="logits", bce_weight=1.0, deep_supervision_weight=0.5)
+    a = plain.loss(image, target, context, generator=torch.Generator().manual_seed(1), **kwargs)
+    b = deep.loss(image, target, context, generator=torch.Generator().manual_seed(1), **kwargs)
+    assert a["deep_supervision"] == 0 and b["deep_supervision"] > 0
+    torch.testing.assert_close(b["bce"], a["bce"])  # the main output is the same
+    torch.testing.assert_close(b["loss"].detach(), a["loss"].detach() + 0.5 * b["deep_supervision"])
+    b["loss"].backward()
+    assert denoiser.deep_heads[1].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="deep-supervision heads; got 0.5 with 'sample'"):
+        MaskDiffusion(denoiser, prediction_type="sample", deep_supervision_weight=0.5)
+    with pytest.raises(ValueError, match="and 0 heads"):
+        MaskDiffusion(_denoiser(), prediction_type="logits", deep_supervision_weight=0.5)
 
 
 def test_every_prompt_of_an_image_in_one_step_with_the_classes_competing():

@@ -21,7 +21,7 @@ def _learned_operators(net: nn.Module):
 @pytest.mark.parametrize("conditioned", [False, True])
 def test_every_learned_operator_acts_on_channels_only(spatial_dims, conditioned):
     kwargs = {"with_timestep": True, "text_dim": 16} if conditioned else {}
-    net = SegOne(spatial_dims, 2, 3, **kwargs)
+    net = SegOne(spatial_dims, 2, 3, deep_supervision=2, **kwargs)  # the deep-supervision heads included
     allowed = (nn.Conv2d, nn.Conv3d, nn.Linear, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.BatchNorm2d, nn.BatchNorm3d)
     convs = 0
     for name, module in _learned_operators(net):
@@ -257,3 +257,34 @@ def test_instantiable_from_bundle_config():
     assert isinstance(net, SegOne)
     with torch.no_grad():
         assert net(torch.rand(1, 1, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
+
+
+@pytest.mark.parametrize("spatial_dims,shape", [(2, (32, 64)), (3, (32, 32, 64))])
+def test_deep_supervision_heads_read_the_coarser_decoder_levels_and_forward_skips_them(spatial_dims, shape):
+    torch.manual_seed(0)
+    net = SegOne(spatial_dims, 2, 1, features=(8, 16, 32, 64), stem_scale=2, deep_supervision=2).eval()
+    x = torch.rand(2, 2, *shape)
+    with torch.no_grad():
+        outputs = net.forward_deep(x)
+        plain = net(x)
+    assert [tuple(o.shape[2:]) for o in outputs] == [shape] + [tuple(s // (2 * 2**lv) for s in shape) for lv in (1, 2)]
+    assert torch.equal(outputs[0], plain)
+    # a head is a 1x1 convolution of its level's decoder output: changing it changes that output only
+    with torch.no_grad():
+        net.deep_heads[1].bias.add_(1.0)
+        again = net.forward_deep(x)
+    assert torch.equal(again[0], outputs[0]) and torch.equal(again[1], outputs[1])
+    assert torch.allclose(again[2], outputs[2] + 1.0)
+    scripted = torch.jit.script(net)
+    assert torch.allclose(scripted(x), plain, atol=1e-5) and len(scripted.forward_deep(x)) == 3
+
+
+def test_without_deep_supervision_the_state_dict_is_unchanged():
+    keys = set(SegOne(3, 2, 1, features=(8, 16, 32)).state_dict())
+    assert not any("deep_heads" in k for k in keys)
+    assert set(SegOne(3, 2, 1, features=(8, 16, 32), deep_supervision=1).state_dict()) - keys == {
+        "deep_heads.0.weight",
+        "deep_heads.0.bias",
+    }
+    with pytest.raises(ValueError, match=r"deep_supervision must be in \[0, 1\] for 3 levels, got 2"):
+        SegOne(3, 2, 1, features=(8, 16, 32), deep_supervision=2)

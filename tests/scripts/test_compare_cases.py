@@ -60,3 +60,19 @@ def test_cli_prints_the_table_and_names_bad_files(tmp_path, capsys):
     assert "bad.json: not a metrics.json" in capsys.readouterr().err
     with pytest.raises(ValueError, match="share no case"):
         _module().compare(a, _write(tmp_path / "c.json", {7: 0.5}), ["dice"])
+
+
+def test_cases_match_by_file_name_and_names_must_be_unique(tmp_path):
+    module = _module()
+    a = _write(tmp_path / "a.json", {0: 0.8, 1: 0.9})
+    data = json.loads(a.read_text())
+    for case in data["cases"]:  # an older evaluation recorded the label's path, the baseline the image's
+        case["image"] = "/data/labelsTr/" + case["image"]
+    (tmp_path / "labels.json").write_text(json.dumps(data))
+    assert set(module.load_cases(tmp_path / "labels.json")) == {"case_0.nii.gz", "case_1.nii.gz"}
+    stats = module.compare(tmp_path / "labels.json", _write(tmp_path / "b.json", {0: 0.7, 1: 0.8}), ["dice"])
+    assert stats["dice"]["n"] == 2
+    data["cases"][1]["image"] = "/other/imagesTr/case_0.nii.gz"
+    (tmp_path / "twice.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"twice.json: cases share file names \['case_0.nii.gz'\]"):
+        module.load_cases(tmp_path / "twice.json")
