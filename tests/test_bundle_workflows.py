@@ -358,17 +358,18 @@ def test_a_suite_of_folders_trains_one_model_and_each_folder_evaluates_with_its_
     wf.finalize()
     assert load_prompt_table(out / "model.pt").prompts == ["anterior hippocampus", "posterior hippocampus", "spleen"]
 
-    # the suite model's metadata lists the vocabulary; evaluating one folder scores that folder's own classes
-    meta = json.loads(Path(META).read_text())
-    names = {"0": "background", "1": "anterior hippocampus", "2": "posterior hippocampus", "3": "spleen"}
-    meta["network_data_format"]["outputs"]["pred"]["channel_def"] = names
-    meta_file = tmp_path / "metadata.json"
-    meta_file.write_text(json.dumps(meta))
+    # the model's classes are its prompt table's (not metadata.json's hippocampus); evaluating one folder scores
+    # that folder's own classes, prompted by name
     ev = tmp_path / "eval"
     # and asks every image, one prompt at a time, for the model's classes that this folder does not label
     overrides = infer_overrides(out / "model.pt", other, ev, eval_split="all", absent_prompts="others")
-    wf = workflow("evaluate.json", "infer", meta_file=str(meta_file), **overrides)
+    wf = workflow("evaluate.json", "infer", **overrides)
     wf.initialize()
+    assert wf.parser.get_parsed_content("model_class_names") == {
+        1: "anterior hippocampus",
+        2: "posterior hippocampus",
+        3: "spleen",
+    }
     wf.run()
     metrics = json.loads((ev / "metrics.json").read_text())
     assert set(metrics["classes"]) == {"spleen", "anterior hippocampus"} and len(metrics["cases"]) == 5

@@ -269,25 +269,25 @@ class RemapSuiteLabelsd(MapTransform):
 
 
 def dataset_class_names(
-    dataset_dir: PathLike | Sequence[PathLike] | None, metadata: PathLike | Mapping[str, Any]
+    dataset_dir: PathLike | Sequence[PathLike] | None, model_classes: Mapping[int, str]
 ) -> dict[int, str]:
     """The classes of a run on ``dataset_dir``: ``{label value: name}`` (background excluded).
 
-    - No folder (the demo data), or one folder labelled with the same values as the bundle's ``channel_def``: the
-      bundle's classes, so a Task04 download whose ``dataset.json`` says ``Anterior`` keeps the bundle's prompts.
+    - No folder (the demo data), or one folder labelled with the same values as the model's classes: the model's
+      classes, so a Task04 download whose ``dataset.json`` says ``Anterior`` keeps the bundle's prompts.
     - One other folder: its own labels (:func:`dataset_labels`).
     - A suite of several folders: its vocabulary (:func:`suite_vocabulary`).
 
     Args:
         dataset_dir: the folder or suite (:func:`dataset_dirs`), or empty.
-        metadata: the bundle's ``metadata.json`` (parsed, or its path).
+        model_classes: the model's classes: ``metadata.json``'s ``channel_def`` for training
+            (:func:`~bundle.utils.metadata.class_names_from_metadata`), a model file's for evaluation
+            (:func:`~bundle.utils.checkpoint.model_class_names`).
 
     Returns:
         The classes, in label order.
     """
-    from bundle.utils.metadata import class_names_from_metadata
-
-    bundle_classes = class_names_from_metadata(metadata)
+    bundle_classes = {int(k): str(v) for k, v in model_classes.items()}
     folders = dataset_dirs(dataset_dir)
     if not folders:
         return bundle_classes

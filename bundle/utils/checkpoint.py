@@ -34,6 +34,7 @@ __all__ = [
     "load_prompt_table",
     "load_state",
     "load_weights",
+    "model_class_names",
     "prompt_table_path",
     "save_model",
 ]
@@ -264,3 +265,32 @@ def load_prompt_table(path: PathLike, encoder: TextPromptEncoder | None = None) 
         return PromptEmbeddingTable.from_state_dict(info["prompt_table"], encoder=encoder)
     except ValueError as e:
         raise CheckpointError(f"{info['source']}: {e}") from e
+
+
+def model_class_names(path: PathLike | None, metadata: PathLike | Mapping[str, Any]) -> dict[int, str]:
+    """The classes a model file segments: ``{label value: name}`` (background excluded).
+
+    ``metadata.json``'s ``channel_def``, unless the prompt table saved with the model names other classes (a model
+    trained on another data set, or on a suite of them): then the table's prompts, numbered ``1..K`` in its order,
+    which is the order of the network's prompt embeddings.
+
+    Args:
+        path: the model file (``None`` or missing, or no prompt table beside it: the metadata's classes).
+        metadata: the bundle's ``metadata.json`` (parsed, or its path).
+
+    Returns:
+        The classes.
+    """
+    from bundle.text import normalize_prompt
+    from bundle.utils.metadata import class_names_from_metadata
+
+    bundle_classes = class_names_from_metadata(metadata)
+    if not path or not Path(path).is_file():
+        return bundle_classes
+    try:
+        prompts = PromptEmbeddingTable.from_state_dict(load_model_info(path)["prompt_table"]).prompts
+    except (CheckpointError, ValueError):  # no readable table: loading the weights reports the file's problem
+        return bundle_classes
+    if prompts == [normalize_prompt(n) for n in bundle_classes.values()]:
+        return bundle_classes
+    return {i + 1: name for i, name in enumerate(prompts)}

@@ -23,6 +23,7 @@ from bundle.data import (
     suite_label_maps,
     suite_vocabulary,
 )
+from bundle.utils.metadata import class_names_from_metadata
 from tests.helpers.bundle_runs import META
 from tests.helpers.shared_data import shared_path
 
@@ -121,13 +122,14 @@ def test_vocabulary_numbers_names_by_first_appearance_and_shares_equal_names(sui
 
 def test_class_names_of_a_run_follow_the_bundle_the_folder_or_the_suite(tmp_path, suite):
     brain, heart = suite
-    bundle_classes = {1: "anterior hippocampus", 2: "posterior hippocampus"}
-    assert dataset_class_names("", META) == bundle_classes
+    bundle_classes = class_names_from_metadata(META)
+    assert bundle_classes == {1: "anterior hippocampus", 2: "posterior hippocampus"}
+    assert dataset_class_names("", bundle_classes) == bundle_classes
     # a folder numbered like the bundle is the bundle's task (a Task04 download names its labels "Anterior")
     task04 = _folder(tmp_path / "task04", {"0": "background", "1": "Anterior", "2": "Posterior"})
-    assert dataset_class_names(task04, META) == bundle_classes
-    assert dataset_class_names(heart, META) == {1: "left ventricle", 2: "white matter", 3: "myocardium"}
-    assert dataset_class_names([brain, heart], META) == suite_vocabulary([brain, heart])
+    assert dataset_class_names(task04, bundle_classes) == bundle_classes
+    assert dataset_class_names(heart, bundle_classes) == {1: "left ventricle", 2: "white matter", 3: "myocardium"}
+    assert dataset_class_names([brain, heart], bundle_classes) == suite_vocabulary([brain, heart])
 
 
 def test_patient_id_groups_frames_and_keeps_case_folders_apart():

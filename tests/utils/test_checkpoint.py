@@ -99,3 +99,25 @@ def test_non_finite_weights_are_refused_naming_the_file_and_the_tensor(tmp_path,
     assert "'1.weight' has 1 NaN or infinite value(s) of 8" in message and "2 of 4 tensors" in message
     # the network keeps its own weights
     assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
+
+
+def test_a_model_files_classes_come_from_its_prompt_table_when_they_are_not_the_bundles(tmp_path):
+    from bundle.utils.checkpoint import model_class_names
+    from tests.helpers.bundle_runs import META
+
+    bundle_classes = {1: "anterior hippocampus", 2: "posterior hippocampus"}
+    net = torch.nn.Linear(2, 2)
+
+    def saved(name, prompts):
+        table = PromptEmbeddingTable({p: torch.ones(3) for p in prompts}, {"model_name": "x"})
+        return save_model(net, tmp_path / name / "model.pt", table, {})
+
+    for folder in ("suite", "hippo"):
+        (tmp_path / folder).mkdir()
+    suite = saved("suite", ["Liver", "spleen", "anterior hippocampus"])
+    assert model_class_names(suite, META) == {1: "liver", 2: "spleen", 3: "anterior hippocampus"}
+    assert model_class_names(saved("hippo", ["Anterior Hippocampus", "posterior hippocampus"]), META) == bundle_classes
+    assert model_class_names(None, META) == bundle_classes
+    assert model_class_names(tmp_path / "none.pt", META) == bundle_classes
+    prompt_table_path(suite).write_bytes(b"not a checkpoint")  # the weights' loading names the problem, not this
+    assert model_class_names(suite, META) == bundle_classes

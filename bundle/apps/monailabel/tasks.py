@@ -29,7 +29,6 @@ from bundle.text import PromptEmbeddingTable, PromptSelection, UnknownPromptErro
 from bundle.transforms import DropSmallAnswersd
 from bundle.utils.checkpoint import load_prompt_table, load_weights
 from bundle.utils.config import load_bundle_config
-from bundle.utils.metadata import class_names_from_metadata
 from bundle.utils.threads import set_inference_threads
 
 __all__ = ["SegOneInfer", "SegOneTrain"]
@@ -66,7 +65,8 @@ class SegOneInfer(BasicInferTask):
         self.bundle_root = Path(bundle_root)
         self.threads = threads
         self.parser = load_bundle_config("inference.json", bundle_root=self.bundle_root, overrides=overrides)
-        self.class_names: dict[int, str] = class_names_from_metadata(self.parser.get("_meta_"))
+        # the served model's classes: channel_def, or those its prompt table names (a model trained on other data)
+        self.class_names: dict[int, str] = self.parser.get_parsed_content("model_class_names")
         labels = {name: int(value) for value, name in self.class_names.items()}
         network = self.parser.get_parsed_content("network_def", instantiate=True)
         self.preprocessing = self.parser.get_parsed_content("preprocessing", instantiate=True)
