@@ -270,12 +270,14 @@ def load_prompt_table(path: PathLike, encoder: TextPromptEncoder | None = None) 
 def model_class_names(path: PathLike | None, metadata: PathLike | Mapping[str, Any]) -> dict[int, str]:
     """The classes a model file segments: ``{label value: name}`` (background excluded).
 
-    ``metadata.json``'s ``channel_def``, unless the prompt table saved with the model names other classes (a model
-    trained on another data set, or on a suite of them): then the table's prompts, numbered ``1..K`` in its order,
-    which is the order of the network's prompt embeddings.
+    ``metadata.json``'s ``channel_def``, unless the model's own class prompts are others (a model trained on another
+    data set, or on a suite of them): then those, numbered ``1..K`` in the order of the network's prompt embeddings.
+    Each embedding row of the model file (``prompt_embeddings``, ``[K, E]``) is named by the prompt of the table
+    saved beside it whose embedding it is (the table may hold more prompts than the classes).
 
     Args:
-        path: the model file (``None`` or missing, or no prompt table beside it: the metadata's classes).
+        path: the model file (``None``, missing, or not named by its table: the metadata's classes; loading the
+            weights then reports the file's problem).
         metadata: the bundle's ``metadata.json`` (parsed, or its path).
 
     Returns:
@@ -288,9 +290,21 @@ def model_class_names(path: PathLike | None, metadata: PathLike | Mapping[str, A
     if not path or not Path(path).is_file():
         return bundle_classes
     try:
-        prompts = PromptEmbeddingTable.from_state_dict(load_model_info(path)["prompt_table"]).prompts
-    except (CheckpointError, ValueError):  # no readable table: loading the weights reports the file's problem
+        rows = _state_dict_of(load_checkpoint(path), path, None).get("prompt_embeddings")
+        table = PromptEmbeddingTable.from_state_dict(load_model_info(path)["prompt_table"])
+    except (CheckpointError, ValueError):
         return bundle_classes
+    if rows is None or rows.dim() != 2 or not table.embeddings:
+        return bundle_classes
+    names, stored = list(table.embeddings), torch.stack(list(table.embeddings.values()))
+    if stored.shape[-1] != rows.shape[-1]:
+        return bundle_classes
+    distance = (rows.float().unsqueeze(1) - stored.unsqueeze(0)).abs().amax(dim=2)  # [K, table size]
+    best = distance.argmin(dim=1)
+    tolerance = 1e-5 * max(1.0, float(stored.abs().max()))
+    if any(float(distance[i, best[i]]) > tolerance for i in range(rows.shape[0])):
+        return bundle_classes
+    prompts = [names[int(j)] for j in best]
     if prompts == [normalize_prompt(n) for n in bundle_classes.values()]:
         return bundle_classes
     return {i + 1: name for i, name in enumerate(prompts)}

@@ -16,7 +16,10 @@ its own worker process, because OpenMP reads its settings when torch loads:
 - ``passive``: only ``OMP_WAIT_POLICY=PASSIVE`` and onnxruntime without spinning, ``n`` threads fixed, and
   ``adaptive``: only ``set_inference_threads(n)`` and the onnxruntime options, OpenMP as given (what a process
   gets that loaded torch before the bundle could set the environment, such as the MONAI Label server): to tell
-  the parts of the fix apart.
+  the parts of the fix apart;
+- ``prompts``: ``bundle``, and SegOne's onnxruntime graphs at 2 or more threads run their prompts in parallel
+  (``OnnxSegmenter(prompt_workers=n)``: one-prompt graph calls on ``n`` Python threads, one onnxruntime thread
+  each, combined as the graph combines them).
 
 Rounds are interleaved: each round runs every (policy, threads, model) cell once in the idle state and once under
 contention, the cells in a shuffled order (seeded by the round), the policies in alternating order. The table
@@ -54,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 MODELS = ["SegOne eager", "SegOne ORT fp32", "SegOne ORT int8", "UNet eager", "UNet ORT"]
-POLICIES = ["stock", "passive", "adaptive", "bundle"]
+POLICIES = ["stock", "passive", "adaptive", "bundle", "prompts"]
 # the UNet each SegOne row is compared with: the same runtime
 BASELINE = {
     "SegOne eager": "UNet eager",
@@ -164,13 +167,20 @@ class _Worker:
         self.feeds: dict[str, dict[str, Any]] = {}
         # the bundle policy may pick fewer threads than asked: a session for every count it may pick
         counts = sorted(
-            {n for t in self.threads for n in range(1, t + 1)} if policy in ("bundle", "adaptive") else set(threads)
+            {n for t in self.threads for n in range(1, t + 1)}
+            if policy in ("bundle", "adaptive", "prompts")
+            else set(threads)
         )
+        self.segmenters: dict[tuple[str, int], Any] = {}
         for name in self.models:
             if name not in ONNX_FILES:
                 continue
             for n in counts:
                 self.sessions[(name, n)] = self._session(onnx_dir / ONNX_FILES[name], n)
+                if policy == "prompts" and name.startswith("SegOne ORT") and n > 1:
+                    from bundle.inference import OnnxSegmenter
+
+                    self.segmenters[(name, n)] = OnnxSegmenter(onnx_dir / ONNX_FILES[name], prompt_workers=n)
             inputs = [i.name for i in self.sessions[(name, counts[0])].get_inputs()]
             feed = {inputs[0]: self.image.numpy()}
             if len(inputs) > 1:
@@ -202,7 +212,7 @@ class _Worker:
     def _call(self, name: str, threads: int) -> tuple[float, int]:
         import torch
 
-        if self.policy in ("bundle", "adaptive"):
+        if self.policy in ("bundle", "adaptive", "prompts"):
             n = self.bt.set_inference_threads(threads)
         else:
             n = threads
@@ -212,6 +222,10 @@ class _Worker:
                 t0 = time.perf_counter()
                 self.eager[name](self.image)
                 return time.perf_counter() - t0, n
+        if (name, n) in self.segmenters:
+            t0 = time.perf_counter()
+            self.segmenters[(name, n)](self.image)
+            return time.perf_counter() - t0, n
         session = self.sessions[(name, n)]
         t0 = time.perf_counter()
         session.run(None, self.feeds[name])
@@ -249,7 +263,7 @@ def _start_worker(policy: str, onnx_dir: Path, args: Any) -> subprocess.Popen:
     from bundle.utils.threads import thread_env
 
     env = dict(os.environ)
-    if policy in ("bundle", "passive"):
+    if policy in ("bundle", "passive", "prompts"):
         env = thread_env(env)
     command = [
         sys.executable,

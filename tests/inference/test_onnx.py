@@ -77,6 +77,20 @@ def test_onnx_segmenter_matches_pytorch_through_sliding_windows(export):
     assert quantised.shape == expected.shape == (2, 2, 20, 35, 16)
 
 
+def test_prompts_run_in_parallel_give_the_graphs_probabilities(export):
+    from bundle.inference import OnnxSegmenter
+
+    _, out = export
+    joint = OnnxSegmenter(out / FP32_FILE, intra_op_num_threads=1)
+    parallel = OnnxSegmenter(out / FP32_FILE, prompt_workers=2)
+    image = torch.randn(2, 1, 16, 16, 16)
+    torch.testing.assert_close(parallel(image), joint(image), rtol=0, atol=1e-5)
+    one = joint.prompt_embeddings[[1]]  # a single prompt takes the one-call path
+    torch.testing.assert_close(parallel(image, one), joint(image, one), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="prompt_workers must be >= 1"):
+        OnnxSegmenter(out / FP32_FILE, prompt_workers=0)
+
+
 def test_onnx_segmenter_errors_name_the_file(export, tmp_path):
     from bundle.inference import OnnxSegmenter
 

@@ -49,3 +49,12 @@ def test_percentile_and_argument_checks():
         module.main(["--repeats", "0"])
     with pytest.raises(SystemExit):
         module.main(["--onnx_dir", "/nonexistent/folder", "--models", "SegOne ORT fp32"])
+
+
+@pytest.mark.slow
+def test_the_prompt_parallel_policy_times_the_shipped_export(tmp_path, capsys):
+    argv = ["--repeats", "1", "--threads", "2", "--competitors", "1", "--shape", "32", "32", "32", "--settle", "0.05"]
+    argv += ["--models", "SegOne ORT fp32", "UNet ORT", "--policies", "prompts"]
+    assert _module().main(argv + ["--onnx_dir", str(BUNDLE_ROOT / "models" / "edge")]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| SegOne ORT fp32 | prompts")]
+    assert len(rows) == 1 and rows[0].count(" x") == 2  # idle and contended, each with its ratio to the UNet

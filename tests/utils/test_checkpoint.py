@@ -101,23 +101,31 @@ def test_non_finite_weights_are_refused_naming_the_file_and_the_tensor(tmp_path,
     assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
 
 
-def test_a_model_files_classes_come_from_its_prompt_table_when_they_are_not_the_bundles(tmp_path):
+def test_a_model_files_classes_are_its_prompt_rows_named_by_its_table(tmp_path):
     from bundle.utils.checkpoint import model_class_names
     from tests.helpers.bundle_runs import META
 
     bundle_classes = {1: "anterior hippocampus", 2: "posterior hippocampus"}
-    net = torch.nn.Linear(2, 2)
+    names = ["Liver", "spleen", "anterior hippocampus", "posterior hippocampus", "edema"]
+    embeddings = dict(zip(names, torch.randn(len(names), 3)))
+    # the table may hold more prompts than the classes (here an extra "edema")
+    table = PromptEmbeddingTable(embeddings, {"model_name": "x"})
 
-    def saved(name, prompts):
-        table = PromptEmbeddingTable({p: torch.ones(3) for p in prompts}, {"model_name": "x"})
-        return save_model(net, tmp_path / name / "model.pt", table, {})
-
-    for folder in ("suite", "hippo"):
+    def saved(folder, classes):
+        net = torch.nn.Module()
+        net.register_buffer("prompt_embeddings", torch.stack([embeddings[c] for c in classes]))
         (tmp_path / folder).mkdir()
-    suite = saved("suite", ["Liver", "spleen", "anterior hippocampus"])
-    assert model_class_names(suite, META) == {1: "liver", 2: "spleen", 3: "anterior hippocampus"}
-    assert model_class_names(saved("hippo", ["Anterior Hippocampus", "posterior hippocampus"]), META) == bundle_classes
+        return save_model(net, tmp_path / folder / "model.pt", table, {})
+
+    suite = saved("suite", ["spleen", "Liver", "anterior hippocampus"])
+    assert model_class_names(suite, META) == {1: "spleen", 2: "liver", 3: "anterior hippocampus"}
+    hippo = saved("hippo", ["anterior hippocampus", "posterior hippocampus"])
+    assert model_class_names(hippo, META) == bundle_classes
     assert model_class_names(None, META) == bundle_classes
     assert model_class_names(tmp_path / "none.pt", META) == bundle_classes
+    odd = torch.nn.Module()
+    odd.register_buffer("prompt_embeddings", torch.randn(2, 3))  # rows the table does not hold
+    (tmp_path / "odd").mkdir()
+    assert model_class_names(save_model(odd, tmp_path / "odd" / "model.pt", table, {}), META) == bundle_classes
     prompt_table_path(suite).write_bytes(b"not a checkpoint")  # the weights' loading names the problem, not this
     assert model_class_names(suite, META) == bundle_classes
