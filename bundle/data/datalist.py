@@ -29,8 +29,15 @@ _BRATS2013_IMAGE, _BRATS2013_LABEL = "Flair_subtrMeanDivStd.nii.gz", "OTMultiCla
 
 
 def is_brats2013_folder(folder: PathLike) -> bool:
-    """Whether ``folder`` holds BraTS 2013 case folders (``<case>/Flair_subtrMeanDivStd.nii.gz`` and
-    ``<case>/OTMultiClass.nii.gz``) instead of an MSD ``dataset.json``."""
+    """Whether ``folder`` holds BraTS 2013 case folders instead of an MSD ``dataset.json``.
+
+    Args:
+        folder: the folder.
+
+    Returns:
+        True without ``dataset.json`` and with at least one ``<case>/OTMultiClass.nii.gz`` (each case's
+        ``Flair_subtrMeanDivStd.nii.gz`` is checked when the datalist is read).
+    """
     root = Path(folder)
     return not (root / "dataset.json").is_file() and any((c / _BRATS2013_LABEL).is_file() for c in root.glob("*/"))
 

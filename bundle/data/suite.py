@@ -275,6 +275,7 @@ def dataset_class_names(
 
     - No folder (the demo data), or one folder labelled with the same values as the model's classes: the model's
       classes, so a Task04 download whose ``dataset.json`` says ``Anterior`` keeps the bundle's prompts.
+    - One folder whose ``dataset.json`` names no structure (no ``labels``, or background alone): the model's classes.
     - One other folder: its own labels (:func:`dataset_labels`).
     - A suite of several folders: its vocabulary (:func:`suite_vocabulary`).
 
@@ -293,5 +294,8 @@ def dataset_class_names(
         return bundle_classes
     if len(folders) > 1:
         return suite_vocabulary(folders)
-    own = dataset_labels(folders[0])
-    return bundle_classes if set(own) == set(bundle_classes) else own
+    try:
+        own = dataset_labels(folders[0])
+    except ValueError:  # a dataset.json without labels: the model's classes, as before suites
+        return bundle_classes
+    return bundle_classes if not own or set(own) == set(bundle_classes) else own

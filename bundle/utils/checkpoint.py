@@ -299,12 +299,18 @@ def model_class_names(path: PathLike | None, metadata: PathLike | Mapping[str, A
     names, stored = list(table.embeddings), torch.stack(list(table.embeddings.values()))
     if stored.shape[-1] != rows.shape[-1]:
         return bundle_classes
+    tolerance = 1e-5 * max(1.0, float(rows.abs().max()))
+    bundle_names = [normalize_prompt(n) for n in bundle_classes.values()]
+    if len(bundle_names) == rows.shape[0] and all(
+        n in table.embeddings and float((table.embeddings[n] - rows[i].float()).abs().max()) <= tolerance
+        for i, n in enumerate(bundle_names)
+    ):
+        return bundle_classes  # the rows are the bundle's classes (checked first: a table may repeat an embedding)
     distance = (rows.float().unsqueeze(1) - stored.unsqueeze(0)).abs().amax(dim=2)  # [K, table size]
     best = distance.argmin(dim=1)
-    tolerance = 1e-5 * max(1.0, float(stored.abs().max()))
     if any(float(distance[i, best[i]]) > tolerance for i in range(rows.shape[0])):
         return bundle_classes
     prompts = [names[int(j)] for j in best]
-    if prompts == [normalize_prompt(n) for n in bundle_classes.values()]:
+    if len(set(prompts)) != len(prompts):  # rows the table cannot tell apart: no names to trust
         return bundle_classes
     return {i + 1: name for i, name in enumerate(prompts)}

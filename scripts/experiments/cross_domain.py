@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -58,9 +57,8 @@ def bundle_run(workflow: str, config: str, settings: Mapping[str, Any], log: Pat
     args = [sys.executable, "-m", "monai.bundle", "run", workflow, "--config_file", f"configs/{config}"]
     for key, value in settings.items():
         args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
-    env = {**os.environ, "PYTHONPATH": str(BUNDLE_ROOT)}
-    with open(log, "w") as f:
-        code = subprocess.run(args, cwd=BUNDLE_ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    with open(log, "w") as f:  # from the bundle root, as the README's commands run
+        code = subprocess.run(args, cwd=BUNDLE_ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
     if code != 0:
         raise RuntimeError(f"{workflow} failed (exit {code}); see {log}")
 

@@ -213,3 +213,11 @@ def test_the_shared_mri_suite_shares_cardiac_names_and_splits_acdc_by_patient():
     assert not patients["test"] & patients["train"] and not patients["val"] & patients["train"]
     assert len(patients["test"]) == 5  # a fifth of 24 patients
     assert Counter(i["dataset"] for i in parts["test"])["hippocampus"] == 42  # the hippocampus split is unchanged
+
+
+def test_a_folder_that_names_no_structure_is_scored_with_the_models_classes(tmp_path):
+    model = {1: "anterior hippocampus", 2: "posterior hippocampus"}
+    bare = _folder(tmp_path / "bare", {"0": "background"})
+    assert dataset_class_names(bare, model) == model
+    (bare / "dataset.json").write_text(json.dumps({"training": []}))
+    assert dataset_class_names(bare, model) == model

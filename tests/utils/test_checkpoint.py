@@ -129,3 +129,16 @@ def test_a_model_files_classes_are_its_prompt_rows_named_by_its_table(tmp_path):
     assert model_class_names(save_model(odd, tmp_path / "odd" / "model.pt", table, {}), META) == bundle_classes
     prompt_table_path(suite).write_bytes(b"not a checkpoint")  # the weights' loading names the problem, not this
     assert model_class_names(suite, META) == bundle_classes
+
+
+def test_a_table_repeating_an_embedding_keeps_the_bundles_classes(tmp_path):
+    from bundle.utils.checkpoint import model_class_names
+    from tests.helpers.bundle_runs import META
+
+    net = torch.nn.Module()
+    net.register_buffer("prompt_embeddings", torch.zeros(2, 3))  # an untrained network: both rows zero
+    table = PromptEmbeddingTable({"anterior hippocampus": torch.zeros(3), "posterior hippocampus": torch.zeros(3)})
+    path = save_model(net, tmp_path / "model.pt", table, {})
+    assert model_class_names(path, META) == {1: "anterior hippocampus", 2: "posterior hippocampus"}
+    other = PromptEmbeddingTable({"liver": torch.zeros(3), "spleen": torch.zeros(3)})
+    assert model_class_names(save_model(net, tmp_path / "other.pt", other, {}), META)[1] == "anterior hippocampus"
