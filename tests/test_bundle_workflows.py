@@ -342,11 +342,8 @@ def test_a_suite_of_folders_trains_one_model_and_each_folder_evaluates_with_its_
     overrides = train_overrides(tiny_clip_config, suite_file, out, max_epochs=1, crop_sampling="classes")
     wf = workflow("train.json", "train", **overrides)
     wf.initialize()
-    assert wf.parser.get_parsed_content("class_names") == {
-        1: "anterior hippocampus",
-        2: "posterior hippocampus",
-        3: "spleen",
-    }
+    vocabulary = {1: "anterior hippocampus", 2: "posterior hippocampus", 3: "spleen"}
+    assert wf.parser.get_parsed_content("class_names") == vocabulary
     # the other folder's labels arrive in the vocabulary's numbering
     load = Compose(wf.parser.get_parsed_content("load_transforms"))
     item = next(i for i in wf.parser.get_parsed_content("train#datalist") if i["dataset"] == "other")
@@ -356,7 +353,7 @@ def test_a_suite_of_folders_trains_one_model_and_each_folder_evaluates_with_its_
     assert crops == ["RandCropByLabelClassesd"]
     wf.run()
     wf.finalize()
-    assert load_prompt_table(out / "model.pt").prompts == ["anterior hippocampus", "posterior hippocampus", "spleen"]
+    assert load_prompt_table(out / "model.pt").prompts == list(vocabulary.values())
 
     # the model's classes are its prompt table's (not metadata.json's hippocampus); evaluating one folder scores
     # that folder's own classes, prompted by name
@@ -365,11 +362,7 @@ def test_a_suite_of_folders_trains_one_model_and_each_folder_evaluates_with_its_
     overrides = infer_overrides(out / "model.pt", other, ev, eval_split="all", absent_prompts="others")
     wf = workflow("evaluate.json", "infer", **overrides)
     wf.initialize()
-    assert wf.parser.get_parsed_content("model_class_names") == {
-        1: "anterior hippocampus",
-        2: "posterior hippocampus",
-        3: "spleen",
-    }
+    assert wf.parser.get_parsed_content("model_class_names") == vocabulary
     wf.run()
     metrics = json.loads((ev / "metrics.json").read_text())
     assert set(metrics["classes"]) == {"spleen", "anterior hippocampus"} and len(metrics["cases"]) == 5
