@@ -9,11 +9,14 @@ from .checks import CheckInputd
 from .datalist import NIFTI_SUFFIXES, dataset_split, find_images, load_msd_datalist, split_datalist
 from .demo import DEMO_LABELS, ensure_demo_dataset, make_phantom, write_demo_dataset
 from .suite import (
+    STRUCTURE_REGIONS,
     RemapSuiteLabelsd,
     dataset_class_names,
     dataset_dirs,
     dataset_labels,
     patient_id,
+    structure_region,
+    suite_absent_exclusions,
     suite_label_maps,
     suite_vocabulary,
 )
@@ -33,6 +36,9 @@ __all__ = [
     "patient_id",
     "RemapSuiteLabelsd",
     "split_datalist",
+    "STRUCTURE_REGIONS",
+    "structure_region",
+    "suite_absent_exclusions",
     "suite_label_maps",
     "suite_vocabulary",
     "write_demo_dataset",

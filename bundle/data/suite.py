@@ -38,9 +38,35 @@ __all__ = [
     "suite_label_maps",
     "patient_id",
     "RemapSuiteLabelsd",
+    "STRUCTURE_REGIONS",
+    "structure_region",
+    "suite_absent_exclusions",
 ]
 
 SUITE_FILE_SUFFIXES = (".json", ".yaml", ".yml")
+
+# The body region of each structure of the shared suite. A prompt is a safe "absent" example only for an image of
+# another region: a hippocampus crop holds grey and white matter that its labels do not mark, and a cardiac cine
+# stack often shows the liver dome (heart and abdomen are still kept apart; the model card says so). Structures not
+# listed here have no region: their folder counts as a region of its own.
+STRUCTURE_REGIONS: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "anterior hippocampus",
+            "posterior hippocampus",
+            "necrosis",
+            "edema",
+            "non-enhancing tumour",
+            "enhancing tumour",
+            "cerebrospinal fluid",
+            "grey matter",
+            "white matter",
+        ),
+        "brain",
+    ),
+    **dict.fromkeys(("right ventricle", "myocardium", "left ventricle", "left atrium"), "heart"),
+    **dict.fromkeys(("liver", "right kidney", "left kidney", "spleen"), "abdomen"),
+}
 
 # ACDC stores each patient's end-diastole and end-systole frames as two volumes: <patient>_frame01, _frame02
 _FRAME_SUFFIX = re.compile(r"_frame\d+$")
@@ -184,6 +210,47 @@ def suite_label_maps(spec: PathLike | Sequence[PathLike]) -> dict[str, dict[int,
         return {}
     vocabulary = {n: v for v, n in suite_vocabulary(spec).items()}
     return {f.name: {v: vocabulary[n] for v, n in dataset_labels(f).items()} for f in dataset_dirs(spec)}
+
+
+def structure_region(name: str) -> str | None:
+    """The body region of a structure (:data:`STRUCTURE_REGIONS`), ``None`` when it is not listed.
+
+    Args:
+        name: a structure name or prompt (normalised as prompts are).
+    """
+    return STRUCTURE_REGIONS.get(normalize_prompt(name))
+
+
+def suite_absent_exclusions(spec: PathLike | Sequence[PathLike]) -> dict[str, list[int]]:
+    """Per folder name, the vocabulary values that must not be prompted as absent on its images.
+
+    A structure that a folder does not label may still be in its images: grey matter in a hippocampus crop. Its
+    empty target would teach the model to miss it. So a folder's images are asked for a structure of another folder
+    as an absent example only when the two folders image different body regions (:data:`STRUCTURE_REGIONS`; a
+    folder whose structures are not listed is a region of its own). A folder's own classes stay absent candidates:
+    a crop without a kidney really holds none.
+
+    Args:
+        spec: the suite (:func:`dataset_dirs`).
+
+    Returns:
+        ``{folder name: sorted vocabulary values}``; empty for a single folder (its items are not tagged).
+    """
+    folders = dataset_dirs(spec)
+    if len(folders) < 2:
+        return {}
+    vocabulary = {n: v for v, n in suite_vocabulary(folders).items()}
+    labels = {f.name: set(dataset_labels(f).values()) for f in folders}
+    regions = {
+        name: {structure_region(n) or f"folder:{name}" for n in names} or {f"folder:{name}"}
+        for name, names in labels.items()
+    }
+    exclusions: dict[str, list[int]] = {}
+    for name in labels:
+        near = [other for other in labels if other != name and regions[other] & regions[name]]
+        excluded = {vocabulary[n] for other in near for n in labels[other] if n not in labels[name]}
+        exclusions[name] = sorted(excluded)
+    return exclusions
 
 
 def patient_id(image_path: str) -> str:

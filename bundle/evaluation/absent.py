@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from bundle.data.suite import structure_region
 from bundle.inference.engines import FAILED_KEY, prompted_inference
 from bundle.text import PromptEmbeddingTable, normalize_prompt
 from bundle.utils.io import write_text_atomic
@@ -34,11 +35,14 @@ DEFAULT_THRESHOLDS_ML = (0.0, 0.1, 0.5, 1.0, 5.0)
 def absent_prompt_names(
     absent_prompts: str | Sequence[str] | None, model_classes: Mapping[int, str], evaluated_classes: Mapping[int, str]
 ) -> list[str]:
-    """The prompts to ask every image for: a list of names, or ``"others"``: every class of the model that the
-    evaluated data set does not label.
+    """The prompts to ask every image for: a list of names; ``"others"``: every class of the model that the
+    evaluated data set does not label; or ``"other_regions"``: those of them from another body region than every
+    structure of the data set (:func:`~bundle.data.structure_region`; an unlisted structure counts as another
+    region), the prompts whose structure cannot be in its images (``white matter`` is in a hippocampus crop).
 
     Args:
-        absent_prompts: ``None``/empty (none), ``"others"``, or prompt names (a list, or one comma-separated string).
+        absent_prompts: ``None``/empty (none), ``"others"``, ``"other_regions"``, or prompt names (a list, or one
+            comma-separated string).
         model_classes: the model's classes (``channel_def``).
         evaluated_classes: the evaluated data set's classes.
 
@@ -51,8 +55,13 @@ def absent_prompt_names(
     if not absent_prompts:
         return []
     present = {normalize_prompt(n) for n in evaluated_classes.values()}
-    if isinstance(absent_prompts, str) and absent_prompts.strip().lower() == "others":
-        return [n for n in dict.fromkeys(normalize_prompt(v) for v in model_classes.values()) if n not in present]
+    keyword = absent_prompts.strip().lower() if isinstance(absent_prompts, str) else None
+    if keyword in ("others", "other_regions"):
+        others = [n for n in dict.fromkeys(normalize_prompt(v) for v in model_classes.values()) if n not in present]
+        if keyword == "others":
+            return others
+        regions = {structure_region(n) for n in present} - {None}
+        return [n for n in others if structure_region(n) is None or structure_region(n) not in regions]
     if isinstance(absent_prompts, str):
         absent_prompts = [p for p in absent_prompts.split(",") if p.strip()]
     names = list(dict.fromkeys(normalize_prompt(p) for p in absent_prompts))

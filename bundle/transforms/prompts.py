@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,10 @@ class RandPromptd(Randomizable, MapTransform):
             Not used with ``all_classes``, where absent classes are prompted with their empty targets.
         all_classes: prompt every class of ``class_names`` at once, so that a loss can make the classes compete for
             each voxel (:class:`~bundle.diffusion.MaskDiffusion`'s ``competition_weight``).
+        absent_exclusions: per folder name (the item's ``dataset_key``), class values never prompted as absent on
+            its items: structures its labels do not mark but its images may hold
+            (:func:`~bundle.data.suite_absent_exclusions`). Items of other folders, or untagged, use every class.
+        dataset_key: the entry naming the item's folder (set by the suite's datalist).
         allow_missing_keys: don't raise an exception when a key is missing.
 
     Raises:
@@ -46,9 +50,13 @@ class RandPromptd(Randomizable, MapTransform):
         class_key: str = "prompt_class",
         absent_prob: float = 0.1,
         all_classes: bool = False,
+        absent_exclusions: Mapping[str, Sequence[int]] | None = None,
+        dataset_key: str = "dataset",
         allow_missing_keys: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
+        self.absent_exclusions = {str(k): {int(c) for c in v} for k, v in (absent_exclusions or {}).items()}
+        self.dataset_key = dataset_key
         self.all_classes = bool(all_classes)
         if not class_names:
             raise ValueError("RandPromptd needs at least one class name")
@@ -61,14 +69,17 @@ class RandPromptd(Randomizable, MapTransform):
         self.absent_prob = absent_prob
         self._choice: int | None = None
 
-    def randomize(self, present: Sequence[int]) -> None:  # type: ignore[override]
+    def randomize(self, present: Sequence[int], excluded: Collection[int] = ()) -> None:  # type: ignore[override]
         """Choose the class to prompt: an absent one with probability ``absent_prob`` (always when no class is
         present), else one of ``present``, uniformly.
 
         Args:
             present: the class values (of ``class_names``) present in the map.
+            excluded: class values that are not absent candidates (unlabelled but possibly there).
         """
-        absent = [c for c in self.class_names if c not in present]
+        absent = [c for c in self.class_names if c not in present and c not in excluded]
+        if not present and not absent:  # an empty crop of a folder whose every other class is excluded
+            absent = [c for c in self.class_names if c not in present]
         if absent and (not present or self.R.rand() < self.absent_prob):
             self._choice = int(self.R.choice(absent))
         else:
@@ -106,7 +117,7 @@ class RandPromptd(Randomizable, MapTransform):
                 d[self.class_key] = torch.tensor(chosen, dtype=torch.long)
                 continue
             present = [int(v) for v in values if int(v) in self.class_names]
-            self.randomize(present)
+            self.randomize(present, self.absent_exclusions.get(str(d.get(self.dataset_key)), ()))
             assert self._choice is not None
             d[self.target_key] = (label == self._choice).float()[None]
             d[self.prompt_key] = self.class_names[self._choice]

@@ -20,6 +20,8 @@ from bundle.data import (
     load_msd_datalist,
     patient_id,
     split_datalist,
+    structure_region,
+    suite_absent_exclusions,
     suite_label_maps,
     suite_vocabulary,
 )
@@ -130,6 +132,22 @@ def test_class_names_of_a_run_follow_the_bundle_the_folder_or_the_suite(tmp_path
     assert dataset_class_names(task04, bundle_classes) == bundle_classes
     assert dataset_class_names(heart, bundle_classes) == {1: "left ventricle", 2: "white matter", 3: "myocardium"}
     assert dataset_class_names([brain, heart], bundle_classes) == suite_vocabulary([brain, heart])
+
+
+def test_absent_exclusions_keep_structures_of_the_same_region(tmp_path):
+    hippo = _folder(tmp_path / "hippo", {"0": "background", "1": "anterior hippocampus"})
+    tissue = _folder(tmp_path / "tissue", {"0": "background", "1": "grey matter", "2": "white matter"})
+    abdomen = _folder(tmp_path / "abdomen", {"0": "background", "1": "liver"})
+    custom = _folder(tmp_path / "custom", {"0": "background", "1": "widget"})
+    spec = [hippo, tissue, abdomen, custom]
+    vocabulary = {n: v for v, n in suite_vocabulary(spec).items()}
+    exclusions = suite_absent_exclusions(spec)
+    assert structure_region("Grey  Matter") == "brain" and structure_region("widget") is None
+    # brain folders never ask each other's structures as absent; other regions and unlisted folders do
+    assert exclusions["hippo"] == [vocabulary["grey matter"], vocabulary["white matter"]]
+    assert exclusions["tissue"] == [vocabulary["anterior hippocampus"]]
+    assert exclusions["abdomen"] == [] and exclusions["custom"] == []
+    assert suite_absent_exclusions(hippo) == {}
 
 
 def test_patient_id_groups_frames_and_keeps_case_folders_apart():

@@ -19,6 +19,20 @@ def test_others_are_the_models_classes_the_folder_does_not_label():
     assert absent_prompt_names(" Others ", MODEL, MODEL) == []
 
 
+def test_other_regions_drop_structures_that_may_be_in_the_folders_images():
+    model = {**MODEL, 5: "grey matter", 6: "widget"}
+    assert absent_prompt_names("other_regions", model, LIVER_FOLDER) == [
+        "anterior hippocampus",
+        "posterior hippocampus",
+        "left ventricle",
+        "grey matter",
+        "widget",
+    ]
+    # a hippocampus folder is not asked for grey matter (it is in the crop), but is for the other regions'
+    hippocampus = {1: "anterior hippocampus", 2: "posterior hippocampus"}
+    assert absent_prompt_names("other_regions", model, hippocampus) == ["liver", "left ventricle", "widget"]
+
+
 def test_named_prompts_are_normalised_and_must_be_absent():
     assert absent_prompt_names(None, MODEL, LIVER_FOLDER) == [] and absent_prompt_names([], MODEL, LIVER_FOLDER) == []
     assert absent_prompt_names(["Left  Ventricle", "left ventricle", "edema"], MODEL, LIVER_FOLDER) == [

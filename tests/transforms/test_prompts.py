@@ -57,6 +57,20 @@ def test_absent_classes_are_sampled_with_empty_targets():
     assert not out["target"].any() and out["prompt_class"] in NAMES
 
 
+def test_excluded_classes_of_a_folder_are_never_prompted_as_absent():
+    names = {1: "anterior hippocampus", 2: "posterior hippocampus", 3: "grey matter", 4: "liver"}
+    t = RandPromptd("label", names, absent_prob=1.0, absent_exclusions={"hippocampus": [3]})
+    t.set_random_state(0)
+    tagged = Counter(t({"label": _label((1,)), "dataset": "hippocampus"})["prompt_class"] for _ in range(200))
+    assert 3 not in tagged and tagged[2] > 0 and tagged[4] > 0
+    untagged = Counter(t({"label": _label((1,))})["prompt_class"] for _ in range(200))
+    assert untagged[3] > 0  # another folder's items (or a single folder's) keep every class
+    # an empty crop whose other classes are all excluded still gets a prompt (an absent one)
+    only = RandPromptd("label", {1: "liver", 2: "grey matter"}, absent_exclusions={"abdomen": [2]})
+    out = only({"label": torch.zeros(1, 4, 4, 4), "dataset": "abdomen"})
+    assert not out["target"].any() and out["prompt_class"] in (1, 2)
+
+
 def test_all_classes_prompts_every_class_with_its_target():
     t = RandPromptd("label", NAMES, all_classes=True)
     lab = _label((2,))  # class 1 absent
