@@ -301,10 +301,11 @@ def test_evaluation_writes_metrics(tmp_path, trained, msd_dir):
     assert len(metrics["cases"]) == 2  # 34 % of 6 cases
     for case in metrics["cases"]:
         assert Path(case["image"]).name.startswith("case_") and Path(case["image"]).parent.name == "imagesTr"
-        assert set(case["anterior hippocampus"]) == keys
+        assert set(case["anterior hippocampus"]) == keys | {"volume_ml", "reference_ml"}
         assert 0.0 <= case["posterior hippocampus"]["dice"] <= 1.0
     rows = (out / "metrics.csv").read_text().strip().splitlines()
-    assert rows[0] == "image,class,dice,iou,hd95,surface_dice,precision,recall" and len(rows) == 1 + 2 * 2
+    assert rows[0] == "image,class,dice,iou,hd95,surface_dice,precision,recall,volume_ml,reference_ml"
+    assert len(rows) == 1 + 2 * 2
     assert len(list((out / "predictions").glob("*_seg.nii.gz"))) == 2
 
 

@@ -2,7 +2,7 @@
 answers to prompts of absent structures (absent_prompts.json)."""
 
 from .absent import DEFAULT_THRESHOLDS_ML, AbsentPromptsReport, absent_prompt_names
-from .metrics import METRICS, case_metrics, format_table, hd95, summarize
+from .metrics import CASE_VOLUMES, METRICS, case_metrics, format_table, hd95, summarize
 from .report import MetricsReport
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "DEFAULT_THRESHOLDS_ML",
     "format_table",
     "hd95",
+    "CASE_VOLUMES",
     "METRICS",
     "MetricsReport",
     "summarize",

@@ -12,6 +12,8 @@ import torch
 __all__ = ["METRICS", "SURFACE_TOLERANCE_MM", "hd95", "surface_dice", "case_metrics", "summarize", "format_table"]
 
 METRICS = ("dice", "iou", "hd95", "surface_dice", "precision", "recall")
+# per case only (not averaged): the predicted and reference volumes in ml, for volumetry and the "absent" rule
+CASE_VOLUMES = ("volume_ml", "reference_ml")
 # the normalised surface Dice's tolerance: one voxel of the MSD hippocampus crops, as in the MSD's own reporting
 SURFACE_TOLERANCE_MM = 1.0
 
@@ -67,7 +69,9 @@ def surface_dice(
 def case_metrics(
     pred: np.ndarray, gt: np.ndarray, classes: Mapping[int, str], spacing: Sequence[float] | None = None
 ) -> dict[str, dict[str, float]]:
-    """``{class name: {dice, iou, hd95, surface_dice, precision, recall}}`` for integer label maps of the same shape.
+    """``{class name: {dice, iou, hd95, surface_dice, precision, recall, volume_ml, reference_ml}}`` for integer label
+    maps of the same shape. The volumes (predicted and reference, in ml) are per case only: the summary averages
+    :data:`METRICS`.
 
     Args:
         pred: the predicted label map.
@@ -76,7 +80,7 @@ def case_metrics(
         spacing: voxel size per axis in mm (default 1).
 
     Returns:
-        The metrics per class (both empty: 1, 1, 0, 1, 1, 1).
+        The metrics per class (both empty: 1, 1, 0, 1, 1, 1, and volumes 0).
 
     Raises:
         ValueError: the shapes differ.
@@ -85,15 +89,19 @@ def case_metrics(
     if pred.shape != gt.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from ground truth {gt.shape}")
     spacing = list(spacing) if spacing is not None else [1.0] * gt.ndim
+    voxel_ml = float(np.prod(spacing)) / 1000.0
     out: dict[str, dict[str, float]] = {}
     for value, name in classes.items():
         p, g = pred == value, gt == value
         tp = float(np.logical_and(p, g).sum())
         np_, ng = float(p.sum()), float(g.sum())
+        volumes = {"volume_ml": np_ * voxel_ml, "reference_ml": ng * voxel_ml}
         if np_ == 0 and ng == 0:
             out[name] = {"dice": 1.0, "iou": 1.0, "hd95": 0.0, "surface_dice": 1.0, "precision": 1.0, "recall": 1.0}
+            out[name].update(volumes)
             continue
         out[name] = {
+            **volumes,
             "dice": 2 * tp / (np_ + ng),
             "iou": tp / (np_ + ng - tp),
             "hd95": hd95(p, g, spacing),

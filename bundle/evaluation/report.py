@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from bundle.evaluation.metrics import METRICS, case_metrics, format_table, summarize
+from bundle.evaluation.metrics import CASE_VOLUMES, METRICS, case_metrics, format_table, summarize
 from bundle.utils.io import atomic_path, write_text_atomic
 
 __all__ = ["MetricsReport"]
@@ -77,11 +77,12 @@ class MetricsReport:
         self.summary = summarize(self.cases, list(self.class_names.values()))
         self.output_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.output_dir / "metrics.json", json.dumps(self.summary, indent=2))
-        rows = [["image", "class", *METRICS]]
+        columns = (*METRICS, *CASE_VOLUMES)
+        rows = [["image", "class", *columns]]
         for case in self.summary["cases"]:
             for name in self.class_names.values():
                 vals = case.get(name, {})
-                rows.append([case["image"], name, *("" if vals.get(m) is None else f"{vals[m]:.4f}" for m in METRICS)])
+                rows.append([case["image"], name, *("" if vals.get(m) is None else f"{vals[m]:.4f}" for m in columns)])
         with atomic_path(self.output_dir / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
             csv.writer(f).writerows(rows)
         logger.info(

@@ -22,6 +22,12 @@ def test_overlap_metrics_match_hand_computed_values():
     assert m["iou"] == pytest.approx(48 / 80)
     assert m["precision"] == pytest.approx(48 / 64) and m["recall"] == pytest.approx(48 / 64)
     assert m["hd95"] == pytest.approx(1.0)  # surfaces one voxel apart along x
+    spaced = case_metrics(pred, gt, CLASSES, spacing=(1, 1, 2.5))
+    assert (
+        spaced["a"]["volume_ml"] == pytest.approx(64 * 2.5 / 1000)
+        and spaced["a"]["reference_ml"] == spaced["a"]["volume_ml"]
+    )
+    assert spaced["b"]["volume_ml"] == 0.0
 
 
 def test_hd95_uses_the_spacing():
@@ -51,7 +57,16 @@ def test_empty_classes_follow_the_documented_conventions():
     m = case_metrics(np.zeros_like(gt), gt, CLASSES)
     assert m["a"]["dice"] == 0.0 and math.isnan(m["a"]["hd95"])  # missed entirely
     assert m["a"]["surface_dice"] == 0.0
-    assert m["b"] == {"dice": 1.0, "iou": 1.0, "hd95": 0.0, "surface_dice": 1.0, "precision": 1.0, "recall": 1.0}
+    assert m["b"] == {
+        "dice": 1.0,
+        "iou": 1.0,
+        "hd95": 0.0,
+        "surface_dice": 1.0,
+        "precision": 1.0,
+        "recall": 1.0,
+        "volume_ml": 0.0,
+        "reference_ml": 0.0,
+    }
     summary = summarize([{"image": "x", **m}], ["a", "b"])
     assert summary["cases"][0]["a"]["hd95"] is None  # JSON-safe
     assert summary["classes"]["a"]["hd95"] is None and summary["mean"]["hd95"] == 0.0
