@@ -112,12 +112,20 @@ class PromptedSegmenter(MaskDiffusion):
         raise TypeError("PromptedSegmenter is for inference; train the MaskDiffusion with the same denoiser")
 
     @torch.no_grad()
-    def forward(self, image: torch.Tensor, prompt_embeddings: Optional[torch.Tensor] = None) -> torch.Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        self,
+        image: torch.Tensor,
+        prompt_embeddings: Optional[torch.Tensor] = None,
+        prompt_rows: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """
         Args:
             image: ``[B, C, *S]``, every spatial size a multiple of the denoiser's size divisor.
             prompt_embeddings: ``[K', E]`` embeddings of the prompts to segment; the ``prompt_embeddings`` buffer
                 (``[K, E]``, the bundle's classes) when ``None``.
+            prompt_rows: ``[K']`` rows of the buffer to prompt (a suite's validation image is asked for its own
+                folder's classes only); the other classes get probability 0, so the output keeps ``1 + K``
+                channels. Not used with ``prompt_embeddings``.
 
         Returns:
             Class probabilities ``[B, 1 + K, *S]`` (``[B, 1 + K', *S]`` with ``prompt_embeddings``), background
@@ -126,6 +134,17 @@ class PromptedSegmenter(MaskDiffusion):
         Raises:
             ValueError: when the embeddings are not ``[K, E]`` with ``K >= 1``.
         """
+        if prompt_embeddings is None and prompt_rows is not None:
+            rows = prompt_rows.to(device=image.device, dtype=torch.long).flatten()
+            asked = self.forward(image, self.prompt_embeddings.index_select(0, rows), None)
+            out = torch.zeros(
+                (asked.shape[0], 1 + self.prompt_embeddings.shape[0]) + asked.shape[2:],
+                dtype=asked.dtype,
+                device=asked.device,
+            )
+            out[:, 0] = asked[:, 0]
+            out.index_copy_(1, rows + 1, asked[:, 1:])
+            return out
         emb = self.prompt_embeddings if prompt_embeddings is None else prompt_embeddings.to(image)
         if emb.dim() != 2 or emb.shape[0] < 1:
             raise ValueError(f"prompt_embeddings must be [K, E] with K >= 1, got {tuple(emb.shape)}")

@@ -2,7 +2,7 @@
 check of its inputs."""
 
 from .handlers import BestModelSaver, ResumeCheckpoint, TrainingReport, WeightEMA, WeightEMAHandler
-from .trainer import DiffusionPrepareBatch, DiffusionTrainer
+from .trainer import DiffusionPrepareBatch, DiffusionTrainer, FolderPromptsPrepareBatch
 from .validation import CheckedCacheDataset, InputError, check_inputs
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "CheckedCacheDataset",
     "DiffusionPrepareBatch",
     "DiffusionTrainer",
+    "FolderPromptsPrepareBatch",
     "InputError",
     "ResumeCheckpoint",
     "TrainingReport",

@@ -16,7 +16,73 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents, PrepareBatch
 from monai.utils import CommonKeys as Keys
 
-__all__ = ["DiffusionPrepareBatch", "DiffusionTrainer"]
+__all__ = ["DiffusionPrepareBatch", "DiffusionTrainer", "FolderPromptsPrepareBatch"]
+
+
+class FolderPromptsPrepareBatch(PrepareBatch):
+    """MONAI ``prepare_batch`` for a suite's validation: each image is asked for its own folder's classes only.
+
+    A suite's model knows every structure of every folder. Validating a hippocampus crop with all of them costs a
+    sampler pass per structure and lets ``liver`` compete for its voxels, which evaluation
+    (``configs/evaluate.json``, prompted with the folder's classes) never does. This hands the segmenter
+    (:class:`~bundle.diffusion.PromptedSegmenter`) the ``prompt_rows`` of the batch's folders.
+
+    Args:
+        class_values: the run's class values in prompt-row order (``list(class_names)``).
+        label_maps: per folder name, ``{its value: the vocabulary's value}`` (:func:`~bundle.data.suite_label_maps`);
+            empty for one folder, whose batches get every class.
+        image_key: the image ``[B, C, *S]``.
+        label_key: the label map ``[B, 1, *S]``.
+        dataset_key: the entry naming each item's folder.
+    """
+
+    def __init__(
+        self,
+        class_values: list[int],
+        label_maps: Mapping[str, Mapping[int, int]] | None = None,
+        image_key: str = "image",
+        label_key: str = "label",
+        dataset_key: str = "dataset",
+    ) -> None:
+        self.rows = {int(v): i for i, v in enumerate(class_values)}
+        self.folder_values = {str(k): sorted(int(v) for v in m.values()) for k, m in (label_maps or {}).items()}
+        self.image_key, self.label_key, self.dataset_key = image_key, label_key, dataset_key
+
+    def __call__(
+        self,
+        batchdata: Mapping[str, Any],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict[str, torch.Tensor]]:
+        """Moves a collated batch to ``device`` and names its prompts.
+
+        Args:
+            batchdata: the collated batch.
+            device: the target device.
+            non_blocking: non-blocking copies.
+            kwargs: ``Tensor.to`` arguments (MONAI's ``to_kwargs``).
+
+        Returns:
+            ``(image, label, (), {"prompt_rows": [K']})``, or ``{}`` for batches of untagged items (every class).
+
+        Raises:
+            KeyError: naming the folder, when a batch's folder is not one of ``label_maps``.
+        """
+        image = batchdata[self.image_key].to(device=device, non_blocking=non_blocking, **kwargs)
+        label = batchdata[self.label_key].to(device=device, non_blocking=non_blocking, **kwargs)
+        folders = batchdata.get(self.dataset_key)
+        if not self.folder_values or folders is None:
+            return image, label, (), {}
+        folders = [folders] if isinstance(folders, str) else list(folders)
+        unknown = sorted({str(f) for f in folders} - set(self.folder_values))
+        if unknown:
+            raise KeyError(
+                f"validation items of folder(s) {unknown} are not in the suite ({sorted(self.folder_values)})"
+            )
+        values = sorted({v for f in folders for v in self.folder_values[str(f)]})
+        rows = torch.tensor([self.rows[v] for v in values], dtype=torch.long, device=image.device)
+        return image, label, (), {"prompt_rows": rows}
 
 
 class DiffusionPrepareBatch(PrepareBatch):

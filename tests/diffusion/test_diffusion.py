@@ -380,6 +380,17 @@ def test_prompted_segmenter_is_batch_invariant():
         torch.testing.assert_close(alone[:, 1:], p, rtol=1e-5, atol=1e-5)
 
 
+def test_prompt_rows_ask_some_classes_and_keep_every_channel():
+    seg = _segmenter(3)
+    x = torch.rand(1, 1, 16, 16, 16)
+    rows = torch.tensor([2, 0])
+    y = seg(x, prompt_rows=rows)
+    assert y.shape == (1, 4, 16, 16, 16) and not y[:, 2].any()  # class 2 (row 1) was not asked
+    asked = seg(x, prompt_embeddings=seg.prompt_embeddings[rows])  # channels: background, row 2, row 0
+    torch.testing.assert_close(y[:, [0, 3, 1]], asked)
+    torch.testing.assert_close(y.sum(1), torch.ones(1, 16, 16, 16))
+
+
 def test_segmenter_shares_state_with_training_network():
     torch.manual_seed(0)
     denoiser = SegOne(3, 2, 1, features=(8, 16, 32), encoder_blocks=1, decoder_blocks=1, with_timestep=True, text_dim=4)

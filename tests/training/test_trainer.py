@@ -88,3 +88,15 @@ def test_options_the_iteration_does_not_support_are_refused():
             optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
             accumulation_steps=2,
         )
+
+
+def test_folder_prompts_ask_each_validation_batch_for_its_folders_classes():
+    from bundle.training import FolderPromptsPrepareBatch
+
+    prepare = FolderPromptsPrepareBatch([1, 2, 3, 4], {"hippo": {1: 1, 2: 2}, "abdomen": {1: 3, 4: 4}})
+    batch = {"image": torch.zeros(1, 1, 4, 4, 4), "label": torch.zeros(1, 1, 4, 4, 4), "dataset": ["abdomen"]}
+    image, label, args, kwargs = prepare(batch)
+    assert image.shape == (1, 1, 4, 4, 4) and args == () and kwargs["prompt_rows"].tolist() == [2, 3]
+    assert FolderPromptsPrepareBatch([1, 2])(batch)[3] == {}  # one folder: every class
+    with pytest.raises(KeyError, match="other"):
+        prepare({**batch, "dataset": ["other"]})
