@@ -175,11 +175,29 @@ def test_the_app_refuses_to_listen_everywhere_by_default():
     check_bind_address(["python", "-m", "monailabel.interfaces.utils.app", "-m", "train"])  # training subprocess
 
 
-def test_server_stops_cleanly(tmp_path, server):
-    proc, url = start_server(
-        str(server["studies"]), tmp_path / "models", tmp_path / "second.log", "--conf", "skip_trainers", "true"
-    )
-    assert stop_server(proc) == 0
+def test_a_chosen_model_is_served_with_its_own_classes_and_the_server_stops_cleanly(tmp_path, server):
+    import requests
+    import torch
+
+    from bundle.text import PromptEmbeddingTable
+    from bundle.utils.checkpoint import load_prompt_table, prompt_table_path
+    from bundle.utils.config import BUNDLE_ROOT
+
+    # the shipped weights under a prompt table that names their two rows otherwise: a model of other classes
+    model = tmp_path / "other" / "model.pt"
+    model.parent.mkdir()
+    shutil.copy(BUNDLE_ROOT / "models" / "model.pt", model)
+    shipped = load_prompt_table(BUNDLE_ROOT / "models" / "model.pt")
+    renamed = PromptEmbeddingTable(dict(zip(["liver", "spleen"], shipped.embeddings.values())), shipped.encoder_config)
+    torch.save({"prompt_table": renamed.state_dict(), "metadata": {}}, prompt_table_path(model))
+    conf = ["--conf", "skip_trainers", "true", "--conf", "model", str(model), "--conf", "max_anisotropy", "8"]
+    proc, url = start_server(str(server["studies"]), tmp_path / "models", tmp_path / "second.log", *conf)
+    try:
+        info = requests.get(f"{url}/info/", timeout=30).json()
+        assert info["models"]["segone"]["labels"] == {"liver": 1, "spleen": 2}
+        assert _infer(url, "phantom_b", {"prompts": ["spleen"]}).status_code == 200
+    finally:
+        assert stop_server(proc) == 0
     assert "Finished server process" in (tmp_path / "second.log").read_text()
 
 

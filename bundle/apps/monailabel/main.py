@@ -7,7 +7,11 @@ Optional ``--conf KEY VALUE`` settings:
 - ``bundle_root``: the bundle (default: this repository);
 - ``models_dir``: where fine-tuned weights go (default: ``<app>/model``); inference uses ``models_dir/model.pt``
   when it exists, the shipped ``models/model.pt`` otherwise;
+- ``model``: the model file served (default: the shipped ``models/model.pt``; e.g. ``models/suite/model.pt``, the
+  suite model), its classes those of its prompt table;
 - ``num_inference_steps``: DDIM steps (default: inference.json's);
+- ``max_anisotropy``, ``min_answer_ml``: inference.json's input check and "absent" rule (the suite model is served
+  with ``max_anisotropy 8`` for thick-slice stacks; docs/suite.md);
 - ``skip_trainers``: ``true`` to serve inference only;
 - ``max_upload_mb``: the largest request body accepted (default 64);
 - ``cors_origins``: comma-separated browser origins allowed to call the server (e.g. OHIF on another origin);
@@ -137,7 +141,10 @@ class SegOneApp(MONAILabelApp):
             os.environ["PATH"] = env_bin + os.pathsep + os.environ.get("PATH", "")
         self.bundle_root = Path(conf.get("bundle_root", BUNDLE_ROOT)).resolve()
         self.models_dir = Path(conf.get("models_dir", Path(app_dir) / "model")).resolve()
-        self.shipped_model = self.bundle_root / "models" / "model.pt"
+        model = conf.get("model")
+        self.shipped_model = (self.bundle_root / model).resolve() if model else self.bundle_root / "models" / "model.pt"
+        if not self.shipped_model.is_file():
+            raise FileNotFoundError(f"--conf model {model}: {self.shipped_model} is not a file")
         self.finetuned_model = self.models_dir / "model.pt"
         meta = bundle_metadata(self.bundle_root)
         super().__init__(
@@ -209,8 +216,11 @@ class SegOneApp(MONAILabelApp):
 
     def _infer_overrides(self) -> dict[str, Any]:
         overrides: dict[str, Any] = {}
-        if "num_inference_steps" in self.conf:
-            overrides["num_inference_steps"] = int(self.conf["num_inference_steps"])
+        for key, kind in (("num_inference_steps", int), ("max_anisotropy", float), ("min_answer_ml", float)):
+            if key in self.conf:
+                overrides[key] = kind(self.conf[key])
+        if self.conf.get("model"):
+            overrides["ckpt_path"] = str(self.shipped_model)  # its prompt table names the served classes
         return overrides
 
     def _current_weights(self) -> str:
