@@ -47,8 +47,7 @@ def _brats2013_items(root: Path) -> list[dict[str, str]]:
     missing = [str(c / _BRATS2013_IMAGE) for c in cases if not (c / _BRATS2013_IMAGE).is_file()]
     if missing:
         raise FileNotFoundError(f"{root}: BraTS case folder(s) without {_BRATS2013_IMAGE}: {', '.join(missing)}")
-    # every case's files share their names: outputs are named by the case folder (``name``, SaveLabelMapd)
-    return [{"image": str(c / _BRATS2013_IMAGE), "label": str(c / _BRATS2013_LABEL), "name": c.name} for c in cases]
+    return [{"image": str(c / _BRATS2013_IMAGE), "label": str(c / _BRATS2013_LABEL)} for c in cases]
 
 
 def load_msd_datalist(dataset_dir: PathLike, section: str = "training") -> list[dict[str, str]]:
