@@ -53,8 +53,6 @@ class SaveLabelMapd(MapTransform):
         postfix: appended to the source file's stem.
         dtype: integer type of the written labels.
         source_key: the key whose file name names the output (defaults to the label map's own metadata).
-        name_key: an item entry that names the output instead, when present: for layouts whose files share their
-            names in per-case folders (BraTS case folders: ``name`` is the case folder's).
         allow_missing_keys: skip keys that are absent instead of failing.
     """
 
@@ -65,7 +63,6 @@ class SaveLabelMapd(MapTransform):
         postfix: str = "seg",
         dtype: Any = np.uint8,
         source_key: str | None = "image",
-        name_key: str | None = "name",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -73,7 +70,6 @@ class SaveLabelMapd(MapTransform):
         self.postfix = postfix
         self.dtype = dtype
         self.source_key = source_key
-        self.name_key = name_key
         self._written: dict[Path, str] = {}
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -101,8 +97,7 @@ class SaveLabelMapd(MapTransform):
             array = torch.as_tensor(label).detach().cpu().numpy()
             if array.ndim == len(affine) and array.shape[0] == 1:  # drop the channel axis
                 array = array[0]
-            named = d.get(self.name_key) if self.name_key else None
-            out = output_path_for(f"{named}.nii.gz" if named else source, self.output_dir, self.postfix)
+            out = output_path_for(source, self.output_dir, self.postfix)
             resolved = out.expanduser().resolve()
             earlier = self._written.get(resolved)
             if earlier is not None and earlier != source:

@@ -52,14 +52,6 @@ def test_outputs_of_two_sources_that_share_a_name_never_overwrite_each_other(tmp
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["x_seg.nii.gz"]
 
 
-def test_case_folders_whose_files_share_names_are_written_under_their_case_name(tmp_path):
-    writer = SaveLabelMapd("pred", tmp_path / "out", source_key=None)
-    for case in ("pat1", "pat2"):
-        item = {"pred": _label(str(tmp_path / case / "Flair.nii.gz")), "name": case}
-        assert writer(item)["pred_path"] == str(tmp_path / "out" / f"{case}_seg.nii.gz")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["pat1_seg.nii.gz", "pat2_seg.nii.gz"]
-
-
 def test_a_full_disk_names_the_cause_and_the_files_and_leaves_nothing(tmp_path, monkeypatch):
     writer = SaveLabelMapd("pred", tmp_path / "out", source_key=None)
     monkeypatch.setattr(nib, "save", _enospc)
