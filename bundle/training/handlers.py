@@ -30,7 +30,10 @@ class BestModelSaver:
     """Saves ``{"model", "prompt_table", "metadata"}`` to ``save_path`` when the validation metric improves.
 
     Attached to the trainer; it listens to ``evaluator`` for the metric. A run that ends without any validation
-    still leaves a model file (its final weights).
+    still leaves a model file (its final weights). With ``keep="final"`` the model file is the final weights
+    whatever the validation said: for a model whose validation metric does not measure what it is trained for (a
+    suite's answers to absent prompts), or to compare the two rules. Resuming a finished run with ``keep="final"``
+    writes its final weights without training further.
 
     Args:
         save_path: the model file (e.g. ``runs/train/model.pt``).
@@ -38,6 +41,10 @@ class BestModelSaver:
         prompt_table: the prompt table the embeddings came from.
         evaluator: the validation engine, whose ``metric_name`` is maximised.
         metric_name: the evaluator metric to maximise.
+        keep: ``"best"`` (the weights of the best validation) or ``"final"`` (the weights at the end of training).
+
+    Raises:
+        ValueError: ``keep`` is neither.
     """
 
     def __init__(
@@ -47,7 +54,11 @@ class BestModelSaver:
         prompt_table: PromptEmbeddingTable,
         evaluator: Engine | None = None,
         metric_name: str = "val_mean_dice",
+        keep: str = "best",
     ) -> None:
+        if keep not in ("best", "final"):
+            raise ValueError(f"keep must be 'best' or 'final', got {keep!r}")
+        self.keep = keep
         self.save_path = Path(save_path)
         self.network = network
         self.prompt_table = prompt_table
@@ -56,6 +67,7 @@ class BestModelSaver:
         self.trainer: Engine | None = None
         self.best_metric = -math.inf
         self.best_epoch = -1
+        self._last_validated = -1
         self.saved = False
 
     def attach(self, trainer: Engine) -> None:
@@ -102,6 +114,9 @@ class BestModelSaver:
         logger.info("saved model to %s (epoch %d, %s %s)", self.save_path, self._epoch(), self.metric_name, metric)
 
     def _on_validation(self, evaluator: Engine) -> None:
+        self._last_validated = self._epoch()
+        if self.keep == "final":
+            return
         value = evaluator.state.metrics.get(self.metric_name)
         if value is None or not math.isfinite(float(value)):
             return
@@ -110,6 +125,11 @@ class BestModelSaver:
             self.save(self.best_metric)
 
     def _on_training_end(self, trainer: Engine) -> None:
+        if self.keep == "final":
+            metrics = self.evaluator.state.metrics if self.evaluator is not None else {}
+            value = metrics.get(self.metric_name) if self._last_validated == self._epoch() else None
+            self.save(None if value is None else float(value))
+            return
         if not self.saved and not self.save_path.exists():
             logger.warning("no validation ran: saving the final weights as %s", self.save_path)
             self.save(None)

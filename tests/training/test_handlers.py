@@ -107,3 +107,29 @@ def test_training_report_writes_curves_and_history(tmp_path):
     history = json.loads((tmp_path / "history.json").read_text())
     assert history == {"loss": [[1, 1.0], [2, 2.0]], "metric": [[1, 0.5], [2, 0.6]]}
     assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_keep_final_saves_the_last_weights_and_a_finished_run_writes_them_at_once(tmp_path):
+    trainer, evaluator, net = _engines([0.5, 0.7, 0.6])
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    ResumeCheckpoint(str(tmp_path / "last.pt"), {"model": net, "optimizer": opt}).attach(trainer)
+    BestModelSaver(str(tmp_path / "model.pt"), net, _table(), evaluator).attach(trainer)
+    trainer.run([0], max_epochs=3)
+    assert load_model_info(tmp_path / "model.pt")["metadata"]["epoch"] == 2  # best
+    final = net.weight.detach().clone()
+    # the finished run again, keeping its final weights: nothing trains, the model file becomes epoch 3's
+    trainer2, evaluator2, net2 = _engines([0.1])
+    ResumeCheckpoint(str(tmp_path / "last.pt"), {"model": net2}).attach(trainer2)
+    BestModelSaver(str(tmp_path / "model.pt"), net2, _table(), evaluator2, keep="final").attach(trainer2)
+    trainer2.run([0], max_epochs=3)
+    info = load_model_info(tmp_path / "model.pt")["metadata"]
+    assert info["epoch"] == 3 and info["metric"] is None  # not validated in this run
+    assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["weight"], final)
+    # trained with keep="final", the last validation's metric goes with the final weights
+    trainer3, evaluator3, net3 = _engines([0.9, 0.2])
+    BestModelSaver(str(tmp_path / "final.pt"), net3, _table(), evaluator3, keep="final").attach(trainer3)
+    trainer3.run([0], max_epochs=2)
+    info = load_model_info(tmp_path / "final.pt")["metadata"]
+    assert (info["epoch"], round(info["metric"], 3)) == (2, 0.2)
+    with pytest.raises(ValueError, match="keep"):
+        BestModelSaver(str(tmp_path / "x.pt"), net3, _table(), keep="last")
