@@ -7,8 +7,8 @@ Optional ``--conf KEY VALUE`` settings:
 - ``bundle_root``: the bundle (default: this repository);
 - ``models_dir``: where fine-tuned weights go (default: ``<app>/model``); inference uses ``models_dir/model.pt``
   when it exists, the shipped ``models/model.pt`` otherwise;
-- ``model``: the model file served (default: the shipped ``models/model.pt``; e.g. ``models/suite/model.pt``, the
-  suite model), its classes those of its prompt table;
+- ``model``: the model file served (default: the shipped ``models/model.pt``; e.g. ``runs/suite/model.pt``, a
+  model trained on a suite), its classes those of its prompt table;
 - ``num_inference_steps``: DDIM steps (default: inference.json's);
 - ``max_anisotropy``, ``min_answer_ml``: inference.json's input check and "absent" rule (the suite model is served
   with ``max_anisotropy 8`` for thick-slice stacks; docs/suite.md);
