@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("folders", nargs="+", type=Path, help="evaluation output folders (one per data set)")
     parser.add_argument("--target", type=float, default=0.95, help="wanted fraction of empty absent answers")
     parser.add_argument("--max_dice_loss", type=float, default=0.002, help="largest mean-Dice drop per folder")
-    parser.add_argument("--output", type=Path, default=None, help="also write the rows and the choice as JSON")
+    parser.add_argument("--output_file", type=Path, default=None, help="also write the rows and the choice as JSON")
     args = parser.parse_args(argv)
     try:
         evaluations = {f.name: read_evaluation(f) for f in args.folders}
@@ -173,8 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     threshold, why = choose(rows, args.target, args.max_dice_loss)
     print(format_rows(rows))
     print(f"\nmin_answer_ml = {threshold:g}: {why}")
-    if args.output:
-        args.output.write_text(json.dumps({"rows": rows, "min_answer_ml": threshold, "why": why}, indent=2))
+    if args.output_file:
+        args.output_file.write_text(json.dumps({"rows": rows, "min_answer_ml": threshold, "why": why}, indent=2))
     return 0
 
 

@@ -51,7 +51,7 @@ def test_cli_prints_the_table_and_names_a_missing_report(tmp_path, capsys):
     module = load_script(SCRIPT)
     a = _evaluation(tmp_path / "a", [0.0, 0.3], [(0.9, 10.0, 11.0)])
     out = tmp_path / "rule.json"
-    assert module.main([str(a), "--target", "0.9", "--output", str(out)]) == 0
+    assert module.main([str(a), "--target", "0.9", "--output_file", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "| T ml |" in printed and "min_answer_ml = 0.5" in printed
     assert json.loads(out.read_text())["min_answer_ml"] == 0.5
