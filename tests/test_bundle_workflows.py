@@ -503,4 +503,3 @@ def test_shipped_model_segments_held_out_hippocampus_cases():
         m = case_metrics(pred, d["label"][0].numpy().astype(int), {1: "anterior", 2: "posterior"})
         dice.append((m["anterior"]["dice"] + m["posterior"]["dice"]) / 2)
     assert np.mean(dice) > 0.75, dice
-
