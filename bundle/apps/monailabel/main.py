@@ -143,7 +143,7 @@ class SegOneApp(MONAILabelApp):
         self.models_dir = Path(conf.get("models_dir", Path(app_dir) / "model")).resolve()
         model = conf.get("model")
         self.shipped_model = (self.bundle_root / model).resolve() if model else self.bundle_root / "models" / "model.pt"
-        if not self.shipped_model.is_file():
+        if model and not self.shipped_model.is_file():
             raise FileNotFoundError(f"--conf model {model}: {self.shipped_model} is not a file")
         self.finetuned_model = self.models_dir / "model.pt"
         meta = bundle_metadata(self.bundle_root)
