@@ -134,18 +134,12 @@ class PromptedSegmenter(MaskDiffusion):
         Raises:
             ValueError: when the embeddings are not ``[K, E]`` with ``K >= 1``.
         """
+        rows: Optional[torch.Tensor] = None
         if prompt_embeddings is None and prompt_rows is not None:
             rows = prompt_rows.to(device=image.device, dtype=torch.long).flatten()
-            asked = self.forward(image, self.prompt_embeddings.index_select(0, rows), None)
-            out = torch.zeros(
-                (asked.shape[0], 1 + self.prompt_embeddings.shape[0]) + asked.shape[2:],
-                dtype=asked.dtype,
-                device=asked.device,
-            )
-            out[:, 0] = asked[:, 0]
-            out.index_copy_(1, rows + 1, asked[:, 1:])
-            return out
-        emb = self.prompt_embeddings if prompt_embeddings is None else prompt_embeddings.to(image)
+            emb = self.prompt_embeddings.index_select(0, rows)
+        else:
+            emb = self.prompt_embeddings if prompt_embeddings is None else prompt_embeddings.to(image)
         if emb.dim() != 2 or emb.shape[0] < 1:
             raise ValueError(f"prompt_embeddings must be [K, E] with K >= 1, got {tuple(emb.shape)}")
         b, k = image.shape[0], emb.shape[0]
@@ -156,4 +150,10 @@ class PromptedSegmenter(MaskDiffusion):
         classes = prob.reshape(b, k, *image.shape[2:])
         background = 1.0 - classes.max(dim=1, keepdim=True).values
         probs = torch.cat([background, classes], dim=1)
-        return probs / probs.sum(dim=1, keepdim=True).clamp_min(1e-6)
+        probs = probs / probs.sum(dim=1, keepdim=True).clamp_min(1e-6)
+        if rows is None:
+            return probs
+        # the classes not asked keep probability 0, so the channels stay the buffer's 1 + K
+        out = probs.new_zeros((b, 1 + self.prompt_embeddings.shape[0]) + probs.shape[2:])
+        out[:, 0] = probs[:, 0]
+        return out.index_copy(1, rows + 1, probs[:, 1:])
