@@ -296,14 +296,15 @@ def model_class_names(path: PathLike | None, metadata: PathLike | Mapping[str, A
         return bundle_classes
     if rows is None or rows.dim() != 2 or not table.embeddings:
         return bundle_classes
-    names, stored = list(table.embeddings), torch.stack(list(table.embeddings.values()))
+    names = table.prompts
+    stored = table(names)  # what the table gives out (centred, for a centred table): what the rows were made from
     if stored.shape[-1] != rows.shape[-1]:
         return bundle_classes
+    given = dict(zip(names, stored))
     tolerance = 1e-5 * max(1.0, float(rows.abs().max()))
     bundle_names = [normalize_prompt(n) for n in bundle_classes.values()]
     if len(bundle_names) == rows.shape[0] and all(
-        n in table.embeddings and float((table.embeddings[n] - rows[i].float()).abs().max()) <= tolerance
-        for i, n in enumerate(bundle_names)
+        n in given and float((given[n] - rows[i].float()).abs().max()) <= tolerance for i, n in enumerate(bundle_names)
     ):
         return bundle_classes  # the rows are the bundle's classes (checked first: a table may repeat an embedding)
     distance = (rows.float().unsqueeze(1) - stored.unsqueeze(0)).abs().amax(dim=2)  # [K, table size]

@@ -104,6 +104,40 @@ def test_table_roundtrip_through_a_weights_only_checkpoint(tiny_clip, tmp_path):
         PromptEmbeddingTable.from_state_dict({"prompts": ["a", "b"], "embeddings": torch.zeros(3, 4)})
 
 
+def test_centred_table_removes_the_vocabularys_shared_direction(tiny_clip, tmp_path):
+    encoder = TextPromptEncoder(tiny_clip)
+    raw = encoder(PROMPTS)
+    table = PromptEmbeddingTable.build(PROMPTS, encoder, center=True)
+    out = table(PROMPTS)
+    # centred on the vocabulary's mean, scaled to a mean length of 1; the table keeps the raw embeddings
+    torch.testing.assert_close(out.mean(dim=0), torch.zeros(32), atol=1e-6, rtol=0)
+    assert out.norm(dim=1).mean().item() == pytest.approx(1.0, abs=1e-5)
+    torch.testing.assert_close(out, (raw - raw.mean(dim=0)) * table.scale)
+    torch.testing.assert_close(table.embeddings["edema"], raw[PROMPTS.index("edema")])
+    cosine = torch.nn.functional.cosine_similarity
+    assert cosine(out[0], out[1], dim=0) < cosine(raw[0], raw[1], dim=0)
+    # a new prompt gets the same centring
+    torch.testing.assert_close(table(["necrosis"]), (encoder(["necrosis"]) - raw.mean(dim=0)) * table.scale)
+
+    torch.save({"prompt_table": table.state_dict()}, tmp_path / "ckpt.pt")
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=True)["prompt_table"]
+    loaded = PromptEmbeddingTable.from_state_dict(state, encoder=encoder)
+    torch.testing.assert_close(loaded(PROMPTS + ["necrosis"]), table(PROMPTS + ["necrosis"]))
+    # an uncentred table's state has no centre, as tables saved before centring existed
+    assert "center" not in PromptEmbeddingTable.build(PROMPTS, encoder).state_dict()
+
+    with pytest.raises(ValueError, match="two prompts or more"):
+        PromptEmbeddingTable.build(["edema"], encoder, center=True)
+    with pytest.raises(ValueError, match="two prompts or more"):  # one prompt once normalised
+        PromptEmbeddingTable.build(["edema", " Edema"], encoder, center=True)
+    with pytest.raises(ValueError, match="the center 5"):
+        PromptEmbeddingTable(table.embeddings, center=torch.zeros(5))
+    with pytest.raises(ValueError, match="scale"):
+        PromptEmbeddingTable(table.embeddings, center=torch.zeros(32), scale=float("nan"))
+    with pytest.raises(ValueError, match="'center' must be a tensor"):
+        PromptEmbeddingTable.from_state_dict({**state, "center": [0.0] * 32})
+
+
 def test_prompt_selection_keeps_class_values_and_numbers_new_prompts(tmp_path):
     from bundle.text import PromptEmbeddingTable, PromptSelection
 

@@ -131,6 +131,19 @@ def test_a_model_files_classes_are_its_prompt_rows_named_by_its_table(tmp_path):
     assert model_class_names(suite, META) == bundle_classes
 
 
+def test_a_centred_tables_model_is_named_by_what_the_table_gives_out(tmp_path):
+    from bundle.utils.checkpoint import model_class_names
+    from tests.helpers.bundle_runs import META
+
+    names = ["liver", "spleen", "left kidney"]
+    raw = dict(zip(names, torch.randn(3, 4)))
+    table = PromptEmbeddingTable(raw, {"model_name": "x"}, center=torch.randn(4), scale=2.0)
+    net = torch.nn.Module()
+    net.register_buffer("prompt_embeddings", table(["spleen", "liver"]))  # the network's rows are centred ones
+    path = save_model(net, tmp_path / "model.pt", table, {})
+    assert model_class_names(path, META) == {1: "spleen", 2: "liver"}
+
+
 def test_a_table_repeating_an_embedding_keeps_the_bundles_classes(tmp_path):
     from bundle.utils.checkpoint import model_class_names
     from tests.helpers.bundle_runs import META
