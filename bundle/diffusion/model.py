@@ -10,6 +10,7 @@ from monai.utils import look_up_option
 
 from bundle.diffusion.losses import CONSISTENCY_LOSSES, consistency_loss, deep_supervision_loss, soft_dice_loss
 from bundle.diffusion.noise import seeded_normal
+from bundle.networks.blocks import exporting, repeat_items
 
 __all__ = ["PREDICTION_TYPES", "MaskDiffusion"]
 
@@ -314,39 +315,58 @@ class MaskDiffusion(nn.Module):
         seed: int = 0,
         num_samples: int = 1,
         noise: torch.Tensor | None = None,
+        prompts_per_image: int = 1,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Generate mask probabilities by DDIM.
 
         Args:
             image: ``[B, C, *S]``.
-            context: prompt embeddings ``[B, E]``.
+            context: prompt embeddings ``[B * K, E]``, image-major (``K = prompts_per_image``).
             num_inference_steps: DDIM steps.
             seed: seed of the starting noise (sample ``i`` uses ``seed + i``).
             num_samples: number of samples to average.
-            noise: explicit starting noise ``[num_samples, B, 1, *S]`` (overrides ``seed``).
+            noise: explicit starting noise ``[num_samples, B * K, 1, *S]`` (overrides ``seed``).
+            prompts_per_image: ``K``, the prompts of each image. Every (image, prompt) pair starts from the same
+                seeded noise, so at the first step an image's denoiser input is the same for all its prompts; a
+                denoiser with ``forward_prompts`` (:class:`~bundle.networks.SegOne`) then encodes it once.
 
         Returns:
-            ``(mean probability [B, 1, *S], variance [B, 1, *S] or None when num_samples == 1)``.
+            ``(mean probability [B * K, 1, *S], variance [B * K, 1, *S] or None when num_samples == 1)``.
 
         Raises:
-            ValueError: when ``num_samples < 1``, ``noise`` holds fewer than ``num_samples`` starting points, or
-                ``num_inference_steps`` is outside ``[1, num_train_timesteps]``.
+            ValueError: when ``num_samples < 1`` or ``prompts_per_image < 1``, ``noise`` holds fewer than
+                ``num_samples`` starting points, ``context`` is not ``B * K`` rows, or ``num_inference_steps`` is
+                outside ``[1, num_train_timesteps]``.
         """
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         if noise is not None and noise.shape[0] < num_samples:
             raise ValueError(f"noise holds {noise.shape[0]} starting points for num_samples={num_samples}")
+        k = prompts_per_image
+        if not exporting():  # an exported graph keeps the prompt count symbolic: no checks that would fix it
+            if k < 1:
+                raise ValueError(f"prompts_per_image must be >= 1, got {prompts_per_image}")
+            if context.shape[0] != image.shape[0] * k:
+                raise ValueError(
+                    f"context has {context.shape[0]} rows for {image.shape[0]} images x {k} prompts per image"
+                )
         sched = self.make_sampler(num_inference_steps)
-        reference = image[:, :1]
+        shared_encoder = noise is None and hasattr(self.denoiser, "forward_prompts")
+        images = repeat_items(image, k)
+        reference = images[:, :1]
         probs = []
         for i in range(num_samples):
             # the same starting noise for every batch item: an image's mask does not depend on what else is in the
             # batch (sliding-window batch size, other prompts)
             x = noise[i].to(image) if noise is not None else seeded_normal(reference[:1], seed + i).expand_as(reference)
-            for t_int in self.sampling_timesteps(num_inference_steps):
+            for step, t_int in enumerate(self.sampling_timesteps(num_inference_steps)):
                 # a [B] tensor built from the image, so a trace keeps the batch size dynamic
-                ts = torch.zeros_like(image[:, 0].flatten(1)[:, 0], dtype=torch.long) + t_int
-                output = self.denoiser(torch.cat([x, image], dim=1), ts, context)
+                ts = torch.zeros_like(images[:, 0].flatten(1)[:, 0], dtype=torch.long) + t_int
+                if step == 0 and shared_encoder:  # x is the same for all (one noise): one encoder pass per image
+                    first = torch.cat([x[: image.shape[0]], image], dim=1)
+                    output = self.denoiser.forward_prompts(first, ts, context, k)
+                else:
+                    output = self.denoiser(torch.cat([x, images], dim=1), ts, context)
                 if self.prediction_type == "logits":
                     output = torch.tanh(0.5 * output)
                 x, _ = sched.step(output, t_int, x)

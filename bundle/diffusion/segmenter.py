@@ -143,10 +143,9 @@ class PromptedSegmenter(MaskDiffusion):
         if emb.dim() != 2 or emb.shape[0] < 1:
             raise ValueError(f"prompt_embeddings must be [K, E] with K >= 1, got {tuple(emb.shape)}")
         b, k = image.shape[0], emb.shape[0]
-        # every (image, prompt) pair in one batch: [B*K, C, *S], image-major
-        images = image.unsqueeze(1).expand(b, k, *image.shape[1:]).reshape(b * k, *image.shape[1:])
+        # every (image, prompt) pair in one batch, image-major: [B*K, E] prompts for the B images
         context = emb.unsqueeze(0).expand(b, k, emb.shape[1]).reshape(b * k, emb.shape[1])
-        prob, _ = self.sample(images, context, self.num_inference_steps, self.seed, self.num_samples)
+        prob, _ = self.sample(image, context, self.num_inference_steps, self.seed, self.num_samples, None, k)
         classes = prob.reshape(b, k, *image.shape[2:])
         background = 1.0 - classes.max(dim=1, keepdim=True).values
         probs = torch.cat([background, classes], dim=1)

@@ -29,6 +29,7 @@ __all__ = [
     "pixel_shuffle",
     "space_to_depth",
     "exporting",
+    "repeat_items",
     "conv1x1",
     "PointwiseConv2d",
     "PointwiseConv3d",
@@ -113,6 +114,16 @@ def exporting() -> bool:
     """True while exporting to ONNX or compiling (torch.export, torch.compile); False in eager runs and TorchScript
     traces, which run on libtorch like eager mode."""
     return bool(torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling())
+
+
+def repeat_items(x: torch.Tensor, times: int) -> torch.Tensor:
+    """Each batch item ``times`` times in a row: ``[B, *R] -> [B * times, *R]``, item-major.
+
+    ``torch.repeat_interleave`` on dim 0, written as expand and reshape so that an exported graph keeps ``times``
+    symbolic (a dynamic prompt count).
+    """
+    shape = list(x.shape)  # lists, not unpacking: TorchScript needs sizes it can infer
+    return x.unsqueeze(1).expand([shape[0], times] + shape[1:]).reshape([shape[0] * times] + shape[1:])
 
 
 @torch.library.custom_op("segone::space_to_depth", mutates_args=())

@@ -25,6 +25,7 @@ from bundle.networks.blocks import (
     exporting,
     pixel_shuffle,
     pixel_unshuffle,
+    repeat_items,
 )
 
 __all__ = ["SegOne", "Unconditioned"]
@@ -365,10 +366,44 @@ class SegOne(nn.Module):
             outputs.append(head(decoded[-2 - i]))
         return outputs
 
+    @torch.jit.export
+    def forward_prompts(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        prompts_per_image: int = 1,
+    ) -> torch.Tensor:
+        """:meth:`forward` for ``K`` conditionings of each input, with the encoder run once per input.
+
+        The encoder and the bottleneck context do not see the conditioning, so an input's features are the same for
+        every prompt: only the conditioned decoder and the head run ``K`` times. Equal to ``forward`` on the inputs
+        repeated ``K`` times (image-major), at the cost of one encoder pass instead of ``K``.
+
+        Args:
+            x: ``B`` inputs ``[B, in_channels, *S]``.
+            timesteps: ``[B * K]`` timesteps, image-major; required when built with ``with_timestep=True``.
+            context: ``[B * K, text_dim]`` text embeddings, image-major; required when built with ``text_dim``.
+            prompts_per_image: ``K``.
+
+        Returns:
+            Logits ``[B * K, out_channels, *S]``: row ``b * K + k`` is input ``b`` under conditioning ``k``.
+
+        Raises:
+            ValueError: as :meth:`forward`.
+        """
+        skips = [repeat_items(s, prompts_per_image) for s in self._encode(x)]
+        decoded = self._decode_skips(skips, timesteps, context)
+        return self.head(decoded[-1], repeat_items(x, prompts_per_image))
+
     def _decode(
         self, x: torch.Tensor, timesteps: torch.Tensor | None = None, context: torch.Tensor | None = None
     ) -> list[torch.Tensor]:
         """The decoder stages' outputs, coarsest first (the last feeds the head)."""
+        return self._decode_skips(self._encode(x), timesteps, context)
+
+    def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder stages' outputs, finest first; the last is the bottleneck with its global context."""
         if x.dim() != self.spatial_dims + 2:
             raise ValueError(
                 f"SegOne({self.spatial_dims}D) expects input [B, C, *S] with {self.spatial_dims} spatial dims, "
@@ -381,15 +416,21 @@ class SegOne(nn.Module):
                     f"spatial size to be a multiple of {self.size_divisor}; got spatial shape {list(x.shape[2:])} "
                     "(pad, e.g. with DivisiblePad)."
                 )
-        cond: torch.Tensor | None = None
-        if self.conditioned:
-            cond = self.cond_embed(timesteps, context)
-
         skips: list[torch.Tensor] = []
         for stage in self.encoder:
             x = stage(x)
             skips.append(x)
-        x = self.latent_film(self.context(x), cond)
+        skips[-1] = self.context(skips[-1])
+        return skips
+
+    def _decode_skips(
+        self, skips: list[torch.Tensor], timesteps: torch.Tensor | None, context: torch.Tensor | None
+    ) -> list[torch.Tensor]:
+        """The decoder stages' outputs from the encoder's (:meth:`_encode`), coarsest first."""
+        cond: torch.Tensor | None = None
+        if self.conditioned:
+            cond = self.cond_embed(timesteps, context)
+        x = self.latent_film(skips[-1], cond)
         decoded: list[torch.Tensor] = []
         for i, stage in enumerate(self.decoder):
             x = stage(x, skips[-(i + 2)], cond)

@@ -380,6 +380,24 @@ def test_prompted_segmenter_is_batch_invariant():
         torch.testing.assert_close(alone[:, 1:], p, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("steps", [1, 3])
+def test_sampling_several_prompts_per_image_encodes_the_first_step_once(steps):
+    seg = _segmenter(3)
+    x = torch.rand(2, 1, 16, 16, 16)
+    context = seg.prompt_embeddings.repeat(2, 1)  # [2 * 3, E], image-major
+    batches = []
+    seg.denoiser.encoder[0].register_forward_hook(lambda m, i, o: batches.append(o.shape[0]))
+    shared, _ = seg.sample(x, context, steps, 0, prompts_per_image=3)
+    # the first step encodes each image once; later steps see each prompt's own mask
+    assert batches == [2] + [6] * (steps - 1)
+    repeated, _ = seg.sample(x.repeat_interleave(3, dim=0), context, steps, 0)
+    torch.testing.assert_close(shared, repeated, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="6 rows for 2 images x 2 prompts"):
+        seg.sample(x, context, steps, 0, prompts_per_image=2)
+    with pytest.raises(ValueError, match="prompts_per_image must be >= 1"):
+        seg.sample(x, context, steps, 0, prompts_per_image=0)
+
+
 def test_prompt_rows_ask_some_classes_and_keep_every_channel():
     seg = _segmenter(3)
     x = torch.rand(1, 1, 16, 16, 16)

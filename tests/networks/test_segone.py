@@ -154,6 +154,21 @@ def test_text_context_accepts_sequence_axis():
         assert torch.equal(net(x, context=e), net(x, context=e[:, None]))
 
 
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_forward_prompts_encodes_each_input_once_and_equals_forward_on_repeats(spatial_dims):
+    net = activate_zero_init(SegOne(spatial_dims, 2, 1, with_timestep=True, text_dim=8, **SMALL)).eval()
+    x = torch.rand(2, 2, *([16] * spatial_dims))
+    t, e = torch.tensor([3, 3, 3, 900, 900, 900]), torch.randn(6, 8)
+    scripted = torch.jit.script(net)
+    stems = []
+    net.encoder[0].register_forward_hook(lambda m, i, o: stems.append(o.shape[0]))
+    with torch.no_grad():
+        shared = net.forward_prompts(x, t, e, 3)
+        assert stems == [2]  # one encoder pass for the two inputs, not six
+        torch.testing.assert_close(shared, net(x.repeat_interleave(3, dim=0), t, e), rtol=0, atol=1e-6)
+        torch.testing.assert_close(scripted.forward_prompts(x, t, e, 3), shared, rtol=1e-5, atol=1e-5)
+
+
 def test_film_starts_as_identity():
     """Zero-initialised FiLM: a fresh conditioned network computes what the unconditioned one does."""
     torch.manual_seed(0)
