@@ -25,7 +25,7 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # BraTS 2013 case folders (shared/data/brats_sample): the FLAIR image alone is the input, since the network takes one
 # channel and edema, the largest compartment, shows on FLAIR; the four label values are the OTMultiClass ones
 BRATS2013_LABELS = {"1": "necrosis", "2": "edema", "3": "non-enhancing tumour", "4": "enhancing tumour"}
-_BRATS2013_IMAGE, _BRATS2013_LABEL = "Flair_subtrMeanDivStd.nii.gz", "OTMultiClass.nii.gz"
+BRATS2013_IMAGE, _BRATS2013_LABEL = "Flair_subtrMeanDivStd.nii.gz", "OTMultiClass.nii.gz"
 
 
 def is_brats2013_folder(folder: PathLike) -> bool:
@@ -44,10 +44,10 @@ def is_brats2013_folder(folder: PathLike) -> bool:
 
 def _brats2013_items(root: Path) -> list[dict[str, str]]:
     cases = sorted(c for c in root.iterdir() if c.is_dir() and (c / _BRATS2013_LABEL).is_file())
-    missing = [str(c / _BRATS2013_IMAGE) for c in cases if not (c / _BRATS2013_IMAGE).is_file()]
+    missing = [str(c / BRATS2013_IMAGE) for c in cases if not (c / BRATS2013_IMAGE).is_file()]
     if missing:
-        raise FileNotFoundError(f"{root}: BraTS case folder(s) without {_BRATS2013_IMAGE}: {', '.join(missing)}")
-    return [{"image": str(c / _BRATS2013_IMAGE), "label": str(c / _BRATS2013_LABEL)} for c in cases]
+        raise FileNotFoundError(f"{root}: BraTS case folder(s) without {BRATS2013_IMAGE}: {', '.join(missing)}")
+    return [{"image": str(c / BRATS2013_IMAGE), "label": str(c / _BRATS2013_LABEL)} for c in cases]
 
 
 def load_msd_datalist(dataset_dir: PathLike, section: str = "training") -> list[dict[str, str]]:

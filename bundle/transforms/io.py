@@ -21,6 +21,9 @@ __all__ = ["output_path_for", "SaveLabelMapd"]
 def output_path_for(source: str | os.PathLike, output_dir: str | os.PathLike, postfix: str = "seg") -> Path:
     """``output_dir/<source stem>_<postfix>.nii.gz``.
 
+    A BraTS 2013 case's image has the name every case shares (``<case>/Flair_subtrMeanDivStd.nii.gz``), so its
+    output is named by its case folder too: ``<case>_Flair_subtrMeanDivStd_<postfix>.nii.gz``.
+
     Args:
         source: the input file (or its name).
         output_dir: the output folder.
@@ -29,7 +32,10 @@ def output_path_for(source: str | os.PathLike, output_dir: str | os.PathLike, po
     Returns:
         The output path (``x.nii`` and ``x.nii.gz`` give the same one: :class:`SaveLabelMapd` refuses the second).
     """
-    name = Path(str(source)).name
+    from bundle.data.datalist import BRATS2013_IMAGE
+
+    path = Path(str(source))
+    name = f"{path.parent.name}_{path.name}" if path.name == BRATS2013_IMAGE and path.parent.name else path.name
     for suffix in (".nii.gz", ".nii", ".mha", ".nrrd"):
         if name.endswith(suffix):
             name = name[: -len(suffix)]

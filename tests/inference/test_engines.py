@@ -52,6 +52,18 @@ def test_outputs_of_two_sources_that_share_a_name_never_overwrite_each_other(tmp
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["x_seg.nii.gz"]
 
 
+def test_brats_case_images_are_named_by_their_case_folders(tmp_path):
+    from bundle.data.datalist import BRATS2013_IMAGE
+
+    writer = SaveLabelMapd("pred", tmp_path / "out", source_key=None)
+    for case in ("HG_0001", "HG_0002"):  # every case's image has the same file name
+        writer({"pred": _label(str(tmp_path / "brats" / case / BRATS2013_IMAGE))})
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "HG_0001_Flair_subtrMeanDivStd_seg.nii.gz",
+        "HG_0002_Flair_subtrMeanDivStd_seg.nii.gz",
+    ]
+
+
 def test_a_full_disk_names_the_cause_and_the_files_and_leaves_nothing(tmp_path, monkeypatch):
     writer = SaveLabelMapd("pred", tmp_path / "out", source_key=None)
     monkeypatch.setattr(nib, "save", _enospc)
