@@ -30,6 +30,28 @@ from bundle.utils.config import BUNDLE_ROOT, load_bundle_config
 BASELINE = "MONAI UNet (baseline)"
 
 
+class EncoderPerPrompt(torch.nn.Module):
+    """A segmenter run as bundle <= 0.9 ran it: every (window, prompt) pair encoded on its own.
+
+    The reference row for the shared first-step encoder (``SegOne.forward_prompts``): the same model, the same
+    sampling, one encoder pass per prompt instead of one per window.
+
+    Args:
+        segmenter: a :class:`~bundle.diffusion.PromptedSegmenter`.
+    """
+
+    def __init__(self, segmenter: torch.nn.Module) -> None:
+        super().__init__()
+        self.segmenter = segmenter
+
+    def forward(self, image: torch.Tensor, prompt_embeddings: torch.Tensor) -> torch.Tensor:
+        """``image [B, C, *S]``, ``prompt_embeddings [K, E]`` -> the prompts' probabilities ``[B, K, *S]``."""
+        seg, b, k = self.segmenter, image.shape[0], prompt_embeddings.shape[0]
+        context = prompt_embeddings.repeat(b, 1)
+        prob, _ = seg.sample(image.repeat_interleave(k, dim=0), context, seg.num_inference_steps, seg.seed)
+        return prob.reshape(b, k, *image.shape[2:])
+
+
 def segone(steps: int, ckpt_path: Path, overrides: Mapping[str, Any] | None = None) -> torch.nn.Module:
     """SegOne as configs/inference.json builds it.
 
@@ -100,6 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--basic_unet", action="store_true", help="also time MONAI BasicUNet (about 5x the UNet)")
     ap.add_argument(
+        "--encoder_per_prompt",
+        action="store_true",
+        help="also time each SegOne with one encoder pass per prompt (bundle <= 0.9), against the shared encoder",
+    )
+    ap.add_argument(
         "--ckpt_path",
         default=str(BUNDLE_ROOT / "models" / "model.pt"),
         help="SegOne model file (default: %(default)s; random weights when it is absent or with --set)",
@@ -118,15 +145,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         + (f" ({label})" if label else ""): segone(steps, Path(args.ckpt_path), overrides)
         for steps in args.steps
     }
+    if args.encoder_per_prompt:
+        for name in list(nets):
+            nets[f"{name}, encoder per prompt (bundle <= 0.9)"] = EncoderPerPrompt(nets[name])
     nets[BASELINE] = baseline_unet(k)
     if args.basic_unet:
         nets["MONAI BasicUNet"] = BasicUNet(3, 1, k + 1).eval()
 
     def _run(net: torch.nn.Module) -> Callable[[], Any]:
-        if not isinstance(net, PromptedSegmenter):
+        seg = net.segmenter if isinstance(net, EncoderPerPrompt) else net
+        if not isinstance(seg, PromptedSegmenter):
             return lambda: inferer(volume, net)
         # k prompts: the model's own, repeated when it has fewer (the cost does not depend on their values)
-        own = net.prompt_embeddings
+        own = seg.prompt_embeddings
         prompts = own[torch.arange(k) % own.shape[0]]
         return lambda: inferer(volume, net, prompt_embeddings=prompts)
 

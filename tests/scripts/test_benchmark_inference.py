@@ -46,3 +46,25 @@ def test_the_number_of_structures_sets_prompts_and_unet_channels(capsys):
     assert "| SegOne, 1 DDIM step(s), 4 prompts |" in out
     assert "UNet (baseline)" in out
     assert _module().baseline_unet(4)(torch.zeros(1, 1, 32, 32, 32)).shape[1] == 5
+
+
+def test_encoder_per_prompt_row_gives_the_shared_encoders_probabilities():
+    from bundle.utils.config import load_bundle_config
+    from tests.helpers.bundle_runs import SMALL
+
+    torch.manual_seed(0)
+    seg = load_bundle_config("inference.json", overrides=SMALL).get_parsed_content("network_def").eval()
+    prompts = torch.randn(3, seg.prompt_embeddings.shape[1])
+    image = torch.randn(2, 1, 16, 16, 16)
+    with torch.no_grad():
+        per_prompt = _module().EncoderPerPrompt(seg)(image, prompts)
+        shared = seg.sample(image, prompts.repeat(2, 1), seg.num_inference_steps, seg.seed, prompts_per_image=3)[0]
+    torch.testing.assert_close(per_prompt, shared.reshape(2, 3, 16, 16, 16), rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_encoder_per_prompt_adds_a_row_per_segone(capsys):
+    argv = ["--steps", "1", "--threads", "1", "--repeats", "1", "--shape", "16", "16", "16", "--encoder_per_prompt"]
+    assert _module().main(argv + ["--num_classes", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "| SegOne, 1 DDIM step(s), 3 prompts, encoder per prompt (bundle <= 0.9) |" in out
