@@ -37,8 +37,10 @@ class RandPromptd(Randomizable, MapTransform):
         allow_missing_keys: don't raise an exception when a key is missing.
 
     Raises:
-        ValueError: when ``class_names`` is empty or holds 0, or ``absent_prob`` is outside ``[0, 1]``; when
-            called, naming the label file, when the map holds values outside ``class_names`` and background.
+        ValueError: when ``class_names`` is empty or holds 0, ``absent_prob`` is outside ``[0, 1]``, or
+            ``all_classes`` meets ``absent_exclusions`` that exclude a class (prompting every class would give
+            those possibly present structures empty targets); when called, naming the label file, when the map
+            holds values outside ``class_names`` and background.
     """
 
     def __init__(
@@ -58,6 +60,13 @@ class RandPromptd(Randomizable, MapTransform):
         self.absent_exclusions = {str(k): {int(c) for c in v} for k, v in (absent_exclusions or {}).items()}
         self.dataset_key = dataset_key
         self.all_classes = bool(all_classes)
+        excluding = sorted(k for k, v in self.absent_exclusions.items() if v)
+        if self.all_classes and excluding:
+            raise ValueError(
+                f"all_classes prompts every class with its target, but the images of {excluding} may hold classes "
+                "they do not label (absent_exclusions): their empty targets would teach the model to miss them. "
+                "Train a suite with one prompt per sample (all_prompts false)."
+            )
         if not class_names:
             raise ValueError("RandPromptd needs at least one class name")
         if 0 in class_names:

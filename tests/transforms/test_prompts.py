@@ -71,6 +71,12 @@ def test_excluded_classes_of_a_folder_are_never_prompted_as_absent():
     assert not out["target"].any() and out["prompt_class"] in (1, 2)
 
 
+def test_all_classes_refuses_folders_with_classes_they_may_hold_unlabelled():
+    with pytest.raises(ValueError, match=r"images of \['hippocampus'\] may hold classes they do not label"):
+        RandPromptd("label", NAMES, all_classes=True, absent_exclusions={"hippocampus": [3], "liver": []})
+    RandPromptd("label", NAMES, all_classes=True, absent_exclusions={"liver": []})  # nothing excluded: fine
+
+
 def test_all_classes_prompts_every_class_with_its_target():
     t = RandPromptd("label", NAMES, all_classes=True)
     lab = _label((2,))  # class 1 absent
