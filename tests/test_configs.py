@@ -111,3 +111,20 @@ def test_the_absent_rule_is_one_key_in_inference_and_evaluation():
                 t for t in parser.get_parsed_content("postprocessing").transforms if isinstance(t, DropSmallAnswersd)
             ]
             assert len(rules) == 1 and rules[0].min_volume_ml == (value or 0.0), name
+
+
+def test_keep_largest_is_one_switch_in_inference_and_evaluation():
+    from monai.transforms import KeepLargestConnectedComponentd
+
+    for name in ("inference.json", "evaluate.json"):
+        for value in (False, True):
+            parser = load_bundle_config(name)
+            parser["keep_largest"] = value
+            kept = [
+                t
+                for t in parser.get_parsed_content("postprocessing").transforms
+                if isinstance(t, KeepLargestConnectedComponentd)
+            ]
+            assert len(kept) == int(value), name
+            if value:  # each label on its own, 26-connected
+                assert kept[0].converter.independent and kept[0].converter.connectivity == 3

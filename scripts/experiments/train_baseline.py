@@ -151,6 +151,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="no training: score OUTPUT_DIR/model.pt on the test split again (keeps the recorded run)",
     )
+    ap.add_argument(
+        "--keep_largest",
+        action="store_true",
+        help="keep the largest connected component of each label before scoring (inference.json's keep_largest)",
+    )
+    ap.add_argument(
+        "--metrics_name", default="metrics.json", help="the metrics file in OUTPUT_DIR (default: %(default)s)"
+    )
     add_override_option(ap, "--set", "train.json override, e.g. --set augment_spatial=true (the recipe's switches)")
     args = ap.parse_args(argv)
     if not args.eval_only and args.budget <= 0:
@@ -159,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from monai.data import CacheDataset, DataLoader
     from monai.inferers import SlidingWindowInferer
     from monai.losses import DiceCELoss
+    from monai.transforms import KeepLargestConnectedComponent
     from monai.utils import set_determinism
 
     from bundle.data import dataset_split
@@ -202,10 +211,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     inferer = SlidingWindowInferer(roi, sw_batch_size=1, overlap=0.25, mode="gaussian")
 
+    largest = KeepLargestConnectedComponent(independent=True, connectivity=3) if args.keep_largest else None
+
     def predict(image: torch.Tensor) -> torch.Tensor:
         scored.eval()
         with torch.no_grad():
-            return inferer(image[None], scored)[0].argmax(0)
+            label_map = inferer(image[None], scored)[0].argmax(0)
+        return label_map if largest is None else torch.as_tensor(largest(label_map[None]))[0]
 
     def val_dice() -> float:
         scores = []
@@ -265,7 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.eval_only:
         previous = json.loads((out / "metrics.json").read_text())["run"] if (out / "metrics.json").is_file() else {}
         summary["run"] = {**previous, "inference_s_per_volume": float(np.median(times))}
-        (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+        summary["run"]["keep_largest"] = args.keep_largest
+        (out / args.metrics_name).write_text(json.dumps(summary, indent=2))
         print(format_table(summary))
         return 0
     summary["run"] = {
@@ -280,10 +293,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "best_val_dice": best,
         "best_epoch": best_epoch,
         "inference_s_per_volume": float(np.median(times)),
+        "keep_largest": args.keep_largest,
         "threads": torch.get_num_threads(),
         "history": history,
     }
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    (out / args.metrics_name).write_text(json.dumps(summary, indent=2))
     print(
         f"\n{args.arch}: {params} parameters, {steps} steps in {train_seconds:.0f} s, best val Dice {best:.4f} "
         f"(epoch {best_epoch}); inference {np.median(times) * 1000:.0f} ms/volume (median)"

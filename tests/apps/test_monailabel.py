@@ -15,6 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from bundle.apps.monailabel.launch import free_port, start_server, stop_server
 from tests.helpers.shared_data import SHARED_DATA
@@ -191,11 +192,15 @@ def test_a_chosen_model_is_served_with_its_own_classes_and_the_server_stops_clea
     renamed = PromptEmbeddingTable(dict(zip(["liver", "spleen"], shipped.embeddings.values())), shipped.encoder_config)
     torch.save({"prompt_table": renamed.state_dict(), "metadata": {}}, prompt_table_path(model))
     conf = ["--conf", "skip_trainers", "true", "--conf", "model", str(model), "--conf", "max_anisotropy", "8"]
+    conf += ["--conf", "keep_largest", "true"]
     proc, url = start_server(str(server["studies"]), tmp_path / "models", tmp_path / "second.log", *conf)
     try:
         info = requests.get(f"{url}/info/", timeout=30).json()
         assert info["models"]["segone"]["labels"] == {"liver": 1, "spleen": 2}
-        assert _infer(url, "phantom_b", {"prompts": ["spleen"]}).status_code == 200
+        response = _infer(url, "phantom_b", {"prompts": ["spleen"]})
+        assert response.status_code == 200, response.text[:2000]
+        spleen = np.asarray(_label_image(response).dataobj) == 2
+        assert ndimage.label(spleen, structure=np.ones((3, 3, 3)))[1] <= 1  # keep_largest: one component at most
     finally:
         assert stop_server(proc) == 0
     assert "Finished server process" in (tmp_path / "second.log").read_text()

@@ -216,7 +216,13 @@ class SegOneApp(MONAILabelApp):
 
     def _infer_overrides(self) -> dict[str, Any]:
         overrides: dict[str, Any] = {}
-        for key, kind in (("num_inference_steps", int), ("max_anisotropy", float), ("min_answer_ml", float)):
+        conf_kinds = (
+            ("num_inference_steps", int),
+            ("max_anisotropy", float),
+            ("min_answer_ml", float),
+            ("keep_largest", _truthy),
+        )
+        for key, kind in conf_kinds:
             if key in self.conf:
                 overrides[key] = kind(self.conf[key])
         if self.conf.get("model"):

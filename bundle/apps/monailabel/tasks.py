@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from fastapi import HTTPException
 from monai.inferers import Inferer
-from monai.transforms import AsDiscreted, MapLabelValued, SqueezeDimd, ToNumpyd
+from monai.transforms import AsDiscreted, KeepLargestConnectedComponentd, MapLabelValued, SqueezeDimd, ToNumpyd
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask, CallBackTypes
 from monailabel.tasks.train.bundle import BundleConstants, BundleTrainTask
@@ -223,10 +223,12 @@ class SegOneInfer(BasicInferTask):
             The transforms that turn ``pred`` into a label map in the input's geometry.
         """
         selection: PromptSelection = (data or {}).get("prompt_selection") or PromptSelection(None, self.class_names)
+        largest = [KeepLargestConnectedComponentd(keys="pred", independent=True, connectivity=3)]
         return [
             self.invert,
             AsDiscreted(keys="pred", argmax=True),
             DropSmallAnswersd(keys="pred", min_volume_ml=float(self.parser.get_parsed_content("min_answer_ml"))),
+            *(largest if self.parser.get_parsed_content("keep_largest") else []),
             MapLabelValued(
                 keys="pred",
                 orig_labels=list(range(len(selection.values) + 1)),
