@@ -121,6 +121,13 @@ def repeat_items(x: torch.Tensor, times: int) -> torch.Tensor:
 
     ``torch.repeat_interleave`` on dim 0, written as expand and reshape so that an exported graph keeps ``times``
     symbolic (a dynamic prompt count).
+
+    Args:
+        x: a batch ``[B, *R]``.
+        times: how many times each item is repeated.
+
+    Returns:
+        ``[B * times, *R]``: rows ``b * times .. b * times + times - 1`` are item ``b``.
     """
     shape = list(x.shape)  # lists, not unpacking: TorchScript needs sizes it can infer
     return x.unsqueeze(1).expand([shape[0], times] + shape[1:]).reshape([shape[0] * times] + shape[1:])
