@@ -161,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_override_option(ap, "--set", "train.json override, e.g. --set augment_spatial=true (the recipe's switches)")
     args = ap.parse_args(argv)
+    if Path(args.metrics_name).name != args.metrics_name or not args.metrics_name.endswith(".json"):
+        ap.error(f"--metrics_name must be a .json file name inside OUTPUT_DIR, got {args.metrics_name!r}")
     if not args.eval_only and args.budget <= 0:
         ap.error("--budget (seconds, > 0) is required unless --eval_only")
 

@@ -28,3 +28,11 @@ def test_baseline_trains_on_a_folders_own_classes_and_scores_them(tmp_path):
     for arch in ("unet", "basicunet", "dynunet"):
         net = baseline.build_network(arch, 5).eval()
         assert net(torch.zeros(1, 1, 32, 32, 32)).shape == (1, 5, 32, 32, 32), arch
+
+
+@pytest.mark.parametrize("name", ["model.pt", "../metrics.json", "sub/metrics.json"])
+def test_the_metrics_file_stays_a_json_file_in_the_output_folder(tmp_path, name):
+    with pytest.raises(SystemExit):
+        load_script(ROOT / "scripts" / "experiments" / "train_baseline.py").main(
+            ["--dataset_dir", str(tmp_path), "--eval_only", "--metrics_name", name]
+        )
