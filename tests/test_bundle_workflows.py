@@ -339,12 +339,28 @@ def test_a_suite_of_folders_trains_one_model_and_each_folder_evaluates_with_its_
     suite_file = tmp_path / "suite.json"
     suite_file.write_text(json.dumps({"datasets": ["hippo", "other"]}))
     out = tmp_path / "train"
-    # windows centred on each class in turn, so small structures of large volumes are seen
-    overrides = train_overrides(tiny_clip_config, suite_file, out, max_epochs=1, crop_sampling="classes")
+    # windows centred on each class in turn, so small structures of large volumes are seen; folders sampled alike;
+    # half of the absent prompts are the crop's own folder's
+    overrides = train_overrides(
+        tiny_clip_config,
+        suite_file,
+        out,
+        max_epochs=1,
+        crop_sampling="classes",
+        dataset_balance=1.0,
+        own_absent_prob=0.5,
+    )
     wf = workflow("train.json", "train", **overrides)
     wf.initialize()
     vocabulary = {1: "anterior hippocampus", 2: "posterior hippocampus", 3: "spleen"}
     assert wf.parser.get_parsed_content("class_names") == vocabulary
+    sampler = wf.parser.get_parsed_content("train#dataloader").sampler
+    assert isinstance(sampler, torch.utils.data.WeightedRandomSampler) and sampler.replacement
+    assert sampler.num_samples == len(wf.parser.get_parsed_content("train#datalist"))
+    prompts = next(
+        t for t in wf.parser.get_parsed_content("train#preprocessing").transforms if hasattr(t, "own_absent_prob")
+    )
+    assert prompts.folder_classes == {"hippo": {1, 2}, "other": {3, 1}} and prompts.own_absent_prob == 0.5
     # the other folder's labels arrive in the vocabulary's numbering
     load = Compose(wf.parser.get_parsed_content("load_transforms"))
     item = next(i for i in wf.parser.get_parsed_content("train#datalist") if i["dataset"] == "other")
@@ -438,11 +454,15 @@ def test_cli_verify_net_in_out_and_torchscript_export(tmp_path, trained):
     torch.testing.assert_close(scripted(x), net.eval()(x), rtol=1e-4, atol=1e-4)
 
 
-def test_multi_gpu_config_trains_with_two_processes_on_cpu(tmp_path, tiny_clip_config, msd_dir):
-    """multi_gpu_train.json merged over train.json under torchrun: DDP with the gloo backend, 2 processes."""
+@pytest.mark.parametrize("dataset_balance", [0.0, 1.0])
+def test_multi_gpu_config_trains_with_two_processes_on_cpu(tmp_path, tiny_clip_config, msd_dir, dataset_balance):
+    """multi_gpu_train.json merged over train.json under torchrun: DDP with the gloo backend, 2 processes; with
+    ``dataset_balance`` the distributed sampler is MONAI's weighted one."""
     out = tmp_path / "ddp"
     # 2 validation cases, so each process validates one; 3 training cases, padded to 4 by the sampler
-    overrides = train_overrides(tiny_clip_config, msd_dir, out, max_epochs=2, val_fraction=0.34)
+    overrides = train_overrides(
+        tiny_clip_config, msd_dir, out, max_epochs=2, val_fraction=0.34, dataset_balance=dataset_balance
+    )
     args = [
         "--nnodes",
         "1",

@@ -41,6 +41,7 @@ __all__ = [
     "STRUCTURE_REGIONS",
     "structure_region",
     "suite_absent_exclusions",
+    "folder_sampling_weights",
 ]
 
 SUITE_FILE_SUFFIXES = (".json", ".yaml", ".yml")
@@ -251,6 +252,35 @@ def suite_absent_exclusions(spec: PathLike | Sequence[PathLike]) -> dict[str, li
         excluded = {vocabulary[n] for other in near for n in labels[other] if n not in labels[name]}
         exclusions[name] = sorted(excluded)
     return exclusions
+
+
+def folder_sampling_weights(
+    datalist: Sequence[Mapping[str, Any]], balance: float, dataset_key: str = "dataset"
+) -> list[float]:
+    """Per-item sampling weights that move a suite's epochs from "every volume once" towards "every folder alike".
+
+    A folder of ``n`` training volumes gets a share of the samples proportional to ``n ** (1 - balance)``: 0 keeps
+    the volumes' own proportions (145 of the suite's 245 are hippocampus crops), 1 gives every folder the same share,
+    0.5 the square root in between (as multilingual language models sample their corpora). For
+    :class:`torch.utils.data.WeightedRandomSampler` or MONAI's ``DistributedWeightedRandomSampler``.
+
+    Args:
+        datalist: the training items; those without ``dataset_key`` (one folder, unlabelled teacher images) form a
+            group of their own.
+        balance: in ``[0, 1]``.
+        dataset_key: the entry naming an item's folder.
+
+    Returns:
+        One weight per item, ``count(item's folder) ** -balance``.
+
+    Raises:
+        ValueError: when ``balance`` is outside ``[0, 1]``.
+    """
+    if not 0.0 <= balance <= 1.0:
+        raise ValueError(f"balance must be in [0, 1], got {balance}")
+    folders = [str(item.get(dataset_key)) for item in datalist]
+    counts = {f: folders.count(f) for f in set(folders)}
+    return [float(counts[f]) ** -balance for f in folders]
 
 
 def patient_id(image_path: str) -> str:

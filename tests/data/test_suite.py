@@ -17,6 +17,7 @@ from bundle.data import (
     dataset_dirs,
     dataset_labels,
     dataset_split,
+    folder_sampling_weights,
     load_msd_datalist,
     patient_id,
     split_datalist,
@@ -148,6 +149,21 @@ def test_absent_exclusions_keep_structures_of_the_same_region(tmp_path):
     assert exclusions["tissue"] == [vocabulary["anterior hippocampus"]]
     assert exclusions["abdomen"] == [] and exclusions["custom"] == []
     assert suite_absent_exclusions(hippo) == {}
+
+
+def test_folder_sampling_weights_move_folder_shares_from_volumes_to_equal():
+    datalist = [{"dataset": "big"}] * 16 + [{"dataset": "small"}] * 4 + [{}]
+
+    def shares(balance):
+        w = folder_sampling_weights(datalist, balance)
+        assert len(w) == len(datalist) and all(x > 0 for x in w)
+        return {f: sum(x for x, d in zip(w, datalist) if d.get("dataset") == f) / sum(w) for f in ("big", "small")}
+
+    assert shares(0.0) == pytest.approx({"big": 16 / 21, "small": 4 / 21})
+    assert shares(1.0) == pytest.approx({"big": 1 / 3, "small": 1 / 3})  # the untagged item is a group too
+    assert shares(0.5)["big"] / shares(0.5)["small"] == pytest.approx(2.0)  # sqrt(16) / sqrt(4)
+    with pytest.raises(ValueError, match="balance must be in"):
+        folder_sampling_weights(datalist, -0.1)
 
 
 def test_patient_id_groups_frames_and_keeps_case_folders_apart():

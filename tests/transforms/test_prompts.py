@@ -71,6 +71,32 @@ def test_excluded_classes_of_a_folder_are_never_prompted_as_absent():
     assert not out["target"].any() and out["prompt_class"] in (1, 2)
 
 
+def test_own_absent_prob_draws_absent_prompts_from_the_items_folder():
+    names = {1: "liver", 2: "spleen", 3: "grey matter", 4: "white matter", 5: "left ventricle", 6: "myocardium"}
+    folders = {"abdomen": [1, 2], "brain": [3, 4], "heart": [5, 6]}
+    lab = _label((1,))  # a liver crop: spleen is the folder's only absent class
+
+    def counts(own_absent_prob, folder="abdomen", n=1000):
+        t = RandPromptd("label", names, absent_prob=1.0, folder_classes=folders, own_absent_prob=own_absent_prob)
+        t.set_random_state(0)
+        return Counter(t({"label": lab, "dataset": folder})["prompt_class"] for _ in range(n))
+
+    uniform, own_half, own_all = counts(0.0), counts(0.5), counts(1.0)
+    assert 150 < uniform[2] < 250  # one of five absent classes
+    assert own_all == {2: 1000}
+    assert 550 < own_half[2] < 650 and sum(own_half.values()) == 1000  # 0.5 + 0.5 / 5
+    # a folder without an absent class of its own, or an untagged item, keeps the uniform choice
+    both = _label((5, 6))
+    t = RandPromptd("label", names, absent_prob=1.0, folder_classes=folders, own_absent_prob=1.0)
+    t.set_random_state(0)
+    assert set(Counter(t({"label": both, "dataset": "heart"})["prompt_class"] for _ in range(300))) == {1, 2, 3, 4}
+    assert len(Counter(t({"label": lab})["prompt_class"] for _ in range(300))) == 5
+    with pytest.raises(ValueError, match="own_absent_prob must be in"):
+        RandPromptd("label", names, own_absent_prob=1.5)
+    with pytest.raises(ValueError, match=r"folder_classes name class values \[9\]"):
+        RandPromptd("label", names, folder_classes={"x": [9]})
+
+
 def test_all_classes_refuses_folders_with_classes_they_may_hold_unlabelled():
     with pytest.raises(ValueError, match=r"images of \['hippocampus'\] may hold classes they do not label"):
         RandPromptd("label", NAMES, all_classes=True, absent_exclusions={"hippocampus": [3], "liver": []})
