@@ -128,3 +128,28 @@ def test_keep_largest_is_one_switch_in_inference_and_evaluation():
             assert len(kept) == int(value), name
             if value:  # each label on its own, 26-connected
                 assert kept[0].converter.independent and kept[0].converter.connectivity == 3
+
+
+def test_every_entry_point_refuses_switches_given_as_text_first():
+    import pytest
+
+    from bundle.utils import check_flags
+
+    check_flags(resume=True, keep_largest=False)
+    with pytest.raises(ValueError, match=r"--keep_largest 'false', --nifti 'True'.*write True or False"):
+        check_flags(keep_largest="false", nifti="True", progress=True)
+    entry_points = {
+        ("train.json",): ("center_prompts", ["run", "training"]),
+        ("train.json", "multi_gpu_train.json"): ("augment_spatial", ["run", "training"]),
+        ("inference.json",): ("keep_largest", ["run"]),
+        ("evaluate.json",): ("save_predictions", ["run", "evaluating"]),
+        ("inference.json", "dicom_batch.json"): ("nifti", ["run"]),
+    }
+    for names, (flag, lists) in entry_points.items():
+        parser = load_bundle_config(*names)
+        for key in lists:  # the check runs before anything else is built
+            assert parser[key][0] == "$@check_flags", (names, key)
+        parser[flag] = "false"
+        with pytest.raises(RuntimeError) as raised:  # MONAI wraps what a config expression raises
+            parser.get_parsed_content("check_flags")
+        assert isinstance(raised.value.__cause__, ValueError) and f"--{flag} 'false'" in str(raised.value.__cause__)

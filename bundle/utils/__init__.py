@@ -1,6 +1,7 @@
 """Shared helpers: atomic file output and hashes, checkpoints, bundle configs and metadata, the command line, CPU
 thread defaults for inference."""
 
+from .config import check_flags
 from .distributed import is_main_process, unwrap_module
 from .io import TEMP_MARK, PathLike, atomic_path, file_sha256, save_torch_atomic, write_text_atomic
 from .metadata import class_names_from_metadata, source_name
@@ -9,6 +10,7 @@ from .threads import apply_thread_env, inference_threads, ort_session_options, s
 __all__ = [
     "apply_thread_env",
     "atomic_path",
+    "check_flags",
     "class_names_from_metadata",
     "file_sha256",
     "inference_threads",

@@ -11,7 +11,7 @@ from monai.bundle.utils import MACRO_KEY
 
 from bundle.utils.io import PathLike
 
-__all__ = ["BUNDLE_ROOT", "bundle_metadata", "bundle_version", "load_bundle_config"]
+__all__ = ["BUNDLE_ROOT", "bundle_metadata", "bundle_version", "check_flags", "load_bundle_config"]
 
 # the bundle (repository) root: bundle/utils/config.py -> ../..
 BUNDLE_ROOT = Path(__file__).resolve().parents[2]
@@ -78,3 +78,25 @@ def bundle_version(bundle_root: PathLike = BUNDLE_ROOT) -> str:
         return str(bundle_metadata(bundle_root).get("version", "unknown"))
     except (OSError, ValueError):
         return "unknown"
+
+
+def check_flags(**flags: Any) -> None:
+    """Refuse a config switch that is not a boolean, before anything runs.
+
+    ``python -m monai.bundle run ... --center_prompts false`` hands the config the text ``"false"`` (the command
+    line reads Python's ``True``/``False`` as booleans and other bare words as text), and every expression that tests
+    it (``$not @center_prompts``) takes the text as true: the opposite of what was asked, silently.
+
+    Args:
+        flags: the switches by config key, e.g. ``check_flags(resume=@resume)`` in a config's run list.
+
+    Raises:
+        ValueError: naming each switch whose value is not ``True`` or ``False`` and what to write instead.
+    """
+    wrong = {name: value for name, value in flags.items() if not isinstance(value, bool)}
+    if wrong:
+        listed = ", ".join(f"--{name} {value!r}" for name, value in wrong.items())
+        raise ValueError(
+            f"switches must be True or False, got {listed}: on the command line write True or False (capitalised; "
+            "lowercase true/false arrive as text, which counts as true)"
+        )

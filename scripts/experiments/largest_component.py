@@ -6,7 +6,7 @@ a little. ``inference.json``'s ``keep_largest`` keeps the largest 26-connected c
 ``KeepLargestConnectedComponentd``, after the absent rule). This script rescores evaluations already written by
 ``configs/evaluate.json`` (``metrics.json`` and ``predictions/*_seg.nii.gz``) both ways, with the same transform
 and metrics code, and says per data set whether the rule raises its mean Dice. Choose on a validation split; then
-score the test split with ``--keep_largest true``.
+score the test split with ``--keep_largest True``.
 
     python scripts/experiments/largest_component.py \\
         --evaluation runs/val/acdc ../shared/data/acdc --evaluation runs/val/mscmr ../shared/data/mscmr \\
