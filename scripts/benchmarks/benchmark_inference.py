@@ -4,8 +4,9 @@
 Every network runs through the same MONAI SlidingWindowInferer as ``configs/inference.json`` (ROI 48x64x48,
 overlap 0.25, Gaussian blending) on a volume of the size of an MSD hippocampus crop. The networks are timed in
 interleaved rounds (one run of each per round, the order rotating), so a change in the machine's load hits every
-row alike; the table gives the median and the ratio to the MONAI UNet baseline at the same thread count. Timing does
-not depend on the weights: the U-Nets run untrained.
+row alike; the table gives the median and the ratio to the MONAI UNet baseline at the same thread count (with several
+``--sw_batch_size`` values, to the UNet at its fastest of them). Timing does not depend on the weights: the U-Nets
+run untrained.
 
     python scripts/benchmarks/benchmark_inference.py --steps 1 2 --threads 1 2 --repeats 20
     # another SegOne configuration, e.g. the recipe's shift blocks at 2 mm
@@ -120,6 +121,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="structures segmented: SegOne's prompts, the U-Nets' output channels less background (a suite data "
         "set's: 4 for the abdomen)",
     )
+    ap.add_argument(
+        "--sw_batch_size",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="windows per network call (inference.json's sw_batch_size), every network at each; with several, the "
+        "ratio is to the fastest UNet row",
+    )
     ap.add_argument("--basic_unet", action="store_true", help="also time MONAI BasicUNet (about 5x the UNet)")
     ap.add_argument(
         "--encoder_per_prompt",
@@ -137,7 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.manual_seed(0)
     volume = torch.randn(1, 1, *args.shape)
-    inferer = SlidingWindowInferer((48, 64, 48), sw_batch_size=1, overlap=0.25, mode="gaussian")
+    inferers = {
+        b: SlidingWindowInferer((48, 64, 48), sw_batch_size=b, overlap=0.25, mode="gaussian")
+        for b in args.sw_batch_size
+    }
     label = ", ".join(f"{k}={v}" for k, v in overrides.items())
     k = args.num_classes
     nets = {
@@ -152,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.basic_unet:
         nets["MONAI BasicUNet"] = BasicUNet(3, 1, k + 1).eval()
 
-    def _run(net: torch.nn.Module) -> Callable[[], Any]:
+    def _run(net: torch.nn.Module, inferer: SlidingWindowInferer) -> Callable[[], Any]:
         seg = net.segmenter if isinstance(net, EncoderPerPrompt) else net
         if not isinstance(seg, PromptedSegmenter):
             return lambda: inferer(volume, net)
@@ -161,23 +173,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         prompts = own[torch.arange(k) % own.shape[0]]
         return lambda: inferer(volume, net, prompt_embeddings=prompts)
 
-    print(f"\nvolume {'x'.join(map(str, args.shape))}, ROI 48x64x48, {args.repeats} interleaved rounds\n")
+    def _row(name: str, b: int) -> str:
+        return name if len(inferers) == 1 else f"{name}, {b} window(s) per call"
+
+    windows = "/".join(map(str, args.sw_batch_size))
+    print(
+        f"\nvolume {'x'.join(map(str, args.shape))}, ROI 48x64x48, {windows} window(s) per call, "
+        f"{args.repeats} interleaved rounds\n"
+    )
     print("| network | parameters | threads | median time / volume | p10-p90 | ratio to UNet |")
     print("|---|---:|---:|---:|---:|---:|")
     for threads in args.threads:
         torch.set_num_threads(threads)
+        runs = {_row(name, b): _run(net, inferer) for name, net in nets.items() for b, inferer in inferers.items()}
         with torch.no_grad():
-            times = interleaved_seconds({name: _run(net) for name, net in nets.items()}, args.repeats)
-        base = statistics.median(times[BASELINE])
+            times = interleaved_seconds(runs, args.repeats)
+        base = min(statistics.median(times[_row(BASELINE, b)]) for b in inferers)
         for name, net in nets.items():
-            t = sorted(times[name])
-            med = statistics.median(t)
-            p10, p90 = t[int(0.1 * (len(t) - 1))], t[int(0.9 * (len(t) - 1))]
             params = sum(p.numel() for p in net.parameters()) / 1e6
-            print(
-                f"| {name} | {params:.2f} M | {threads} | {med * 1000:.0f} ms | {p10 * 1000:.0f}-{p90 * 1000:.0f} | "
-                f"x{med / base:.2f} |"
-            )
+            for b in inferers:
+                t = sorted(times[_row(name, b)])
+                med = statistics.median(t)
+                p10, p90 = t[int(0.1 * (len(t) - 1))], t[int(0.9 * (len(t) - 1))]
+                print(
+                    f"| {_row(name, b)} | {params:.2f} M | {threads} | {med * 1000:.0f} ms | "
+                    f"{p10 * 1000:.0f}-{p90 * 1000:.0f} | x{med / base:.2f} |"
+                )
     return 0
 
 

@@ -68,3 +68,28 @@ def test_encoder_per_prompt_adds_a_row_per_segone(capsys):
     assert _module().main(argv + ["--num_classes", "3"]) == 0
     out = capsys.readouterr().out
     assert "| SegOne, 1 DDIM step(s), 3 prompts, encoder per prompt (bundle <= 0.9) |" in out
+
+
+@pytest.mark.slow
+def test_several_window_batch_sizes_time_every_network_at_each_against_the_fastest_unet(capsys):
+    argv = [
+        "--steps",
+        "1",
+        "--threads",
+        "1",
+        "--repeats",
+        "1",
+        "--shape",
+        "16",
+        "80",
+        "16",
+        "--sw_batch_size",
+        "1",
+        "2",
+    ]
+    assert _module().main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = [line for line in out if line.startswith("| SegOne") or line.startswith("| MONAI")]
+    assert [r.split(" | ")[0].rsplit(", ", 1)[1] for r in rows] == ["1 window(s) per call", "2 window(s) per call"] * 2
+    unet = [float(r.rstrip(" |").rsplit("x", 1)[1]) for r in rows if "UNet" in r]
+    assert min(unet) == 1.0  # the ratio's reference is the UNet's faster row
