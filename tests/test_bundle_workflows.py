@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from bundle.utils.cli import bundle_override_args
 from bundle.utils.io import TEMP_MARK
 from tests.helpers.bundle_runs import (
     CONFIGS,
@@ -132,8 +133,7 @@ def test_training_resumes_after_sigkill(tmp_path, tiny_clip_config, msd_dir):
     out = tmp_path / "run"
     overrides = train_overrides(tiny_clip_config, msd_dir, out, max_epochs=40, val_interval=100)
     args = ["run", "training", "--config_file", str(CONFIGS / "train.json"), "--meta_file", META]
-    for k, v in overrides.items():
-        args += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
+    args += bundle_override_args(overrides)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "monai.bundle", *args],
@@ -207,8 +207,7 @@ def test_training_names_every_bad_input_up_front_and_exits_cleanly(tmp_path, tin
     before = _tree(msd)
 
     args = ["run", "training", "--config_file", str(CONFIGS / "train.json"), "--meta_file", META]
-    for k, v in overrides.items():
-        args += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
+    args += bundle_override_args(overrides)
     result = bundle_cli(*args)
     log = result.stdout + result.stderr
     assert result.returncode == 1, (result.returncode, log[-3000:])  # an error, not SIGABRT (-6, 134)
@@ -477,8 +476,7 @@ def test_multi_gpu_config_trains_with_two_processes_on_cpu(tmp_path, tiny_clip_c
         "--meta_file",
         META,
     ]
-    for k, v in overrides.items():
-        args += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
+    args += bundle_override_args(overrides)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", *args],

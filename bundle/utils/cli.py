@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from pathlib import PurePath
 from typing import Any
 
-__all__ = ["add_override_option", "parse_overrides"]
+__all__ = ["add_override_option", "bundle_override_args", "parse_overrides"]
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
@@ -58,3 +59,21 @@ def add_override_option(
         metavar="KEY=VALUE",
         help=f"{help} (repeatable; VALUE: JSON or a Python literal, else a string)",
     )
+
+
+def bundle_override_args(settings: Mapping[str, Any]) -> list[str]:
+    """Config overrides as ``python -m monai.bundle run`` arguments: ``["--KEY", "VALUE", ...]``.
+
+    The command line reads each VALUE as a Python literal (Fire), so non-strings are written with ``repr``:
+    ``False``, ``None``, ``[1, 2]``. JSON's ``false`` and ``null`` would arrive as text, which counts as true.
+
+    Args:
+        settings: ``{config key: value}``; strings and paths pass as they are.
+
+    Returns:
+        The arguments, in the order of ``settings``.
+    """
+    args: list[str] = []
+    for key, value in settings.items():
+        args += [f"--{key}", str(value) if isinstance(value, (str, PurePath)) else repr(value)]
+    return args

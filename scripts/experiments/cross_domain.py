@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bundle.utils.cli import add_override_option, parse_overrides
+from bundle.utils.cli import add_override_option, bundle_override_args, parse_overrides
 from bundle.utils.config import BUNDLE_ROOT
 
 
@@ -48,15 +48,14 @@ def bundle_run(workflow: str, config: str, settings: Mapping[str, Any], log: Pat
     Args:
         workflow: ``training`` or ``evaluating``.
         config: the config file in ``configs/``.
-        settings: config overrides (JSON-encoded on the command line unless strings).
+        settings: config overrides (:func:`~bundle.utils.cli.bundle_override_args`).
         log: the command's output.
 
     Raises:
         RuntimeError: naming the log, when the command fails.
     """
     args = [sys.executable, "-m", "monai.bundle", "run", workflow, "--config_file", f"configs/{config}"]
-    for key, value in settings.items():
-        args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+    args += bundle_override_args(settings)
     with open(log, "w") as f:  # from the bundle root, as the README's commands run
         code = subprocess.run(args, cwd=BUNDLE_ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
     if code != 0:
