@@ -23,6 +23,7 @@ from bundle.dicom import safe_name
 from bundle.dicom.batch import Manifest
 from bundle.text import PromptEmbeddingTable
 from bundle.utils.checkpoint import save_model
+from bundle.utils.cli import bundle_override_args
 from bundle.utils.config import load_bundle_config
 from bundle.utils.io import TEMP_MARK
 from tests.helpers.bundle_runs import CONFIGS, META, SMALL, TINY_CLIP_DIM, bundle_cli
@@ -69,9 +70,7 @@ def _bundle_args(model_file: Path, dataset_dir: Path, output_dir: Path) -> list[
     overrides = {**SMALL, "text_dim": TINY_CLIP_DIM, "num_inference_steps": 1}
     args = ["--meta_file", META, "--ckpt_path", str(model_file), "--dataset_dir", str(dataset_dir)]
     args += ["--output_dir", str(output_dir)]
-    for key, value in overrides.items():
-        args += [f"--{key}", json.dumps(value)]
-    return args
+    return args + bundle_override_args(overrides)
 
 
 def _failure_line(log: str, path: Path) -> str:

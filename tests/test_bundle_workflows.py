@@ -394,7 +394,7 @@ def test_a_suite_of_folders_trains_one_model_and_each_folder_evaluates_with_its_
 
 
 def test_cli_verify_net_in_out_and_torchscript_export(tmp_path, trained):
-    overrides = [a for k, v in SMALL.items() if k != "roi_size" for a in (f"--{k}", json.dumps(v))]
+    overrides = bundle_override_args({k: v for k, v in SMALL.items() if k != "roi_size"})
     overrides += ["--text_dim", str(TINY_CLIP_DIM), "--num_inference_steps", "1"]
     result = bundle_cli(
         "verify_net_in_out",

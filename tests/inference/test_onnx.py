@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from bundle.export.edge import FP32_FILE, INT8_FILE, MANIFEST_FILE
+from bundle.utils.cli import bundle_override_args
 from tests.helpers.bundle_runs import SMALL, TINY_CLIP_DIM, bundle_cli, error_chain, infer_overrides, workflow
 
 # every test here exports a graph (about a minute on two cores)
@@ -150,7 +151,7 @@ def test_evaluate_command_with_onnx_path_writes_metrics(export, msd_dir, tmp_pat
         str(msd_dir),
         "--output_dir",
         str(tmp_path / "eval"),
-        *[a for k, v in OVERRIDES.items() for a in (f"--{k}", json.dumps(v))],
+        *bundle_override_args(OVERRIDES),
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
