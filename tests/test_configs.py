@@ -153,3 +153,19 @@ def test_every_entry_point_refuses_switches_given_as_text_first():
         with pytest.raises(RuntimeError) as raised:  # MONAI wraps what a config expression raises
             parser.get_parsed_content("check_flags")
         assert isinstance(raised.value.__cause__, ValueError) and f"--{flag} 'false'" in str(raised.value.__cause__)
+
+
+def _flip_axes_in_training(overrides: dict) -> list[int]:
+    parser = load_bundle_config("train.json", overrides=overrides)
+    transforms = parser.get_parsed_content("train#random_transforms")
+    return sorted(int(t.flipper.spatial_axis) for t in transforms if isinstance(t, monai.transforms.RandFlipd))
+
+
+def test_flip_axes_chooses_the_mirrored_axes_of_spatial_augmentation():
+    """All three axes by default, as nnU-Net; ``flip_axes`` keeps only those named (the hippocampus's front-back
+    mirror turns its anterior part into the posterior one), and nothing is mirrored without ``augment_spatial``."""
+    assert _flip_axes_in_training({"augment_spatial": True}) == [0, 1, 2]
+    assert _flip_axes_in_training({"augment_spatial": True, "flip_axes": [0]}) == [0]
+    assert _flip_axes_in_training({"augment_spatial": True, "flip_axes": []}) == []
+    assert _flip_axes_in_training({"augment_spatial": False, "flip_axes": [0]}) == []
+    assert _flip_axes_in_training({"augment_spatial": True, "spatial_dims": 2}) == [0, 1]
