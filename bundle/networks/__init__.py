@@ -9,6 +9,7 @@ from bundle.networks.blocks import (
     SpatialShift,
     UnshuffleDown,
     conv1x1,
+    face_neighbours,
     pixel_unshuffle,
 )
 from bundle.networks.segone import SegOne
@@ -23,5 +24,6 @@ __all__ = [
     "SpatialShift",
     "UnshuffleDown",
     "conv1x1",
+    "face_neighbours",
     "pixel_unshuffle",
 ]

@@ -34,6 +34,7 @@ __all__ = [
     "PointwiseConv2d",
     "PointwiseConv3d",
     "SpatialShift",
+    "face_neighbours",
     "ChannelMixBlock",
     "UnshuffleDown",
     "ShuffleUp",
@@ -302,6 +303,28 @@ def _shift(x: torch.Tensor, dim: int, offset: int) -> torch.Tensor:
         kept = x.narrow(dim, 1, n - 1)
     # for n == 1 the kept slice is empty and the result is all zeros, with no shape-dependent branch (ONNX export)
     return F.pad(kept, pad)
+
+
+def face_neighbours(x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+    """Every channel at each position and at its ``2 * spatial_dims`` face neighbours, stacked as channels.
+
+    Parameter-free, like :class:`SpatialShift`, but it copies instead of moving groups: a kernel-size-1 convolution
+    after it sees all of ``x``'s channels at the position and at each neighbour. Meant for few channels (a raw image
+    at full resolution), where copies are cheap.
+
+    Args:
+        x: ``[B, C, *S]`` with ``len(S) == spatial_dims``.
+        spatial_dims: number of spatial dimensions.
+
+    Returns:
+        ``[B, C * (2 * spatial_dims + 1), *S]``: ``x`` itself, then ``x`` shifted by ``+1`` and ``-1`` along each
+        spatial axis in turn (position ``p`` holds the values of ``p - 1`` and ``p + 1``), zero-filled at the border.
+    """
+    parts = [x]
+    for axis in range(spatial_dims):
+        parts.append(_shift(x, 2 + axis, 1))
+        parts.append(_shift(x, 2 + axis, -1))
+    return torch.cat(parts, dim=1)
 
 
 class SpatialShift(nn.Module):

@@ -23,6 +23,7 @@ from bundle.networks.blocks import (
     UnshuffleDown,
     conv1x1,
     exporting,
+    face_neighbours,
     pixel_shuffle,
     pixel_unshuffle,
     repeat_items,
@@ -98,7 +99,9 @@ class _Head(nn.Module):
     With ``refine_channels > 0`` (and ``scale > 1``) the projection makes ``refine_channels`` channels per
     full-resolution voxel instead; they are concatenated with the network's input at that voxel and mixed by two
     1x1 convolutions into the output: a light full-resolution skip of the raw input, so each voxel's own
-    intensity reaches its output directly. ``inputs_used`` selects the input channels it sees.
+    intensity reaches its output directly. ``inputs_used`` selects the input channels it sees; with
+    ``refine_neighbours`` it sees them at the voxel's face neighbours too (:func:`face_neighbours`), so the
+    full-resolution decision sees the local edge, not only its own intensity.
     """
 
     def __init__(
@@ -110,6 +113,7 @@ class _Head(nn.Module):
         refine_channels: int = 0,
         inputs_used: Sequence[int] = (),
         act: str | tuple = DEFAULT_ACT,
+        refine_neighbours: bool = False,
     ) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
@@ -118,8 +122,10 @@ class _Head(nn.Module):
         mid = refine_channels if self.refine else out_channels
         self.proj = conv1x1(spatial_dims, in_channels, mid * scale**spatial_dims)
         self.inputs_used: list[int] = [int(c) for c in inputs_used]
+        self.refine_neighbours = bool(refine_neighbours) and self.refine
+        seen = len(self.inputs_used) * ((2 * spatial_dims + 1) if self.refine_neighbours else 1)
         if self.refine:
-            self.mix = conv1x1(spatial_dims, mid + len(self.inputs_used), mid)
+            self.mix = conv1x1(spatial_dims, mid + seen, mid)
             self.act = get_act_layer(act)
             self.out = conv1x1(spatial_dims, mid, out_channels)
         else:
@@ -133,8 +139,13 @@ class _Head(nn.Module):
         if self.scale > 1:
             x = pixel_shuffle(x, self.spatial_dims, self.scale)
         if self.refine:
-            x = self.out(self.act(self.mix(torch.cat([x, inputs[:, self.inputs_used]], dim=1))))
+            x = self.out(self.act(self.mix(torch.cat([x, self.refine_inputs(inputs)], dim=1))))
         return x
+
+    def refine_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The input channels the refinement sees at full resolution: ``[B, seen, *S]``."""
+        used = inputs[:, self.inputs_used]
+        return face_neighbours(used, self.spatial_dims) if self.refine_neighbours else used
 
     def refine_by_offset(self, x: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """The refinement at the low resolution, one batch item per block offset, then one pixel-shuffle.
@@ -154,7 +165,8 @@ class _Head(nn.Module):
         """
         b, n = x.shape[0], self.scale**self.spatial_dims
         sizes = list(x.shape[2:])
-        image = pixel_unshuffle(inputs[:, self.inputs_used], self.spatial_dims, self.scale)
+        # the neighbours are gathered at full resolution, where they are neighbours, before the unshuffle
+        image = pixel_unshuffle(self.refine_inputs(inputs), self.spatial_dims, self.scale)
         # channel c * n + k holds block offset k of channel c: gather the channels of each offset
         z = torch.cat([x.reshape(b, x.shape[1] // n, n, -1), image.reshape(b, image.shape[1] // n, n, -1)], dim=1)
         z = z.transpose(1, 2).reshape([b * n, z.shape[1]] + sizes)
@@ -208,6 +220,9 @@ class SegOne(nn.Module):
         refine_inputs: the input channels the refinement sees (default all). A diffusion denoiser passes only its
             image channels: its noisy-mask channel is pure noise at the first sampling step, and a per-voxel,
             timestep-blind mix would copy that noise to the output.
+        refine_neighbours: the refinement also sees those input channels at the voxel's ``2 * spatial_dims`` face
+            neighbours (parameter-free copies, :func:`~bundle.networks.blocks.face_neighbours`), so a
+            full-resolution decision sees the local intensity edge; without it each voxel sees only its own value.
         deep_supervision: number of extra 1x1 output heads, on the decoder's outputs at levels ``1..n`` (each
             ``stem_scale * 2**level`` times coarser than the input), for deep supervision in training
             (:meth:`forward_deep`); ``forward`` never runs them. At most ``len(features) - 2``.
@@ -251,6 +266,7 @@ class SegOne(nn.Module):
         stem_scale: int = 1,
         refine_channels: int = 0,
         refine_inputs: Sequence[int] | None = None,
+        refine_neighbours: bool = False,
         deep_supervision: int = 0,
     ) -> None:
         super().__init__()
@@ -317,7 +333,9 @@ class SegOne(nn.Module):
         used = list(range(in_channels)) if refine_inputs is None else [int(c) for c in refine_inputs]
         if any(not 0 <= c < in_channels for c in used):
             raise ValueError(f"refine_inputs {used} must be channels of the {in_channels}-channel input.")
-        self.head = _Head(spatial_dims, features[0], out_channels, self.stem_scale, refine_channels, used, act)
+        self.head = _Head(
+            spatial_dims, features[0], out_channels, self.stem_scale, refine_channels, used, act, refine_neighbours
+        )
         if not 0 <= deep_supervision <= levels - 2:
             raise ValueError(
                 f"deep_supervision must be in [0, {levels - 2}] for {levels} levels, got {deep_supervision}."

@@ -60,3 +60,18 @@ def test_onnx_plain_network(tmp_path):
     net = SegOne(3, 1, 3, features=(8, 16, 32)).eval()
     path = export_onnx(net, tmp_path / "plain.onnx", (torch.rand(1, 1, 16, 16, 16),))
     assert compare_onnx(net, path, (torch.rand(1, 1, 32, 16, 16),)) < 1e-4
+
+
+def test_onnx_and_torchscript_of_the_neighbour_refinement(tmp_path):
+    """The refinement that sees the input's face neighbours exports: its shifts are pads and slices."""
+    torch.manual_seed(0)
+    net = SegOne(
+        3, 2, 1, features=(8, 16, 32), stem_scale=2, refine_channels=4, refine_inputs=[1], refine_neighbours=True
+    )
+    net = activate_zero_init(net).eval()
+    path = export_onnx(net, tmp_path / "near.onnx", (torch.rand(1, 2, 16, 16, 16),))
+    assert compare_onnx(net, path, (torch.rand(1, 2, 32, 16, 24),)) < 1e-4
+    loaded = torch.jit.load(str(export_torchscript(net, tmp_path / "near.ts")))
+    x = torch.rand(1, 2, 16, 24, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), net(x), rtol=1e-5, atol=1e-5)

@@ -15,6 +15,7 @@ from bundle.networks.blocks import (
     _shuffle_for_export,
     _unshuffle_for_export,
     conv1x1,
+    face_neighbours,
     pixel_shuffle,
     pixel_unshuffle,
 )
@@ -81,6 +82,20 @@ def test_spatial_shift_moves_groups_with_zero_fill():
     assert torch.equal(y[0, 2, :, 1:], img[:, :-1]) and not y[0, 2, :, 0].any()  # +1 along W
     assert torch.equal(y[0, 3, :, :-1], img[:, 1:]) and not y[0, 3, :, -1].any()  # -1 along W
     assert torch.equal(y[0, 4], img)
+
+
+def test_face_neighbours_stacks_each_channel_at_the_voxel_and_its_neighbours():
+    x = torch.arange(1.0, 10.0).reshape(1, 1, 3, 3)
+    x = torch.cat([x, -x], dim=1)  # two channels: each is copied, not split into groups
+    y = face_neighbours(x, 2)
+    assert y.shape == (1, 2 * 5, 3, 3)
+    img = x[0]
+    assert torch.equal(y[0, 0:2], img)
+    assert torch.equal(y[0, 2:4, 1:], img[:, :-1]) and not y[0, 2:4, 0].any()  # +1 along H: p holds p - 1
+    assert torch.equal(y[0, 4:6, :-1], img[:, 1:]) and not y[0, 4:6, -1].any()  # -1 along H: p holds p + 1
+    assert torch.equal(y[0, 6:8, :, 1:], img[:, :, :-1]) and not y[0, 6:8, :, 0].any()
+    assert torch.equal(y[0, 8:10, :, :-1], img[:, :, 1:]) and not y[0, 8:10, :, -1].any()
+    assert face_neighbours(torch.rand(2, 1, 4, 5, 6), 3).shape == (2, 7, 4, 5, 6)
 
 
 def test_spatial_shift_3d_keeps_shape_and_needs_enough_channels():

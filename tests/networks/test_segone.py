@@ -118,10 +118,42 @@ def test_refine_head_is_the_only_full_resolution_work_and_sees_each_voxels_input
         assert not torch.allclose(net(x, t, c), y)
 
 
+def test_refine_neighbours_lets_a_voxel_see_its_face_neighbours_input_and_no_further():
+    net = SegOne(3, 2, 1, features=(8, 16, 32), stem_scale=2, refine_channels=4, refine_inputs=[1])
+    near = SegOne(
+        3, 2, 1, features=(8, 16, 32), stem_scale=2, refine_channels=4, refine_inputs=[1], refine_neighbours=True
+    )
+    assert near.head.mix.in_channels == 4 + 7 and net.head.mix.in_channels == 4 + 1
+    # the head alone, with the decoder's features fixed: which input voxels reach output voxel p
+    p = (5, 6, 9)
+    for head_net, expected in [
+        (net, {p}),
+        (near, {p, (4, 6, 9), (6, 6, 9), (5, 5, 9), (5, 7, 9), (5, 6, 8), (5, 6, 10)}),
+    ]:
+        head_net = activate_zero_init(head_net).eval()
+        features = torch.randn(1, 8, 8, 8, 8)
+        x = torch.rand(1, 2, 16, 16, 16, requires_grad=True)
+        with torch.enable_grad():
+            head_net.head(features, x)[0, 0][p].backward()
+        seen = {tuple(int(i) for i in v) for v in x.grad[0, 1].nonzero()}
+        assert seen == expected
+        assert not x.grad[0, 0].any()  # the noisy-mask channel stays out (refine_inputs)
+
+
+@pytest.mark.parametrize("refine_neighbours", [False, True])
 @pytest.mark.parametrize("spatial_dims,shape", [(2, (16, 24)), (3, (16, 8, 24))])
-def test_refinement_by_block_offset_equals_the_full_resolution_one(spatial_dims, shape):
+def test_refinement_by_block_offset_equals_the_full_resolution_one(spatial_dims, shape, refine_neighbours):
     # exported graphs run the refinement at the low resolution, one batch item per block offset (refine_by_offset)
-    net = SegOne(spatial_dims, 2, 1, features=(8, 16, 32), stem_scale=2, refine_channels=4, refine_inputs=[1])
+    net = SegOne(
+        spatial_dims,
+        2,
+        1,
+        features=(8, 16, 32),
+        stem_scale=2,
+        refine_channels=4,
+        refine_inputs=[1],
+        refine_neighbours=refine_neighbours,
+    )
     net = activate_zero_init(net).eval()
     x = torch.randn(2, 2, *shape)
     projected = []
