@@ -223,6 +223,7 @@ class SegOne(nn.Module):
         refine_neighbours: the refinement also sees those input channels at the voxel's ``2 * spatial_dims`` face
             neighbours (parameter-free copies, :func:`~bundle.networks.blocks.face_neighbours`), so a
             full-resolution decision sees the local intensity edge; without it each voxel sees only its own value.
+            Needs the refinement (``refine_channels > 0``, ``stem_scale > 1``).
         deep_supervision: number of extra 1x1 output heads, on the decoder's outputs at levels ``1..n`` (each
             ``stem_scale * 2**level`` times coarser than the input), for deep supervision in training
             (:meth:`forward_deep`); ``forward`` never runs them. At most ``len(features) - 2``.
@@ -240,7 +241,8 @@ class SegOne(nn.Module):
 
     Raises:
         ValueError: when ``spatial_dims`` is not 2 or 3, ``features`` has fewer than two levels, ``stem_scale < 1``,
-            ``refine_inputs`` names a channel outside ``range(in_channels)``, or ``deep_supervision`` is outside
+            ``refine_inputs`` names a channel outside ``range(in_channels)``, ``refine_neighbours`` is set without the
+            refinement, or ``deep_supervision`` is outside
             ``[0, len(features) - 2]``.
     """
 
@@ -333,6 +335,11 @@ class SegOne(nn.Module):
         used = list(range(in_channels)) if refine_inputs is None else [int(c) for c in refine_inputs]
         if any(not 0 <= c < in_channels for c in used):
             raise ValueError(f"refine_inputs {used} must be channels of the {in_channels}-channel input.")
+        if refine_neighbours and not (refine_channels > 0 and self.stem_scale > 1):
+            raise ValueError(
+                "refine_neighbours needs the refinement head (refine_channels > 0 and stem_scale > 1); got "
+                f"refine_channels={refine_channels}, stem_scale={self.stem_scale}."
+            )
         self.head = _Head(
             spatial_dims, features[0], out_channels, self.stem_scale, refine_channels, used, act, refine_neighbours
         )

@@ -140,6 +140,13 @@ def test_refine_neighbours_lets_a_voxel_see_its_face_neighbours_input_and_no_fur
         assert not x.grad[0, 0].any()  # the noisy-mask channel stays out (refine_inputs)
 
 
+def test_refine_neighbours_without_the_refinement_is_refused():
+    with pytest.raises(ValueError, match="refine_neighbours needs the refinement head"):
+        SegOne(3, 2, 1, features=(8, 16, 32), stem_scale=2, refine_channels=0, refine_neighbours=True)
+    with pytest.raises(ValueError, match="refine_neighbours needs the refinement head"):
+        SegOne(3, 2, 1, features=(8, 16, 32), stem_scale=1, refine_channels=4, refine_neighbours=True)
+
+
 @pytest.mark.parametrize("refine_neighbours", [False, True])
 @pytest.mark.parametrize("spatial_dims,shape", [(2, (16, 24)), (3, (16, 8, 24))])
 def test_refinement_by_block_offset_equals_the_full_resolution_one(spatial_dims, shape, refine_neighbours):
