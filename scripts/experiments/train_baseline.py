@@ -4,9 +4,11 @@
 The same seeded split (``bundle.data.dataset_split``, so the same test cases), the same loading, orientation,
 normalisation, padding/cropping and spatial and intensity augmentation as ``configs/train.json`` (those transforms
 are taken from it), the same batch size, optimiser, learning rate, warm-up and cosine schedule (over the time budget
-instead of epochs) and weight EMA (``ema_decay``; the EMA weights are validated and kept); supervised 3-class
-training with Dice + cross-entropy for ``--budget`` seconds of wall-clock time (validation included, as in SegOne's
-run), keeping the weights with the best validation Dice.
+instead of epochs, or over ``--max_epochs`` epochs with train.json's warm-up epochs) and weight EMA (``ema_decay``; the
+EMA weights are validated and kept); supervised 3-class training with Dice + cross-entropy for ``--budget`` seconds of
+wall-clock time (validation included, as in SegOne's run) or for ``--max_epochs`` epochs (the same number of samples
+as a SegOne run of that many epochs, for runs on another machine), keeping the weights with the best validation Dice.
+It trains on the GPU when there is one (``--device``), like train.json.
 
 Networks (``--arch``): ``unet`` (MONAI ``UNet`` 16-256, 2 residual units: the model card's baseline),
 ``basicunet``, and ``dynunet``: MONAI ``DynUNet`` configured like nnU-Net v2's 3d_fullres plan for MSD Task04 (four
@@ -18,7 +20,7 @@ It then scores the test split with the same metrics code as ``configs/evaluate.j
 times whole-volume sliding-window inference, and writes ``metrics.json``.
 
     python scripts/experiments/train_baseline.py --dataset_dir ../shared/data/hippocampus --budget 1800 \\
-        --output_dir runs/baseline [--arch dynunet]
+        --output_dir runs/baseline [--arch dynunet] [--max_epochs 200 instead of --budget]
 """
 
 from __future__ import annotations
@@ -119,13 +121,13 @@ def transforms_from_train_config(overrides: dict[str, Any] | None = None) -> tup
 
 
 def learning_rate_factor(elapsed: float, warmup: float, total: float) -> float:
-    """train.json's learning-rate schedules over time: MONAI ``WarmupCosineSchedule`` (``warmup_multiplier`` 0.1) when
-    there is a warm-up, else cosine decay to 5 % (``CosineAnnealingLR`` with ``eta_min`` 5 %).
+    """train.json's learning-rate schedules over time or epochs: MONAI ``WarmupCosineSchedule`` (``warmup_multiplier``
+    0.1) when there is a warm-up, else cosine decay to 5 % (``CosineAnnealingLR`` with ``eta_min`` 5 %).
 
     Args:
-        elapsed: seconds of training so far.
-        warmup: seconds of linear warm-up from 0.1 to 1 (0: no warm-up).
-        total: the budget in seconds.
+        elapsed: training so far (seconds or epochs, the unit of ``total``).
+        warmup: linear warm-up from 0.1 to 1, in that unit (0: no warm-up).
+        total: the budget (seconds or epochs).
 
     Returns:
         The learning-rate factor in ``[0, 1]``.
@@ -144,6 +146,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--output_dir", default="runs/baseline", help="model.pt and metrics.json (default: %(default)s)")
     ap.add_argument("--arch", default="unet", choices=["unet", "basicunet", "dynunet"], help="baseline network")
     ap.add_argument("--budget", type=float, default=0.0, help="training wall-clock seconds, validation included")
+    ap.add_argument(
+        "--max_epochs", type=int, default=0, help="train this many epochs instead of a time budget (schedule by epoch)"
+    )
+    ap.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: %(default)s)"
+    )
+    ap.add_argument("--num_workers", type=int, default=0, help="data loader worker processes (default: %(default)s)")
     ap.add_argument("--val_every", type=int, default=5, help="epochs between validations")
     ap.add_argument("--seed", type=int, default=0, help="determinism seed")
     ap.add_argument(
@@ -163,8 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if Path(args.metrics_name).name != args.metrics_name or not args.metrics_name.endswith(".json"):
         ap.error(f"--metrics_name must be a .json file name inside OUTPUT_DIR, got {args.metrics_name!r}")
-    if not args.eval_only and args.budget <= 0:
-        ap.error("--budget (seconds, > 0) is required unless --eval_only")
+    if not args.eval_only and (args.budget > 0) == (args.max_epochs > 0):
+        ap.error("one of --budget (seconds, > 0) or --max_epochs (> 0) is required unless --eval_only")
 
     from monai.data import CacheDataset, DataLoader
     from monai.inferers import SlidingWindowInferer
@@ -196,16 +205,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     roi = tuple(parser.get_parsed_content("roi_size"))  # a macro of inference.json's
     batch, lr = int(parser["batch_size"]), float(parser["learning_rate"])
     ema_decay = float(parser.get_parsed_content("ema_decay"))
-    # train.json's schedules over the time budget instead of epochs: with warm-up, WarmupCosineSchedule (warm-up for
-    # the same fraction of the run as train.json's max_epochs // 30 would be); without, cosine decay to 5 %
-    warmup = args.budget / 30.0 if float(parser.get_parsed_content("warmup_epochs")) > 0 else 0.0
+    # train.json's schedules, over the time budget (warm-up for the same fraction of the run as train.json's
+    # max_epochs // 30 would be) or over epochs (train.json's own warm-up epochs); without warm-up, cosine decay to 5 %
+    warmup_epochs = float(parser.get_parsed_content("warmup_epochs"))
+    if args.max_epochs > 0:
+        warmup, total = warmup_epochs, float(args.max_epochs)
+    else:
+        warmup, total = (args.budget / 30.0 if warmup_epochs > 0 else 0.0), args.budget
+    device = torch.device(args.device)
     classes = parser.get_parsed_content("class_names")
 
     train_loader = DataLoader(
-        CacheDataset(split["train"], train_tf, progress=False), batch_size=batch, shuffle=True, drop_last=True
+        CacheDataset(split["train"], train_tf, progress=False),
+        batch_size=batch,
+        shuffle=True,
+        drop_last=True,
+        num_workers=args.num_workers,
     )
     val_data = CacheDataset(split["val"], eval_tf, progress=False)
-    net = build_network(args.arch, len(classes) + 1)
+    net = build_network(args.arch, len(classes) + 1).to(device)
     params = sum(p.numel() for p in net.parameters())
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-5)
     ema = WeightEMA(net, decay=ema_decay) if ema_decay > 0 else None
@@ -218,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def predict(image: torch.Tensor) -> torch.Tensor:
         scored.eval()
         with torch.no_grad():
-            label_map = inferer(image[None], scored)[0].argmax(0)
+            label_map = inferer(image[None].to(device), scored)[0].argmax(0).cpu()
         return label_map if largest is None else torch.as_tensor(largest(label_map[None]))[0]
 
     def val_dice() -> float:
@@ -228,27 +246,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             scores.append(np.mean([m[c]["dice"] for c in classes.values()]))
         return float(np.mean(scores))
 
+    def progress() -> float:  # how far the run is, in the schedule's unit (seconds or epochs)
+        if args.max_epochs > 0:
+            return steps / max(len(train_loader), 1)
+        return time.perf_counter() - start
+
     start, epoch, steps = time.perf_counter(), 0, 0
     best, best_epoch, history = -1.0, 0, []
-    while not args.eval_only and time.perf_counter() - start < args.budget:
+    while not args.eval_only and progress() < total:
         epoch += 1
         net.train()
         losses = []
         for item in train_loader:
-            elapsed = time.perf_counter() - start
-            if elapsed >= args.budget:
+            elapsed = progress()
+            if elapsed >= total:
                 break
             for g in opt.param_groups:
-                g["lr"] = lr * learning_rate_factor(elapsed, warmup, args.budget)
+                g["lr"] = lr * learning_rate_factor(elapsed, warmup, total)
             opt.zero_grad()
-            loss = deep_supervision_loss(loss_fn, net(item["image"]), item["label"].long())
+            image, label = item["image"].to(device), item["label"].to(device).long()
+            loss = deep_supervision_loss(loss_fn, net(image), label)
             loss.backward()
             opt.step()
             if ema is not None:
                 ema.update_parameters(net)
             losses.append(float(loss))
             steps += 1
-        if epoch % args.val_every == 0 or time.perf_counter() - start >= args.budget:
+        if epoch % args.val_every == 0 or progress() >= total:
             d = val_dice()
             history.append({"epoch": epoch, "loss": float(np.mean(losses)) if losses else None, "val_dice": d})
             print(
@@ -261,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 torch.save(scored.state_dict(), out / "model.pt")
     train_seconds = time.perf_counter() - start
 
-    scored.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    scored.load_state_dict(torch.load(out / "model.pt", weights_only=True, map_location=device))
     cases, times = [], []
     for item in CacheDataset(split["test"], eval_tf, progress=False):
         t0 = time.perf_counter()
@@ -289,6 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ema_decay": ema_decay,
         "train_overrides": parse_overrides(args.set),
         "budget_s": args.budget,
+        "max_epochs": args.max_epochs,
+        "device": str(device),
         "train_seconds": train_seconds,
         "epochs": epoch,
         "steps": steps,

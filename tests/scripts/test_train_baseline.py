@@ -36,3 +36,30 @@ def test_the_metrics_file_stays_a_json_file_in_the_output_folder(tmp_path, name)
         load_script(ROOT / "scripts" / "experiments" / "train_baseline.py").main(
             ["--dataset_dir", str(tmp_path), "--eval_only", "--metrics_name", name]
         )
+
+
+def test_an_epoch_budget_trains_exactly_that_many_epochs(tmp_path):
+    baseline = load_script(ROOT / "scripts" / "experiments" / "train_baseline.py")
+    data = write_msd(tmp_path / "data", num_cases=10)
+    out = tmp_path / "out"
+    args = ["--dataset_dir", str(data), "--output_dir", str(out), "--max_epochs", "2", "--val_every", "5"]
+    assert baseline.main([*args, "--device", "cpu", "--set", "roi_size=[32,32,32]"]) == 0
+    run = json.loads((out / "metrics.json").read_text())["run"]
+    # validated at the last epoch although val_every is larger; 7 training cases, batches of 4, the last dropped
+    assert run["epochs"] == 2 and run["max_epochs"] == 2 and run["steps"] == 2 and run["device"] == "cpu"
+    assert [h["epoch"] for h in run["history"]] == [2]
+
+
+def test_the_epoch_schedule_warms_up_then_anneals():
+    baseline = load_script(ROOT / "scripts" / "experiments" / "train_baseline.py")
+    factors = [baseline.learning_rate_factor(e, 5.0, 60.0) for e in (0.0, 2.5, 5.0, 32.5, 60.0)]
+    assert factors[0] == pytest.approx(0.1) and factors[1] == pytest.approx(0.55) and factors[2] == pytest.approx(1.0)
+    assert factors[3] == pytest.approx(0.5) and factors[4] == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("budget", [[], ["--budget", "10", "--max_epochs", "2"]])
+def test_exactly_one_training_budget_is_asked_for(tmp_path, budget):
+    with pytest.raises(SystemExit):
+        load_script(ROOT / "scripts" / "experiments" / "train_baseline.py").main(
+            ["--dataset_dir", str(tmp_path), *budget]
+        )
