@@ -9,7 +9,8 @@
 #   OUT=/path/for/results DATA=/path/to/Task04_Hippocampus TOTAL=560 bash scripts/experiments/gpu_recipe_runs.sh
 # Optional: WHEELS=dir (pip-installs the wheels there first, into /tmp/site, for a machine without the bundle's
 # packages), FIXED_EPOCHS=N (no calibration), RUNS_SEGONE="s0 stem1 ..." (names below), RUNS_BASELINE="unet",
-# NUM_WORKERS (data loader workers per run, default 2), WORK_DIR (the runs, default /tmp/segone_runs, emptied first),
+# NUM_WORKERS (data loader workers per run, default 2), WORK_DIR (the runs: a new or empty folder, default a new
+# /tmp/segone_runs.*),
 # PY (the python, default python3), SMOKE=1 (2 epochs, no GPU checks: a dry run on a CPU).
 # Results under $OUT: one tar per run (model, logs, metrics), logs.tgz (refreshed every 30 s), summary.txt.
 set -u
@@ -18,8 +19,10 @@ TOTAL=${TOTAL:-560}
 PY=${PY:-python3}
 D=${DATA:?DATA: the MSD hippocampus folder}
 : "${OUT:?OUT: the results folder}"
-R=${WORK_DIR:-/tmp/segone_runs}  # emptied first
-rm -rf $R; mkdir -p $R $OUT
+# a new folder: the script never deletes anything it did not make
+R=${WORK_DIR:-$(mktemp -d /tmp/segone_runs.XXXXXX)}
+if [ -e "$R" ] && [ -n "$(ls -A "$R")" ]; then echo "WORK_DIR $R is not empty" >&2; exit 2; fi
+mkdir -p $R $OUT
 log() { echo "[$(($(date +%s) - T0)) s] $*" | tee -a $OUT/summary.txt; }
 if [ -n "${WHEELS:-}" ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $WHEELS/*.whl || exit 1

@@ -51,3 +51,14 @@ def test_it_refuses_to_start_without_data_or_output(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DATA", "OUT")}
     result = subprocess.run(["bash", str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "DATA: the MSD hippocampus folder" in result.stderr
+
+
+def test_it_refuses_a_work_folder_that_holds_files_and_leaves_them(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "keep.txt").write_text("mine")
+    env = {**os.environ, "DATA": str(tmp_path), "OUT": str(tmp_path / "out"), "WORK_DIR": str(work)}
+    script = ROOT / "scripts" / "experiments" / "gpu_recipe_runs.sh"
+    result = subprocess.run(["bash", str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "is not empty" in result.stderr
+    assert (work / "keep.txt").read_text() == "mine"
