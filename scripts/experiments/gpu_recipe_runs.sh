@@ -51,6 +51,14 @@ EVAL[wide]=${TRAIN[wide]}
 EVAL[stem1]=${TRAIN[stem1]}
 NW=${NUM_WORKERS:-2}
 BASELINES=(${RUNS_BASELINE-unet dynunet})
+for n in ${SEGONE[@]}; do
+  [ -n "${TRAIN[$n]+set}" ] || { echo "unknown SegOne run $n (known: ${!TRAIN[*]})" >&2; kill $LOGGER; exit 2; }
+done
+for a in ${BASELINES[@]}; do
+  case $a in unet|basicunet|dynunet) ;; *) echo "unknown baseline $a (unet, basicunet, dynunet)" >&2; kill $LOGGER; exit 2;; esac
+done
+# waits for the runs started, never for the log refresher (a bare `wait` would wait for it forever)
+wait_runs() { [ ${#PIDS[@]} -eq 0 ] || wait "${PIDS[@]}"; }
 
 calc() { awk "BEGIN { print $1 }"; }
 segone() {  # NAME EPOCHS VAL_INTERVAL OUTPUT_DIR (TMO: a timeout prefix)
@@ -78,7 +86,7 @@ for a in ${BASELINES[@]}; do
   ( s=$(date +%s); baseline $a 3 1 $R/cal_$a > $R/cal_$a.log 2>&1; echo $? $(($(date +%s) - s)) > $R/cal_$a.done ) &
   PIDS+=($!)
 done
-wait ${PIDS[@]}
+wait_runs
 FIT=100000
 for n in ${SEGONE[@]}; do
   read rc wall < $R/cal_$n.done
@@ -103,6 +111,7 @@ for a in ${BASELINES[@]}; do
 done
 EPOCHS=$((FIT > 400 ? 400 : FIT))
 [ -n "${SMOKE:-}" ] && EPOCHS=2
+if [ $EPOCHS -lt 1 ]; then log "no whole epoch fits in TOTAL=$TOTAL s: give more time"; kill $LOGGER; exit 1; fi
 log "SegOne epochs: $EPOCHS (fit $FIT)"
 fi
 
@@ -120,7 +129,7 @@ for a in ${BASELINES[@]}; do
   TMO="timeout $((DEADLINE - $(date +%s)))" baseline $a $be 5 $R/$a > $R/$a.log 2>&1 &
   PIDS+=($!)
 done
-wait ${PIDS[@]}
+wait_runs
 log "training done"
 PIDS=()
 for n in ${SEGONE[@]}; do
@@ -130,7 +139,7 @@ for n in ${SEGONE[@]}; do
     --ckpt_path $R/$n/model.pt --output_dir $R/$n/eval_test ${EVAL[$n]} > $R/${n}_eval.log 2>&1 &
   PIDS+=($!)
 done
-wait ${PIDS[@]}
+wait_runs
 kill $LOGGER
 for n in ${SEGONE[@]}; do
   [ -f $R/$n/eval_test/metrics.json ] && log "$n test: $($PY -c "import json;m=json.load(open('$R/$n/eval_test/metrics.json'))['mean'];print({k: round(v, 4) for k, v in m.items() if isinstance(v, float)})")"

@@ -223,6 +223,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         num_workers=args.num_workers,
     )
     val_data = CacheDataset(split["val"], eval_tf, progress=False)
+    if not args.eval_only and len(train_loader) == 0:  # an epoch budget would never be used up
+        raise SystemExit(
+            f"{args.dataset_dir}: {len(split['train'])} training cases make no whole batch of {batch} "
+            "(batches are full, the last one dropped): use more cases or a smaller batch_size"
+        )
     net = build_network(args.arch, len(classes) + 1).to(device)
     params = sum(p.numel() for p in net.parameters())
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-5)

@@ -62,3 +62,18 @@ def test_it_refuses_a_work_folder_that_holds_files_and_leaves_them(tmp_path):
     result = subprocess.run(["bash", str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "is not empty" in result.stderr
     assert (work / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("names", [{"RUNS_SEGONE": "s9"}, {"RUNS_BASELINE": "segresnet"}])
+def test_it_refuses_a_run_name_it_does_not_know(tmp_path, names):
+    env = {
+        **os.environ,
+        "DATA": str(tmp_path),
+        "OUT": str(tmp_path / "out"),
+        "WORK_DIR": str(tmp_path / "w"),
+        "SMOKE": "1",
+    }
+    env.update(names)
+    script = ROOT / "scripts" / "experiments" / "gpu_recipe_runs.sh"
+    result = subprocess.run(["bash", str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "unknown" in result.stderr and next(iter(names.values())) in result.stderr

@@ -63,3 +63,11 @@ def test_exactly_one_training_budget_is_asked_for(tmp_path, budget):
         load_script(ROOT / "scripts" / "experiments" / "train_baseline.py").main(
             ["--dataset_dir", str(tmp_path), *budget]
         )
+
+
+def test_too_few_training_cases_for_one_batch_is_an_error_naming_the_folder(tmp_path):
+    data = write_msd(tmp_path / "tiny", num_cases=4)  # 2 training cases, batches of 4
+    with pytest.raises(SystemExit, match="make no whole batch of 4"):
+        load_script(ROOT / "scripts" / "experiments" / "train_baseline.py").main(
+            ["--dataset_dir", str(data), "--output_dir", str(tmp_path / "out"), "--max_epochs", "1", "--device", "cpu"]
+        )
