@@ -1,11 +1,12 @@
 """Data: MSD-layout datalists and suites of them, a seeded split by patient, image discovery for inference, input
-checks and the demo phantom.
+checks, the demo phantom, and the conversion of the suite's HDF5 sources to MSD folders.
 
 Errors name the file and the problem: a missing image, a label whose shape or geometry differs from its image,
 non-finite intensities, a volume of the wrong dimensionality.
 """
 
 from .checks import CheckInputd
+from .convert import HDF5_SOURCES, convert_hdf5_dataset
 from .datalist import NIFTI_SUFFIXES, dataset_split, find_images, load_msd_datalist, split_datalist
 from .demo import DEMO_LABELS, ensure_demo_dataset, make_phantom, write_demo_dataset
 from .suite import (
@@ -24,6 +25,7 @@ from .suite import (
 
 __all__ = [
     "CheckInputd",
+    "convert_hdf5_dataset",
     "dataset_class_names",
     "dataset_dirs",
     "dataset_labels",
@@ -31,6 +33,7 @@ __all__ = [
     "DEMO_LABELS",
     "ensure_demo_dataset",
     "find_images",
+    "HDF5_SOURCES",
     "folder_sampling_weights",
     "load_msd_datalist",
     "make_phantom",

@@ -22,6 +22,7 @@ ENTRY_POINTS = {
     "segone-demo-data": "bundle.cli.demo_data:main",
     "segone-fill-teacher-cache": "bundle.cli.fill_teacher_cache:main",
     "segone-export-edge": "bundle.cli.export_edge:main",
+    "segone-convert-hdf5": "bundle.cli.convert_hdf5:main",
 }
 # spellings replaced by --dataset_dir, --ckpt_path, --output_dir (or --output_file), --repeats, --input_dir,
 # --sam2_checkpoint, --sam2_config, --student_checkpoint, --image_dir
@@ -83,6 +84,7 @@ def helps(tmp_path_factory) -> dict[str, dict]:
 
 def test_the_scripts_are_where_the_issue_puts_them():
     assert {s for s in SCRIPTS if s.count("/") == 1} == {
+        "scripts/convert_hdf5.py",
         "scripts/dicom_batch_infer.py",
         "scripts/export_edge.py",
         "scripts/fill_teacher_cache.py",
@@ -130,6 +132,7 @@ def test_entry_points_are_declared_and_installed():
         ("scripts/dicom_batch_infer.py", "bundle.cli.dicom_batch"),
         ("scripts/make_demo_data.py", "bundle.cli.demo_data"),
         ("scripts/fill_teacher_cache.py", "bundle.cli.fill_teacher_cache"),
+        ("scripts/convert_hdf5.py", "bundle.cli.convert_hdf5"),
     ],
 )
 def test_user_tool_scripts_run_the_entry_points_main(helps, script, module):
