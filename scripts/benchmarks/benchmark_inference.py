@@ -2,7 +2,8 @@
 """Whole-volume inference time on the CPU: SegOne (all class prompts, by DDIM steps) against U-Net baselines.
 
 Every network runs through the same MONAI SlidingWindowInferer as ``configs/inference.json`` (ROI 48x64x48,
-overlap 0.25, Gaussian blending) on a volume of the size of an MSD hippocampus crop. The networks are timed in
+overlap 0.25, Gaussian blending) on a volume of the size of an MSD hippocampus crop, with the bundle workflows'
+``malloc`` settings (:func:`bundle.utils.keep_freed_memory`; ``SEGONE_MALLOC=stock`` for glibc's own). The networks are timed in
 interleaved rounds (one run of each per round, the order rotating), so a change in the machine's load hits every
 row alike; the table gives the median and the ratio to the MONAI UNet baseline at the same thread count (with several
 ``--sw_batch_size`` values, to the UNet at its fastest of them). Timing does not depend on the weights: the U-Nets
@@ -27,6 +28,7 @@ import torch
 
 from bundle.utils.cli import add_override_option, parse_overrides
 from bundle.utils.config import BUNDLE_ROOT, load_bundle_config
+from bundle.utils.memory import keep_freed_memory
 
 BASELINE = "MONAI UNet (baseline)"
 
@@ -142,6 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_override_option(ap, "--set", "inference.json override for SegOne, e.g. --set encoder_blocks=[1,1,2,2]")
     args = ap.parse_args(argv)
+    # as inference.json and evaluate.json run (both networks alike): freed memory kept for reuse; SEGONE_MALLOC=stock
+    # in the environment times glibc's defaults
+    keep_freed_memory()
     overrides = parse_overrides(args.set)
 
     torch.manual_seed(0)

@@ -184,7 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bundle.data import dataset_split
     from bundle.evaluation import case_metrics, format_table, summarize
     from bundle.training import WeightEMA
+    from bundle.utils import keep_freed_memory
 
+    # the malloc settings of SegOne's workflows (train.json), so the baselines train under the same conditions
+    keep_freed_memory()
     set_determinism(args.seed)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

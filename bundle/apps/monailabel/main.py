@@ -55,6 +55,7 @@ from bundle.apps.monailabel.security import (
 )
 from bundle.apps.monailabel.tasks import SegOneInfer, SegOneTrain
 from bundle.utils.config import BUNDLE_ROOT, bundle_metadata
+from bundle.utils.memory import keep_freed_memory
 from bundle.utils.threads import apply_thread_env
 
 logger = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ class SegOneApp(MONAILabelApp):
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         # torch is loaded by now: the OpenMP defaults reach only MONAI Label's subprocesses (training)
         apply_thread_env()
+        keep_freed_memory()
         # MONAI Label looks up dcmqi's itkimage2segimage (DICOM SEG for DICOMweb studies) on PATH and downloads it
         # when absent; the environment's own copy (the dcmqi wheel) is next to this interpreter
         # a DICOMweb PACS is searched for MR series: MONAI Label's default filter is {"Modality": "CT"}, which

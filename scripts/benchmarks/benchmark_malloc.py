@@ -1,0 +1,198 @@
+#!/usr/bin/env python
+"""CPU time with glibc's stock ``malloc`` against :func:`bundle.utils.keep_freed_memory`, for training and inference.
+
+Cases (``--cases``):
+
+- ``SegOne training``: what ``configs/train.json`` runs per iteration with the shipped recipe: the MaskDiffusion
+  objective (``all_prompts``: a batch of 4 images with 2 prompts each, the competition term; 48x64x48 windows),
+  backward and an AdamW update;
+- ``UNet training``: the MONAI UNet baseline's step (``scripts/experiments/train_baseline.py``: Dice +
+  cross-entropy, 3 classes, batch 4);
+- ``SegOne inference, 4 windows x 3 prompts`` and ``SegOne inference, 1 window x 12 prompts``: the denoiser's first
+  sampling step (``SegOne.forward_prompts``, every prompt of a window after one encoder pass) as a sliding window
+  with ``sw_batch_size`` 4 on a 3-structure volume, or a 12-structure vocabulary on one window, runs it.
+
+``malloc`` settings hold for a whole process, so each (case, setting) pair runs in its own worker process, and the
+workers take turns, one call each per round in a rotating order, so that a change in the machine's load hits every
+row alike. The table gives the median call, the peak resident memory, and the ratio of the kept-memory call to the
+stock one of the same case in the same run.
+
+    python scripts/benchmarks/benchmark_malloc.py --threads 1 2 --repeats 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+
+SETTINGS = ("stock", "kept")
+CASES = (
+    "SegOne training",
+    "UNet training",
+    "SegOne inference, 4 windows x 3 prompts",
+    "SegOne inference, 1 window x 12 prompts",
+)
+
+
+def _inference_function(windows: int, prompts: int):
+    """A closure running inference.json's denoiser once over ``windows`` windows with ``prompts`` prompts each."""
+    import torch
+
+    from bundle.utils.config import load_bundle_config
+
+    parser = load_bundle_config("inference.json")
+    denoiser = parser.get_parsed_content("denoiser_def").eval()
+    image = torch.randn(windows, parser["denoiser_def"]["in_channels"], *parser["roi_size"])
+    timesteps = torch.full((windows * prompts,), parser["num_train_timesteps"] - 1)
+    context = torch.randn(windows * prompts, parser["text_dim"])
+
+    def call() -> None:
+        with torch.inference_mode():
+            denoiser.forward_prompts(image, timesteps, context, prompts)
+
+    return call
+
+
+def _step_function(network: str):
+    """A closure running one training step (``SegOne training``, ``UNet training``) on fixed random data, or one
+    inference call (the ``SegOne inference`` cases)."""
+    import torch
+
+    torch.manual_seed(0)
+    if network.startswith("SegOne inference"):
+        windows, prompts = (4, 3) if "4 windows" in network else (1, 12)
+        return _inference_function(windows, prompts)
+    if network == "SegOne training":
+        from bundle.utils.config import load_bundle_config
+
+        overrides = {
+            "text_dim": 512,
+            "network_def#prompt_embeddings": None,
+            "all_prompts": True,
+            "diffusion#competition_weight": 1.0,
+        }
+        model = load_bundle_config("train.json", overrides=overrides).get_parsed_content("network_def")
+        b, k = 4, 2
+        image = torch.randn(b, 1, 48, 64, 48)
+        classes = torch.randint(0, k + 1, (b, 1, 48, 64, 48))
+        target = torch.cat([(classes == c + 1).float() for c in range(k)], dim=1)
+        context = torch.randn(b, k, 512)
+
+        def loss() -> torch.Tensor:
+            return model(image, target, context)["loss"]
+
+    else:
+        from monai.losses import DiceCELoss
+        from monai.networks.nets import UNet
+
+        model = UNet(3, 1, 3, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2)
+        criterion = DiceCELoss(to_onehot_y=True, softmax=True)
+        image = torch.randn(4, 1, 48, 64, 48)
+        label = torch.randint(0, 3, (4, 1, 48, 64, 48))
+
+        def loss() -> torch.Tensor:
+            return criterion(model(image), label)
+
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss().backward()
+        optimizer.step()
+
+    return step
+
+
+def _worker(network: str, setting: str, threads: int, conn) -> None:
+    """Builds the step, then runs and times one step per request; replies with seconds and peak RSS (MiB)."""
+    import resource
+
+    os.environ["SEGONE_MALLOC"] = "stock" if setting == "stock" else ""
+    from bundle.utils.memory import keep_freed_memory
+
+    applied = keep_freed_memory()
+    import torch
+
+    torch.set_num_threads(threads)
+    step = _step_function(network)
+    step()  # warm-up: first-touch allocations and lazy initialisation
+    conn.send(("ready", applied))
+    while conn.recv() == "step":
+        t0 = time.perf_counter()
+        step()
+        conn.send((time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    conn.close()
+
+
+def measure(threads: int, repeats: int, networks: Sequence[str]) -> list[dict]:
+    """Interleaved steps of every (network, setting) worker; one row per pair."""
+    ctx = mp.get_context("spawn")
+    workers = {}
+    for network in networks:
+        for setting in SETTINGS:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(network, setting, threads, child), daemon=True)
+            proc.start()
+            workers[(network, setting)] = (proc, parent)
+    applied = {}
+    for key, (_, conn) in workers.items():
+        status, applied[key] = conn.recv()
+        if key[1] == "kept" and not applied[key]:
+            raise RuntimeError("keep_freed_memory() did not apply here (not glibc?): nothing to compare")
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in workers}
+    rss: dict[tuple[str, str], float] = {}
+    keys = list(workers)
+    for r in range(repeats):
+        for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
+            conn = workers[key][1]
+            conn.send("step")
+            seconds, rss[key] = conn.recv()
+            times[key].append(seconds)
+    for proc, conn in workers.values():
+        conn.send("stop")
+        proc.join(timeout=60)
+    rows = []
+    for network, setting in keys:
+        median = statistics.median(times[(network, setting)])
+        stock = statistics.median(times[(network, "stock")])
+        rows.append(
+            {
+                "threads": threads,
+                "network": network,
+                "malloc": setting,
+                "step_ms": 1000 * median,
+                "peak_rss_mib": rss[(network, setting)],
+                "ratio": median / stock,
+            }
+        )
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts, one table each")
+    ap.add_argument("--repeats", type=int, default=10, help="interleaved timed rounds (the median is reported)")
+    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES, help="what to time")
+    args = ap.parse_args(argv)
+    if not sys.platform.startswith("linux"):
+        ap.error("the malloc settings are glibc's: Linux only")
+    print("| threads | case | malloc | call (median) | peak RSS | call / stock |")
+    print("|---:|---|---|---:|---:|---:|")
+    for threads in args.threads:
+        for row in measure(threads, args.repeats, args.cases):
+            print(
+                f"| {row['threads']} | {row['network']} | {row['malloc']} | {row['step_ms']:.0f} ms "
+                f"| {row['peak_rss_mib']:.0f} MiB | x{row['ratio']:.2f} |",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
