@@ -14,7 +14,8 @@ heap (``M_TRIM_THRESHOLD`` 2 GiB - 1) and 256 MiB of extra heap per growth (``M_
 by the next pass instead of going back to the kernel. The cost: the process keeps its peak heap for its lifetime
 (peak resident memory up to 8 % higher in the measurement above). The bundle's workflows (training, evaluation,
 inference, DICOM batch) and the MONAI Label app call it first. ``SEGONE_MALLOC=stock`` in the environment leaves
-``malloc`` as it is.
+``malloc`` as it is (``kept`` or unset: the settings; any other value is refused, so a misspelt opt-out is not
+silently ignored).
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ import ctypes.util
 import logging
 import os
 
-__all__ = ["MALLOC_ENV", "MALLOPT_SETTINGS", "keep_freed_memory"]
+__all__ = ["MALLOC_CHOICES", "MALLOC_ENV", "MALLOPT_SETTINGS", "keep_freed_memory"]
 
 logger = logging.getLogger(__name__)
 
-# the environment variable that opts out: SEGONE_MALLOC=stock
+# the environment variable that opts out: SEGONE_MALLOC=stock (kept or empty: the settings)
 MALLOC_ENV = "SEGONE_MALLOC"
+MALLOC_CHOICES = ("stock", "kept", "")
 # mallopt parameters of glibc's <malloc.h>: M_TRIM_THRESHOLD -1, M_TOP_PAD -2, M_MMAP_MAX -4
 MALLOPT_SETTINGS: dict[str, tuple[int, int]] = {
     "M_MMAP_MAX": (-4, 0),
@@ -46,11 +48,17 @@ def keep_freed_memory() -> bool:
     Returns:
         ``True`` when the settings are in force, ``False`` when ``malloc`` was left as it is: not glibc (macOS,
         Windows, musl), ``SEGONE_MALLOC=stock``, or ``mallopt`` refused a setting (logged).
+
+    Raises:
+        ValueError: when ``SEGONE_MALLOC`` is set to anything but ``stock``, ``kept`` or nothing.
     """
     global _applied
+    choice = os.environ.get(MALLOC_ENV, "").strip().lower()
+    if choice not in MALLOC_CHOICES:
+        raise ValueError(f"{MALLOC_ENV}={os.environ[MALLOC_ENV]!r}: expected 'stock' (glibc's defaults) or 'kept'")
     if _applied:
         return True
-    if os.environ.get(MALLOC_ENV, "").strip().lower() == "stock":
+    if choice == "stock":
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -113,7 +113,7 @@ def _worker(network: str, setting: str, threads: int, conn) -> None:
     """Builds the step, then runs and times one step per request; replies with seconds and peak RSS (MiB)."""
     import resource
 
-    os.environ["SEGONE_MALLOC"] = "stock" if setting == "stock" else ""
+    os.environ["SEGONE_MALLOC"] = setting
     from bundle.utils.memory import keep_freed_memory
 
     applied = keep_freed_memory()

@@ -36,7 +36,10 @@ print(json.dumps({"applied": applied, "again": again, "in_heap": any(s <= addres
 
 
 def probe(**env: str) -> dict:
-    environ = {k: v for k, v in os.environ.items() if k != MALLOC_ENV}
+    # glibc's own MALLOC_*_ tunables would change where a block lands: the probe runs without them
+    environ = {
+        k: v for k, v in os.environ.items() if k != MALLOC_ENV and not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))
+    }
     out = subprocess.run(
         [sys.executable, "-c", PROBE, str(BUNDLE_ROOT / "bundle" / "utils" / "memory.py")],
         env={**environ, **env},
@@ -54,6 +57,15 @@ def test_large_blocks_come_from_the_heap_only_when_applied():
     assert tuned == {"applied": True, "again": True, "in_heap": True}
     stock = probe(**{MALLOC_ENV: "stock"})
     assert stock == {"applied": False, "again": False, "in_heap": False}
+    assert probe(**{MALLOC_ENV: "kept"}) == tuned
+
+
+def test_a_misspelt_setting_is_refused(monkeypatch):
+    from bundle.utils.memory import keep_freed_memory
+
+    monkeypatch.setenv(MALLOC_ENV, "stok")
+    with pytest.raises(ValueError, match="SEGONE_MALLOC='stok': expected 'stock'"):
+        keep_freed_memory()
 
 
 @pytest.mark.parametrize(
