@@ -31,6 +31,7 @@ __all__ = [
     "exporting",
     "repeat_items",
     "conv1x1",
+    "skip_bias_before",
     "PointwiseConv2d",
     "PointwiseConv3d",
     "SpatialShift",
@@ -212,7 +213,12 @@ class _PointwiseForward:
     two takes 14-16 ms as a convolution and 0.1-0.5 ms as ``baddbmm`` (docs/architecture.md).
     While scripting, tracing or exporting (TorchScript, ONNX, torch.export) the regular convolution runs, so
     exported graphs hold plain Conv nodes that edge runtimes know.
+
+    ``skip_bias`` (set by :func:`skip_bias_before`) leaves the bias out of the eager product: ``bmm`` instead of
+    ``baddbmm``, which first copies the broadcast bias into the whole output.
     """
+
+    skip_bias = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
@@ -223,7 +229,7 @@ class _PointwiseForward:
             b, c = x.shape[0], x.shape[1]
             w = self.weight.reshape(1, self.out_channels, c).expand(b, -1, -1)
             flat = x.reshape(b, c, -1)
-            if self.bias is None:
+            if self.bias is None or self.skip_bias:
                 y = torch.bmm(w, flat)
             else:
                 y = torch.baddbmm(self.bias.reshape(1, -1, 1), w, flat)
@@ -283,6 +289,27 @@ def conv1x1(spatial_dims: int, in_channels: int, out_channels: int, bias: bool =
     if spatial_dims == 3:
         return PointwiseConv3d(in_channels, out_channels, bias=bias)
     raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+
+
+def skip_bias_before(conv: nn.Module, norm: nn.Module) -> None:
+    """Leave out ``conv``'s bias where ``norm``, applied next, removes it anyway.
+
+    An instance norm without running statistics subtracts each channel's mean over the positions of each sample, and
+    a per-channel bias only moves that mean: ``norm(W x + b) = norm(W x)``, in training and in inference. Its gradient
+    is zero. So the bias is frozen (``requires_grad`` off: the optimiser and DistributedDataParallel pass it by) and
+    the eager forward skips adding it (``skip_bias``), which saves a full pass over the output in the forward and the
+    sum over positions in the backward. The parameter stays, so checkpoints keep their keys, and scripted or exported
+    graphs still add it, with the same result. Any other ``norm`` (batch norm, group norm, none) leaves ``conv``
+    unchanged.
+
+    Args:
+        conv: a :func:`conv1x1` layer.
+        norm: the normalisation applied to ``conv``'s output.
+    """
+    cancels = isinstance(norm, nn.modules.instancenorm._InstanceNorm) and not norm.track_running_stats
+    if cancels and isinstance(conv, _PointwiseForward) and getattr(conv, "bias", None) is not None:
+        conv.skip_bias = True
+        conv.bias.requires_grad_(False)
 
 
 def _shift(x: torch.Tensor, dim: int, offset: int) -> torch.Tensor:
@@ -411,6 +438,8 @@ class ChannelMixBlock(nn.Module):
         self.conv2 = conv1x1(spatial_dims, hidden, channels)
         self.norm2 = get_norm_layer(norm, spatial_dims=spatial_dims, channels=channels)
         self.act2 = get_act_layer(act)
+        skip_bias_before(self.conv1, self.norm1)
+        skip_bias_before(self.conv2, self.norm2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """
@@ -455,6 +484,7 @@ class UnshuffleDown(nn.Module):
         self.proj = conv1x1(spatial_dims, in_channels * 2**spatial_dims, out_channels)
         self.norm = get_norm_layer(norm, spatial_dims=spatial_dims, channels=out_channels)
         self.act = get_act_layer(act)
+        skip_bias_before(self.proj, self.norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """

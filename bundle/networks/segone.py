@@ -27,6 +27,7 @@ from bundle.networks.blocks import (
     pixel_shuffle,
     pixel_unshuffle,
     repeat_items,
+    skip_bias_before,
 )
 
 __all__ = ["SegOne", "Unconditioned"]
@@ -86,6 +87,7 @@ class _Stem(nn.Module):
         self.scale = scale
         self.proj = conv1x1(spatial_dims, in_channels * scale**spatial_dims, out_channels)
         self.norm_act = _norm_act(spatial_dims, out_channels, norm, act)
+        skip_bias_before(self.proj, self.norm_act[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.scale > 1:
@@ -328,6 +330,7 @@ class SegOne(nn.Module):
         for level in range(levels - 2, -1, -1):
             c = features[level]
             fuse = nn.Sequential(conv1x1(spatial_dims, 2 * c, c), _norm_act(spatial_dims, c, norm, act))
+            skip_bias_before(fuse[0], fuse[1][0])
             decoder.append(
                 _DecoderStage(ShuffleUp(spatial_dims, features[level + 1], c), film(c), fuse, mix(c, dec_blocks[level]))
             )

@@ -5,7 +5,7 @@ first, raised adaptively up to 32 MiB) with a fresh ``mmap`` and returns it to t
 trims the heap's free top above 128 KiB. Every new activation of a few MiB or more is then fresh zero-filled pages,
 one page fault per 4 KiB, on every forward and backward pass. SegOne's layers are short, memory-bound passes over
 large tensors (1x1 convolutions, norms, shifts), so these faults cost a large share of the time. Measured on this
-project's 2-core CPU at one thread (``scripts/benchmarks/benchmark_malloc.py``; docs/benchmarks.md, "Memory
+project's 2-core CPU at one thread (``scripts/benchmarks/benchmark_step.py --compare malloc``; docs/benchmarks.md, "Memory
 reuse"): a training step of the shipped recipe 1.5x faster, the MONAI UNet's 1.2x; one window with 12 prompts or
 4 windows of 3 prompts per call 1.6-1.9x faster.
 

@@ -7,6 +7,7 @@ import torch
 from monai.networks.utils import pixelshuffle, pixelunshuffle
 
 from bundle.networks.blocks import (
+    ChannelMixBlock,
     FiLM,
     GlobalContext,
     ShuffleUp,
@@ -18,6 +19,7 @@ from bundle.networks.blocks import (
     face_neighbours,
     pixel_shuffle,
     pixel_unshuffle,
+    skip_bias_before,
 )
 
 
@@ -159,3 +161,52 @@ def test_pointwise_conv_equals_conv_in_value_and_gradient(spatial_dims, bias):
         torch.testing.assert_close(traced(x), y_ref, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="spatial_dims"):
         conv1x1(1, 2, 2)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_bias_before_an_instance_norm_is_skipped_with_the_same_values_and_gradients(spatial_dims):
+    """``norm(W x + b) = norm(W x)`` for an instance norm: the skipped bias changes neither the output nor the other
+    parameters' gradients; it is frozen, so no optimiser or DistributedDataParallel waits for its gradient."""
+    torch.manual_seed(0)
+    block = ChannelMixBlock(spatial_dims, 14, shift=True).train()
+    reference = ChannelMixBlock(spatial_dims, 14, shift=True).train()
+    reference.load_state_dict(block.state_dict())
+    with torch.no_grad():
+        for conv in (block.conv1, block.conv2):
+            conv.bias.normal_()  # a bias that would show if it mattered
+    reference.load_state_dict(block.state_dict())
+    for conv in (reference.conv1, reference.conv2):
+        conv.skip_bias = False
+        conv.bias.requires_grad_(True)
+    assert block.conv1.skip_bias and block.conv2.skip_bias
+    assert not block.conv1.bias.requires_grad and not block.conv2.bias.requires_grad
+    x = torch.randn(2, 14, *([6] * spatial_dims))
+    y, y_ref = block(x), reference(x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+    y.square().sum().backward()
+    y_ref.square().sum().backward()
+    for (name, p), p_ref in zip(block.named_parameters(), reference.parameters()):
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-3, atol=1e-3, msg=name)
+        else:
+            assert p.grad is None and p_ref.grad.abs().max() < 1e-3, name  # zero in exact arithmetic
+    # scripted graphs add the bias, with the same result
+    block.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.script(block)(x), block(x), rtol=1e-4, atol=1e-4)
+
+
+def test_bias_is_kept_before_a_norm_that_does_not_remove_it():
+    conv = conv1x1(3, 4, 6)
+    for norm in (
+        torch.nn.BatchNorm3d(6),
+        torch.nn.InstanceNorm3d(6, track_running_stats=True),
+        torch.nn.GroupNorm(2, 6),
+    ):
+        skip_bias_before(conv, norm)
+        assert not conv.skip_bias and conv.bias.requires_grad
+    skip_bias_before(conv, torch.nn.InstanceNorm3d(6, affine=True))
+    assert conv.skip_bias and not conv.bias.requires_grad
+    no_bias = conv1x1(3, 4, 6, bias=False)
+    skip_bias_before(no_bias, torch.nn.InstanceNorm3d(6))
+    assert not no_bias.skip_bias

@@ -1,5 +1,12 @@
 #!/usr/bin/env python
-"""CPU time with glibc's stock ``malloc`` against :func:`bundle.utils.keep_freed_memory`, for training and inference.
+"""The same training step or inference call under two settings, for training and inference, in one interleaved run.
+
+Comparisons (``--compare``):
+
+- ``malloc``: glibc's ``stock`` ``malloc`` against ``kept``, :func:`bundle.utils.keep_freed_memory` (bundle 0.13.0);
+- ``bias``: the bias of every kernel-size-1 convolution that feeds an instance norm ``added``, as before bundle
+  0.14.0, against ``skipped`` (:func:`bundle.networks.blocks.skip_bias_before`: the norm removes it anyway); both with
+  kept memory, as every workflow runs.
 
 Cases (``--cases``):
 
@@ -7,17 +14,18 @@ Cases (``--cases``):
   objective (``all_prompts``: a batch of 4 images with 2 prompts each, the competition term; 48x64x48 windows),
   backward and an AdamW update;
 - ``UNet training``: the MONAI UNet baseline's step (``scripts/experiments/train_baseline.py``: Dice +
-  cross-entropy, 3 classes, batch 4);
+  cross-entropy, 3 classes, batch 4); it has no SegOne bias, so ``--compare bias`` leaves it out;
 - ``SegOne inference, 4 windows x 3 prompts`` and ``SegOne inference, 1 window x 12 prompts``: the denoiser's first
   sampling step (``SegOne.forward_prompts``, every prompt of a window after one encoder pass) as a sliding window
   with ``sw_batch_size`` 4 on a 3-structure volume, or a 12-structure vocabulary on one window, runs it.
 
 ``malloc`` settings hold for a whole process, so each (case, setting) pair runs in its own worker process, and the
 workers take turns, one call each per round in a rotating order, so that a change in the machine's load hits every
-row alike. The table gives the median call, the peak resident memory, and the ratio of the kept-memory call to the
-stock one of the same case in the same run.
+row alike. The table gives the median call, the peak resident memory, and the ratio of each call to the first
+setting's call of the same case in the same run.
 
-    python scripts/benchmarks/benchmark_malloc.py --threads 1 2 --repeats 10
+    python scripts/benchmarks/benchmark_step.py --compare malloc --threads 1 2 --repeats 10
+    python scripts/benchmarks/benchmark_step.py --compare bias --threads 1 2 --repeats 10
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-SETTINGS = ("stock", "kept")
+SETTINGS = {"malloc": ("stock", "kept"), "bias": ("added", "skipped")}
 CASES = (
     "SegOne training",
     "UNet training",
@@ -39,7 +47,7 @@ CASES = (
 )
 
 
-def _inference_function(windows: int, prompts: int):
+def _inference_function(windows: int, prompts: int, add_skipped_biases: bool = False):
     """A closure running inference.json's denoiser once over ``windows`` windows with ``prompts`` prompts each."""
     import torch
 
@@ -47,6 +55,8 @@ def _inference_function(windows: int, prompts: int):
 
     parser = load_bundle_config("inference.json")
     denoiser = parser.get_parsed_content("denoiser_def").eval()
+    if add_skipped_biases:
+        _add_skipped_biases(denoiser)
     image = torch.randn(windows, parser["denoiser_def"]["in_channels"], *parser["roi_size"])
     timesteps = torch.full((windows * prompts,), parser["num_train_timesteps"] - 1)
     context = torch.randn(windows * prompts, parser["text_dim"])
@@ -58,15 +68,16 @@ def _inference_function(windows: int, prompts: int):
     return call
 
 
-def _step_function(network: str):
+def _step_function(network: str, add_skipped_biases: bool = False):
     """A closure running one training step (``SegOne training``, ``UNet training``) on fixed random data, or one
-    inference call (the ``SegOne inference`` cases)."""
+    inference call (the ``SegOne inference`` cases); SegOne's with the biases before instance norms added back when
+    ``add_skipped_biases``."""
     import torch
 
     torch.manual_seed(0)
     if network.startswith("SegOne inference"):
         windows, prompts = (4, 3) if "4 windows" in network else (1, 12)
-        return _inference_function(windows, prompts)
+        return _inference_function(windows, prompts, add_skipped_biases)
     if network == "SegOne training":
         from bundle.utils.config import load_bundle_config
 
@@ -77,6 +88,8 @@ def _step_function(network: str):
             "diffusion#competition_weight": 1.0,
         }
         model = load_bundle_config("train.json", overrides=overrides).get_parsed_content("network_def")
+        if add_skipped_biases:
+            _add_skipped_biases(model)
         b, k = 4, 2
         image = torch.randn(b, 1, 48, 64, 48)
         classes = torch.randint(0, k + 1, (b, 1, 48, 64, 48))
@@ -109,18 +122,26 @@ def _step_function(network: str):
     return step
 
 
-def _worker(network: str, setting: str, threads: int, conn) -> None:
+def _add_skipped_biases(module) -> None:
+    """Undo :func:`bundle.networks.blocks.skip_bias_before` everywhere in ``module``: the step as before 0.14.0."""
+    for m in module.modules():
+        if getattr(m, "skip_bias", False):
+            m.skip_bias = False
+            m.bias.requires_grad_(True)
+
+
+def _worker(network: str, compare: str, setting: str, threads: int, conn) -> None:
     """Builds the step, then runs and times one step per request; replies with seconds and peak RSS (MiB)."""
     import resource
 
-    os.environ["SEGONE_MALLOC"] = setting
+    os.environ["SEGONE_MALLOC"] = setting if compare == "malloc" else "kept"
     from bundle.utils.memory import keep_freed_memory
 
     applied = keep_freed_memory()
     import torch
 
     torch.set_num_threads(threads)
-    step = _step_function(network)
+    step = _step_function(network, add_skipped_biases=(compare, setting) == ("bias", "added"))
     step()  # warm-up: first-touch allocations and lazy initialisation
     conn.send(("ready", applied))
     while conn.recv() == "step":
@@ -130,20 +151,21 @@ def _worker(network: str, setting: str, threads: int, conn) -> None:
     conn.close()
 
 
-def measure(threads: int, repeats: int, networks: Sequence[str]) -> list[dict]:
+def measure(threads: int, repeats: int, networks: Sequence[str], compare: str = "malloc") -> list[dict]:
     """Interleaved steps of every (network, setting) worker; one row per pair."""
+    settings = SETTINGS[compare]
     ctx = mp.get_context("spawn")
     workers = {}
     for network in networks:
-        for setting in SETTINGS:
+        for setting in settings:
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(network, setting, threads, child), daemon=True)
+            proc = ctx.Process(target=_worker, args=(network, compare, setting, threads, child), daemon=True)
             proc.start()
             workers[(network, setting)] = (proc, parent)
     applied = {}
     for key, (_, conn) in workers.items():
         status, applied[key] = conn.recv()
-        if key[1] == "kept" and not applied[key]:
+        if not applied[key] and (compare == "bias" or key[1] == "kept"):
             raise RuntimeError("keep_freed_memory() did not apply here (not glibc?): nothing to compare")
     times: dict[tuple[str, str], list[float]] = {key: [] for key in workers}
     rss: dict[tuple[str, str], float] = {}
@@ -160,15 +182,15 @@ def measure(threads: int, repeats: int, networks: Sequence[str]) -> list[dict]:
     rows = []
     for network, setting in keys:
         median = statistics.median(times[(network, setting)])
-        stock = statistics.median(times[(network, "stock")])
+        first = statistics.median(times[(network, settings[0])])
         rows.append(
             {
                 "threads": threads,
                 "network": network,
-                "malloc": setting,
+                "setting": setting,
                 "step_ms": 1000 * median,
                 "peak_rss_mib": rss[(network, setting)],
-                "ratio": median / stock,
+                "ratio": median / first,
             }
         )
     return rows
@@ -176,18 +198,21 @@ def measure(threads: int, repeats: int, networks: Sequence[str]) -> list[dict]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--compare", choices=sorted(SETTINGS), default="malloc", help="the two settings to compare")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts, one table each")
     ap.add_argument("--repeats", type=int, default=10, help="interleaved timed rounds (the median is reported)")
-    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES, help="what to time")
+    ap.add_argument("--cases", nargs="+", default=None, choices=CASES, help="what to time (default: all that apply)")
     args = ap.parse_args(argv)
     if not sys.platform.startswith("linux"):
         ap.error("the malloc settings are glibc's: Linux only")
-    print("| threads | case | malloc | call (median) | peak RSS | call / stock |")
+    cases = args.cases or [c for c in CASES if not (args.compare == "bias" and c.startswith("UNet"))]
+    first = SETTINGS[args.compare][0]
+    print(f"| threads | case | {args.compare} | call (median) | peak RSS | call / {first} |")
     print("|---:|---|---|---:|---:|---:|")
     for threads in args.threads:
-        for row in measure(threads, args.repeats, args.cases):
+        for row in measure(threads, args.repeats, cases, args.compare):
             print(
-                f"| {row['threads']} | {row['network']} | {row['malloc']} | {row['step_ms']:.0f} ms "
+                f"| {row['threads']} | {row['network']} | {row['setting']} | {row['step_ms']:.0f} ms "
                 f"| {row['peak_rss_mib']:.0f} MiB | x{row['ratio']:.2f} |",
                 flush=True,
             )

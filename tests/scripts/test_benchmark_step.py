@@ -1,0 +1,61 @@
+"""scripts/benchmarks/benchmark_step.py: training steps and inference calls under two settings (malloc, the bias
+before instance norms), in worker processes that take turns."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from bundle.utils.config import BUNDLE_ROOT
+
+SCRIPT = BUNDLE_ROOT / "scripts" / "benchmarks" / "benchmark_step.py"
+SEGONE_CASES = ("SegOne training", "SegOne inference, 4 windows x 3 prompts", "SegOne inference, 1 window x 12 prompts")
+
+
+def _rows(*args: str) -> list[list[str]]:
+    # run as a user runs it: its spawned workers import the script as __main__'s module
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--threads", "1", "--repeats", "1", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return [line.split(" | ") for line in out.stdout.splitlines() if line.startswith("| 1 |")]
+
+
+def _check(rows: list[list[str]], cases, settings) -> None:
+    assert [(r[1], r[2]) for r in rows] == [(case, setting) for case in cases for setting in settings]
+    assert all(r[-1] == "x1.00 |" for r in rows if r[2] == settings[0])
+    assert all(float(r[3].split()[0]) > 0 and float(r[4].split()[0]) > 0 for r in rows)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings: Linux only")
+def test_malloc_table_has_both_settings_of_every_case_with_ratios_to_stock():
+    cases = (SEGONE_CASES[0], "UNet training") + SEGONE_CASES[1:]
+    _check(_rows("--compare", "malloc"), cases, ("stock", "kept"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings: Linux only")
+def test_bias_table_compares_the_segone_cases_with_ratios_to_the_added_bias():
+    _check(_rows("--compare", "bias"), SEGONE_CASES, ("added", "skipped"))
+
+
+def test_the_added_bias_setting_undoes_every_skip():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import benchmark_step
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    from bundle.utils.config import load_bundle_config
+
+    denoiser = load_bundle_config("inference.json").get_parsed_content("denoiser_def")
+    skipped = [m for m in denoiser.modules() if getattr(m, "skip_bias", False)]
+    assert skipped  # the shipped network has convolutions before instance norms
+    benchmark_step._add_skipped_biases(denoiser)
+    assert not any(getattr(m, "skip_bias", False) for m in denoiser.modules())
+    assert all(m.bias.requires_grad for m in skipped)
