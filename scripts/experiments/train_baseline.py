@@ -278,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             opt.step()
             if ema is not None:
                 ema.update_parameters(net)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             steps += 1
         if epoch % args.val_every == 0 or progress() >= total:
             d = val_dice()
