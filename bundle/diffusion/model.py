@@ -120,6 +120,12 @@ class MaskDiffusion(nn.Module):
         self.register_buffer("prompt_embeddings", prompt_embeddings.detach().float().clone())
 
     @property
+    def _encoder_skips_mask(self) -> bool:
+        # the noisy mask (input channel 0) bypasses the denoiser's encoder (SegOne's decoder_inputs), so the encoder
+        # sees the image alone and is the same for all prompts of an image
+        return 0 in getattr(self.denoiser, "decoder_inputs", ()) and hasattr(self.denoiser, "forward_shared_image")
+
+    @property
     def _scheduler_prediction(self) -> str:
         # a logit is turned into the clean mask before the scheduler sees it
         return "sample" if self.prediction_type == "logits" else self.prediction_type
@@ -196,6 +202,9 @@ class MaskDiffusion(nn.Module):
         noisy = self.train_scheduler.add_noise(original_samples=x0, noise=noise, timesteps=timesteps)
         if self.deep_supervision_weight > 0:
             output, *coarse = self.denoiser.forward_deep(torch.cat([noisy, image], dim=1), timesteps, context)
+        elif per_image and k > 1 and self._encoder_skips_mask:  # the image's prompts share one encoder pass
+            output = self.denoiser.forward_shared_image(torch.cat([noisy, image], dim=1), timesteps, context, k)
+            coarse = []
         else:
             output, coarse = self.denoiser(torch.cat([noisy, image], dim=1), timesteps, context), []
         unclamped = self._clean_from_output(output, noisy, timesteps)
@@ -328,7 +337,9 @@ class MaskDiffusion(nn.Module):
             noise: explicit starting noise ``[num_samples, B * K, 1, *S]`` (overrides ``seed``).
             prompts_per_image: ``K``, the prompts of each image. Every (image, prompt) pair starts from the same
                 seeded noise, so at the first step an image's denoiser input is the same for all its prompts; a
-                denoiser with ``forward_prompts`` (:class:`~bundle.networks.SegOne`) then encodes it once.
+                denoiser with ``forward_prompts`` (:class:`~bundle.networks.SegOne`) then encodes it once. A SegOne
+                whose noisy-mask channel bypasses its encoder (``decoder_inputs=[0]``) encodes each image once at
+                every step.
 
         Returns:
             ``(mean probability [B * K, 1, *S], variance [B * K, 1, *S] or None when num_samples == 1)``.
@@ -365,6 +376,8 @@ class MaskDiffusion(nn.Module):
                 if step == 0 and shared_encoder:  # x is the same for all (one noise): one encoder pass per image
                     first = torch.cat([x[: image.shape[0]], image], dim=1)
                     output = self.denoiser.forward_prompts(first, ts, context, k)
+                elif k > 1 and self._encoder_skips_mask:  # the masks differ, the encoder sees only the image
+                    output = self.denoiser.forward_shared_image(torch.cat([x, images], dim=1), ts, context, k)
                 else:
                     output = self.denoiser(torch.cat([x, images], dim=1), ts, context)
                 if self.prediction_type == "logits":

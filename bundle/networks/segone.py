@@ -61,7 +61,8 @@ class _EncoderStage(nn.Module):
 
 
 class _DecoderStage(nn.Module):
-    """One resolution level of the decoder: shuffle-upsample, FiLM the skip, fuse by concatenation, mix."""
+    """One resolution level of the decoder: shuffle-upsample, FiLM the skip, fuse by concatenation (with the
+    decoder's own inputs at the finest level, when given), mix."""
 
     def __init__(self, up: nn.Module, skip_film: nn.Module, fuse: nn.Module, blocks: nn.Module) -> None:
         super().__init__()
@@ -70,10 +71,13 @@ class _DecoderStage(nn.Module):
         self.fuse = fuse
         self.blocks = blocks
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        x = self.up(x)
-        x = self.fuse(torch.cat([x, self.skip_film(skip, cond)], dim=1))
-        return self.blocks(x)
+    def forward(
+        self, x: torch.Tensor, skip: torch.Tensor, cond: torch.Tensor | None, late: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        parts = [self.up(x), self.skip_film(skip, cond)]
+        if late is not None:
+            parts.append(late)
+        return self.blocks(self.fuse(torch.cat(parts, dim=1)))
 
 
 class _Stem(nn.Module):
@@ -226,6 +230,11 @@ class SegOne(nn.Module):
             neighbours (parameter-free copies, :func:`~bundle.networks.blocks.face_neighbours`), so a
             full-resolution decision sees the local intensity edge; without it each voxel sees only its own value.
             Needs the refinement (``refine_channels > 0``, ``stem_scale > 1``).
+        decoder_inputs: input channels that bypass the encoder: pixel-unshuffled by ``stem_scale`` and concatenated
+            into the finest decoder stage's fusion (default none: every channel feeds the stem). A diffusion denoiser
+            passes its noisy-mask channel here, so its encoder sees the image alone and is the same for every prompt
+            of an image, at every sampling step: :meth:`forward_shared_image` encodes each image once for all its
+            prompts in training and sampling too, not only at the first sampling step.
         deep_supervision: number of extra 1x1 output heads, on the decoder's outputs at levels ``1..n`` (each
             ``stem_scale * 2**level`` times coarser than the input), for deep supervision in training
             (:meth:`forward_deep`); ``forward`` never runs them. At most ``len(features) - 2``.
@@ -243,13 +252,14 @@ class SegOne(nn.Module):
 
     Raises:
         ValueError: when ``spatial_dims`` is not 2 or 3, ``features`` has fewer than two levels, ``stem_scale < 1``,
-            ``refine_inputs`` names a channel outside ``range(in_channels)``, ``refine_neighbours`` is set without the
-            refinement, or ``deep_supervision`` is outside
-            ``[0, len(features) - 2]``.
+            ``refine_inputs`` or ``decoder_inputs`` names a channel outside ``range(in_channels)``, ``decoder_inputs``
+            leaves no channel for the encoder, ``refine_neighbours`` is set without the refinement, or
+            ``deep_supervision`` is outside ``[0, len(features) - 2]``.
     """
 
-    # a TorchScript constant, so the unconditioned network compiles without the conditioning branch
-    __constants__ = ["conditioned"]
+    # TorchScript constants, so a network compiles without the branches it does not use (conditioning; inputs that
+    # bypass the encoder, whose empty list TorchScript could not type)
+    __constants__ = ["conditioned", "has_decoder_inputs"]
 
     def __init__(
         self,
@@ -271,6 +281,7 @@ class SegOne(nn.Module):
         refine_channels: int = 0,
         refine_inputs: Sequence[int] | None = None,
         refine_neighbours: bool = False,
+        decoder_inputs: Sequence[int] | None = None,
         deep_supervision: int = 0,
     ) -> None:
         super().__init__()
@@ -296,6 +307,15 @@ class SegOne(nn.Module):
         self.stem_scale = int(stem_scale)
         self.size_divisor = 2 ** (levels - 1) * self.stem_scale
         self.conditioned = with_timestep or text_dim is not None
+        self.decoder_inputs = sorted({int(c) for c in decoder_inputs or ()})
+        self.has_decoder_inputs = len(self.decoder_inputs) > 0
+        if any(not 0 <= c < in_channels for c in self.decoder_inputs) or len(self.decoder_inputs) >= in_channels:
+            raise ValueError(
+                f"decoder_inputs {self.decoder_inputs} must be channels of the {in_channels}-channel input and leave "
+                "at least one for the encoder."
+            )
+        self.encoder_inputs = [c for c in range(in_channels) if c not in self.decoder_inputs]
+        late_channels = len(self.decoder_inputs) * self.stem_scale**spatial_dims
 
         def mix(channels: int, count: int) -> nn.Module:
             return nn.Sequential(
@@ -314,7 +334,7 @@ class SegOne(nn.Module):
             else nn.Identity()
         )
 
-        stem = _Stem(spatial_dims, in_channels, features[0], self.stem_scale, norm, act)
+        stem = _Stem(spatial_dims, len(self.encoder_inputs), features[0], self.stem_scale, norm, act)
         encoder: list[nn.Module] = [_EncoderStage(stem, mix(features[0], enc_blocks[0]))]
         for level in range(1, levels):
             down = UnshuffleDown(spatial_dims, features[level - 1], features[level], act=act, norm=norm)
@@ -329,7 +349,8 @@ class SegOne(nn.Module):
         decoder: list[nn.Module] = []
         for level in range(levels - 2, -1, -1):
             c = features[level]
-            fuse = nn.Sequential(conv1x1(spatial_dims, 2 * c, c), _norm_act(spatial_dims, c, norm, act))
+            fused = 2 * c + (late_channels if level == 0 else 0)
+            fuse = nn.Sequential(conv1x1(spatial_dims, fused, c), _norm_act(spatial_dims, c, norm, act))
             skip_bias_before(fuse[0], fuse[1][0])
             decoder.append(
                 _DecoderStage(ShuffleUp(spatial_dims, features[level + 1], c), film(c), fuse, mix(c, dec_blocks[level]))
@@ -374,6 +395,43 @@ class SegOne(nn.Module):
                 built to expect it.
         """
         return self.head(self._decode(x, timesteps, context)[-1], x)
+
+    @torch.jit.export
+    def forward_shared_image(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        prompts_per_image: int = 1,
+    ) -> torch.Tensor:
+        """:meth:`forward` for ``K`` rows per image that differ only in their ``decoder_inputs`` channels (a diffusion
+        denoiser's noisy masks, one per prompt), with the encoder run once per image.
+
+        Args:
+            x: ``[B * K, in_channels, *S]``, image-major: rows ``b * K .. b * K + K - 1`` share their encoder channels
+                (only row ``b * K``'s are read).
+            timesteps: ``[B * K]`` timesteps; required when built with ``with_timestep=True``.
+            context: ``[B * K, text_dim]`` text embeddings; required when built with ``text_dim``.
+            prompts_per_image: ``K``.
+
+        Returns:
+            Logits ``[B * K, out_channels, *S]``, equal to :meth:`forward` on ``x``.
+
+        Raises:
+            ValueError: when the network has no ``decoder_inputs`` (every channel then reaches the encoder, which
+                cannot be shared), the batch is not a multiple of ``K``, or as :meth:`forward`.
+        """
+        if not self.has_decoder_inputs:
+            raise ValueError("forward_shared_image needs decoder_inputs: without them every channel feeds the encoder.")
+        if prompts_per_image < 1 or x.shape[0] % prompts_per_image != 0:
+            raise ValueError(
+                f"a batch of {x.shape[0]} rows is not a whole number of images x {prompts_per_image} prompts"
+            )
+        # index_select, not x[::K]: slicing a batch of MONAI MetaTensors (training's input) splits its metadata
+        first = x.index_select(0, torch.arange(0, x.shape[0], prompts_per_image, device=x.device))
+        skips = [repeat_items(s, prompts_per_image) for s in self._encode(first)]
+        decoded = self._decode_skips(skips, timesteps, context, self._late_inputs(x))
+        return self.head(decoded[-1], x)
 
     @torch.jit.export
     def forward_deep(
@@ -421,17 +479,28 @@ class SegOne(nn.Module):
             ValueError: as :meth:`forward`.
         """
         skips = [repeat_items(s, prompts_per_image) for s in self._encode(x)]
-        decoded = self._decode_skips(skips, timesteps, context)
+        late = self._late_inputs(x)
+        if late is not None:
+            late = repeat_items(late, prompts_per_image)
+        decoded = self._decode_skips(skips, timesteps, context, late)
         return self.head(decoded[-1], repeat_items(x, prompts_per_image))
 
     def _decode(
         self, x: torch.Tensor, timesteps: torch.Tensor | None = None, context: torch.Tensor | None = None
     ) -> list[torch.Tensor]:
         """The decoder stages' outputs, coarsest first (the last feeds the head)."""
-        return self._decode_skips(self._encode(x), timesteps, context)
+        return self._decode_skips(self._encode(x), timesteps, context, self._late_inputs(x))
+
+    def _late_inputs(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The ``decoder_inputs`` channels at the finest level's resolution, ``[B, len * stem_scale**D, *S / stem]``."""
+        if self.has_decoder_inputs:
+            late = x[:, self.decoder_inputs]
+            return pixel_unshuffle(late, self.spatial_dims, self.stem_scale) if self.stem_scale > 1 else late
+        return None
 
     def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The encoder stages' outputs, finest first; the last is the bottleneck with its global context."""
+        """The encoder stages' outputs (of the ``encoder_inputs`` channels), finest first; the last is the bottleneck
+        with its global context."""
         if x.dim() != self.spatial_dims + 2:
             raise ValueError(
                 f"SegOne({self.spatial_dims}D) expects input [B, C, *S] with {self.spatial_dims} spatial dims, "
@@ -444,6 +513,8 @@ class SegOne(nn.Module):
                     f"spatial size to be a multiple of {self.size_divisor}; got spatial shape {list(x.shape[2:])} "
                     "(pad, e.g. with DivisiblePad)."
                 )
+        if self.has_decoder_inputs:
+            x = x[:, self.encoder_inputs]
         skips: list[torch.Tensor] = []
         for stage in self.encoder:
             x = stage(x)
@@ -452,16 +523,22 @@ class SegOne(nn.Module):
         return skips
 
     def _decode_skips(
-        self, skips: list[torch.Tensor], timesteps: torch.Tensor | None, context: torch.Tensor | None
+        self,
+        skips: list[torch.Tensor],
+        timesteps: torch.Tensor | None,
+        context: torch.Tensor | None,
+        late: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
-        """The decoder stages' outputs from the encoder's (:meth:`_encode`), coarsest first."""
+        """The decoder stages' outputs from the encoder's (:meth:`_encode`) and the late inputs
+        (:meth:`_late_inputs`, fused at the finest stage), coarsest first."""
         cond: torch.Tensor | None = None
         if self.conditioned:
             cond = self.cond_embed(timesteps, context)
         x = self.latent_film(skips[-1], cond)
         decoded: list[torch.Tensor] = []
+        last = len(self.decoder) - 1
         for i, stage in enumerate(self.decoder):
-            x = stage(x, skips[-(i + 2)], cond)
+            x = stage(x, skips[-(i + 2)], cond, late if i == last else None)
             decoded.append(x)
         return decoded
 

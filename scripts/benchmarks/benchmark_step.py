@@ -6,7 +6,10 @@ Comparisons (``--compare``):
 - ``malloc``: glibc's ``stock`` ``malloc`` against ``kept``, :func:`bundle.utils.keep_freed_memory` (bundle 0.13.0);
 - ``bias``: the bias of every kernel-size-1 convolution that feeds an instance norm ``added``, as before bundle
   0.14.0, against ``skipped`` (:func:`bundle.networks.blocks.skip_bias_before`: the norm removes it anyway); both with
-  kept memory, as every workflow runs.
+  kept memory, as every workflow runs;
+- ``mask_input``: the denoiser's noisy-mask channel enters at the ``encoder`` (with the image, as up to bundle
+  0.14.0) against the ``decoder`` (``decoder_inputs: [0]``): the encoder then sees the image alone, and training
+  encodes each image once for all its prompts (``SegOne.forward_shared_image``); kept memory, biases skipped.
 
 Cases (``--cases``):
 
@@ -14,7 +17,7 @@ Cases (``--cases``):
   objective (``all_prompts``: a batch of 4 images with 2 prompts each, the competition term; 48x64x48 windows),
   backward and an AdamW update;
 - ``UNet training``: the MONAI UNet baseline's step (``scripts/experiments/train_baseline.py``: Dice +
-  cross-entropy, 3 classes, batch 4); it has no SegOne bias, so ``--compare bias`` leaves it out;
+  cross-entropy, 3 classes, batch 4); only ``--compare malloc`` runs it (it has no SegOne bias or mask input);
 - ``SegOne inference, 4 windows x 3 prompts`` and ``SegOne inference, 1 window x 12 prompts``: the denoiser's first
   sampling step (``SegOne.forward_prompts``, every prompt of a window after one encoder pass) as a sliding window
   with ``sw_batch_size`` 4 on a 3-structure volume, or a 12-structure vocabulary on one window, runs it.
@@ -26,6 +29,7 @@ setting's call of the same case in the same run.
 
     python scripts/benchmarks/benchmark_step.py --compare malloc --threads 1 2 --repeats 10
     python scripts/benchmarks/benchmark_step.py --compare bias --threads 1 2 --repeats 10
+    python scripts/benchmarks/benchmark_step.py --compare mask_input --threads 1 --repeats 10
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-SETTINGS = {"malloc": ("stock", "kept"), "bias": ("added", "skipped")}
+SETTINGS = {"malloc": ("stock", "kept"), "bias": ("added", "skipped"), "mask_input": ("encoder", "decoder")}
 CASES = (
     "SegOne training",
     "UNet training",
@@ -47,13 +51,14 @@ CASES = (
 )
 
 
-def _inference_function(windows: int, prompts: int, add_skipped_biases: bool = False):
-    """A closure running inference.json's denoiser once over ``windows`` windows with ``prompts`` prompts each."""
+def _inference_function(windows: int, prompts: int, add_skipped_biases: bool = False, overrides=None):
+    """A closure running inference.json's denoiser (with ``overrides``) once over ``windows`` windows with
+    ``prompts`` prompts each."""
     import torch
 
     from bundle.utils.config import load_bundle_config
 
-    parser = load_bundle_config("inference.json")
+    parser = load_bundle_config("inference.json", overrides=overrides)
     denoiser = parser.get_parsed_content("denoiser_def").eval()
     if add_skipped_biases:
         _add_skipped_biases(denoiser)
@@ -68,16 +73,18 @@ def _inference_function(windows: int, prompts: int, add_skipped_biases: bool = F
     return call
 
 
-def _step_function(network: str, add_skipped_biases: bool = False):
+def _step_function(network: str, compare: str = "", setting: str = ""):
     """A closure running one training step (``SegOne training``, ``UNet training``) on fixed random data, or one
-    inference call (the ``SegOne inference`` cases); SegOne's with the biases before instance norms added back when
-    ``add_skipped_biases``."""
+    inference call (the ``SegOne inference`` cases), in the ``setting`` of ``compare`` (a :data:`SETTINGS` pair;
+    empty: the configs as they are)."""
     import torch
 
     torch.manual_seed(0)
+    add_skipped_biases = (compare, setting) == ("bias", "added")
+    network_overrides = _network_overrides(compare, setting)
     if network.startswith("SegOne inference"):
         windows, prompts = (4, 3) if "4 windows" in network else (1, 12)
-        return _inference_function(windows, prompts, add_skipped_biases)
+        return _inference_function(windows, prompts, add_skipped_biases, network_overrides)
     if network == "SegOne training":
         from bundle.utils.config import load_bundle_config
 
@@ -86,6 +93,7 @@ def _step_function(network: str, add_skipped_biases: bool = False):
             "network_def#prompt_embeddings": None,
             "all_prompts": True,
             "diffusion#competition_weight": 1.0,
+            **network_overrides,
         }
         model = load_bundle_config("train.json", overrides=overrides).get_parsed_content("network_def")
         if add_skipped_biases:
@@ -122,6 +130,13 @@ def _step_function(network: str, add_skipped_biases: bool = False):
     return step
 
 
+def _network_overrides(compare: str, setting: str) -> dict:
+    """The config overrides of a setting: for ``mask_input``, where the denoiser's noisy mask enters."""
+    if compare != "mask_input":
+        return {}
+    return {"decoder_inputs": [0] if setting == "decoder" else []}
+
+
 def _add_skipped_biases(module) -> None:
     """Undo :func:`bundle.networks.blocks.skip_bias_before` everywhere in ``module``: the step as before 0.14.0."""
     for m in module.modules():
@@ -141,7 +156,7 @@ def _worker(network: str, compare: str, setting: str, threads: int, conn) -> Non
     import torch
 
     torch.set_num_threads(threads)
-    step = _step_function(network, add_skipped_biases=(compare, setting) == ("bias", "added"))
+    step = _step_function(network, compare, setting)
     step()  # warm-up: first-touch allocations and lazy initialisation
     conn.send(("ready", applied))
     while conn.recv() == "step":
@@ -165,7 +180,7 @@ def measure(threads: int, repeats: int, networks: Sequence[str], compare: str = 
     applied = {}
     for key, (_, conn) in workers.items():
         status, applied[key] = conn.recv()
-        if not applied[key] and (compare == "bias" or key[1] == "kept"):
+        if not applied[key] and (compare != "malloc" or key[1] == "kept"):
             raise RuntimeError("keep_freed_memory() did not apply here (not glibc?): nothing to compare")
     times: dict[tuple[str, str], list[float]] = {key: [] for key in workers}
     rss: dict[tuple[str, str], float] = {}
@@ -205,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not sys.platform.startswith("linux"):
         ap.error("the malloc settings are glibc's: Linux only")
-    cases = args.cases or [c for c in CASES if not (args.compare == "bias" and c.startswith("UNet"))]
+    cases = args.cases or [c for c in CASES if not (args.compare != "malloc" and c.startswith("UNet"))]
     first = SETTINGS[args.compare][0]
     print(f"| threads | case | {args.compare} | call (median) | peak RSS | call / {first} |")
     print("|---:|---|---|---:|---:|---:|")

@@ -239,6 +239,53 @@ def test_every_prompt_of_an_image_in_one_step_with_the_classes_competing():
         MaskDiffusion(_denoiser(), competition_weight=1.0)  # needs logits
 
 
+class _ForwardOnly(torch.nn.Module):
+    """A denoiser seen through ``forward`` alone: each (image, prompt) pair gets its own encoder pass."""
+
+    def __init__(self, denoiser: torch.nn.Module) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+
+    def forward(self, x, timesteps, context):
+        return self.denoiser(x, timesteps, context)
+
+
+def test_a_denoiser_whose_encoder_skips_the_mask_encodes_each_image_once_per_training_step():
+    """``decoder_inputs=[0]``: every prompt of an image in one step costs one encoder pass, with the same loss and
+    gradients as the pairs denoised one by one; the sampler, too, encodes each image once at every step."""
+    torch.manual_seed(0)
+    denoiser = activate_zero_init(
+        SegOne(2, 2, 1, features=(8, 16, 32), encoder_blocks=1, decoder_blocks=1, with_timestep=True, text_dim=4,
+               decoder_inputs=[0])
+    )  # fmt: skip
+    terms = {"prediction_type": "logits", "l1_weight": 0.0, "bce_weight": 1.0, "competition_weight": 1.0}
+    image = torch.rand(2, 1, 16, 16)
+    label = torch.randint(0, 3, (2, 16, 16))
+    target = torch.stack([(label == c).float() for c in (1, 2)], 1)
+    context, t = torch.randn(2, 2, 4), torch.tensor([999, 500])
+    losses, grads = [], []
+    for model in (MaskDiffusion(denoiser, **terms), MaskDiffusion(_ForwardOnly(denoiser), **terms)):
+        stems = []
+        hook = denoiser.encoder[0].register_forward_hook(lambda m, i, o: stems.append(o.shape[0]))
+        out = model.loss(image, target, context, timesteps=t, generator=torch.Generator().manual_seed(1))
+        hook.remove()
+        assert stems == ([2] if not losses else [4])  # shared: one pass per image; forward only: one per pair
+        denoiser.zero_grad()
+        out["loss"].backward()
+        losses.append(out["loss"].detach())
+        grads.append([p.grad.clone() for p in denoiser.parameters() if p.grad is not None])
+    torch.testing.assert_close(losses[0], losses[1])
+    assert len(grads[0]) == len(grads[1]) > 0
+    for shared, separate in zip(*grads):
+        torch.testing.assert_close(shared, separate, rtol=1e-4, atol=1e-6)
+    stems = []
+    denoiser.encoder[0].register_forward_hook(lambda m, i, o: stems.append(o.shape[0]))
+    seg = PromptedSegmenter(denoiser, prompt_embeddings=torch.randn(3, 4), num_inference_steps=3).eval()
+    probs = seg(image)
+    assert stems == [2, 2, 2]
+    torch.testing.assert_close(seg(image[1:]), probs[1:], rtol=1e-5, atol=1e-5)
+
+
 def test_invalid_arguments():
     with pytest.raises(ValueError, match="Unsupported option .v."):
         MaskDiffusion(_denoiser(), prediction_type="v")
@@ -343,11 +390,12 @@ def test_seeded_normal_survives_trace_and_onnx(tmp_path):
     assert compare_onnx(_NoiseOf(), path, (other[:1],)) < 1e-5  # the ONNX batch size is the example's
 
 
-def _segmenter(num_prompts: int = 2) -> PromptedSegmenter:
+def _segmenter(num_prompts: int = 2, decoder_inputs=()) -> PromptedSegmenter:
     torch.manual_seed(0)
     denoiser = activate_zero_init(
-        SegOne(3, 2, 1, features=(8, 16, 32), encoder_blocks=1, decoder_blocks=1, with_timestep=True, text_dim=4)
-    )
+        SegOne(3, 2, 1, features=(8, 16, 32), encoder_blocks=1, decoder_blocks=1, with_timestep=True, text_dim=4,
+               decoder_inputs=decoder_inputs)
+    )  # fmt: skip
     return PromptedSegmenter(denoiser, prompt_embeddings=torch.randn(num_prompts, 4), num_inference_steps=3).eval()
 
 
@@ -428,12 +476,13 @@ def test_segmenter_shares_state_with_training_network():
         seg.loss(torch.zeros(1, 1, 16, 16, 16), torch.zeros(1, 1, 16, 16, 16), torch.zeros(1, 4))
 
 
-def test_prompted_segmenter_traces_and_slides(tmp_path):
+@pytest.mark.parametrize("decoder_inputs", [(), (0,)])
+def test_prompted_segmenter_traces_and_slides(tmp_path, decoder_inputs):
     from monai.inferers import SlidingWindowInferer
 
     from bundle.export import export_torchscript
 
-    seg = _segmenter(2)
+    seg = _segmenter(2, decoder_inputs)
     example = (torch.rand(1, 1, 16, 16, 32),)
     traced = torch.jit.load(str(export_torchscript(seg, tmp_path / "seg.ts", trace_inputs=example)))
     other = torch.rand(2, 1, 32, 16, 16)  # another batch size and shape than the trace's
@@ -442,10 +491,11 @@ def test_prompted_segmenter_traces_and_slides(tmp_path):
     assert inferer(torch.rand(1, 1, 40, 24, 20), seg).shape == (1, 3, 40, 24, 20)
 
 
-def test_prompted_segmenter_exports_to_onnx(tmp_path):
+@pytest.mark.parametrize("decoder_inputs", [(), (0,)])
+def test_prompted_segmenter_exports_to_onnx(tmp_path, decoder_inputs):
     from bundle.export import compare_onnx, export_onnx
 
-    seg = _segmenter(2)
+    seg = _segmenter(2, decoder_inputs)
     path = export_onnx(seg, tmp_path / "segmenter.onnx", (torch.rand(1, 1, 16, 16, 16),), size_divisor=4)
     # the whole sampler (noise, DDIM loop, class probabilities) at another spatial size than the example's
     assert compare_onnx(seg, path, (torch.rand(1, 1, 32, 16, 24),)) < 1e-4

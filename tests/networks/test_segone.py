@@ -208,6 +208,65 @@ def test_forward_prompts_encodes_each_input_once_and_equals_forward_on_repeats(s
         torch.testing.assert_close(scripted.forward_prompts(x, t, e, 3), shared, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("stem_scale", [1, 2])
+def test_decoder_inputs_bypass_the_encoder_and_the_image_is_encoded_once_for_its_prompts(spatial_dims, stem_scale):
+    """``decoder_inputs=[0]``: the noisy-mask channel reaches the output through the finest decoder fusion only, so
+    rows that differ only there share an encoder pass (``forward_shared_image``), equal to ``forward``."""
+    torch.manual_seed(0)
+    net = activate_zero_init(
+        SegOne(spatial_dims, 2, 1, with_timestep=True, text_dim=8, stem_scale=stem_scale, decoder_inputs=[0], **SMALL)
+    ).eval()
+    assert (net.encoder_inputs, net.decoder_inputs) == ([1], [0])
+    size = [16 * stem_scale] * spatial_dims
+    image = torch.rand(2, 1, *size).repeat_interleave(3, dim=0)
+    x = torch.cat([torch.randn(6, 1, *size), image], dim=1)  # three prompts' masks per image
+    t, e = torch.tensor([3, 3, 3, 900, 900, 900]), torch.randn(6, 8)
+    scripted = torch.jit.script(net)
+    stems = []
+    net.encoder[0].register_forward_hook(lambda m, i, o: stems.append(o.shape[0]))
+    with torch.no_grad():
+        shared = net.forward_shared_image(x, t, e, 3)
+        assert stems == [2]
+        torch.testing.assert_close(shared, net(x, t, e), rtol=0, atol=1e-6)
+        # the mask changes the output but not the encoder's features
+        other = x.clone()
+        other[:, 0] = torch.randn_like(other[:, 0])
+        assert not torch.allclose(net(other, t, e), shared, atol=1e-4)
+        torch.testing.assert_close(net._encode(other)[-1], net._encode(x)[-1], rtol=0, atol=0)
+        torch.testing.assert_close(scripted.forward_shared_image(x, t, e, 3), shared, rtol=1e-5, atol=1e-5)
+        # forward_prompts (one input per image, the mask repeated) still equals forward on the repeats
+        torch.testing.assert_close(net.forward_prompts(x[::3], t, e, 3), net(x[::3].repeat_interleave(3, 0), t, e))
+
+
+def test_forward_shared_image_takes_a_batch_of_meta_tensors():
+    """Training hands the network MONAI MetaTensors; slicing their batch would split the collated metadata."""
+    from monai.data import MetaTensor
+    from monai.data.utils import list_data_collate
+
+    net = SegOne(3, 2, 1, with_timestep=True, text_dim=8, decoder_inputs=[0], **SMALL).eval()
+    items = [{"image": MetaTensor(torch.rand(2, 16, 16, 16), meta={"filename_or_obj": f"c{i}.nii.gz"})} for i in (0, 1)]
+    x = list_data_collate(items)["image"].repeat_interleave(2, dim=0)
+    t, e = torch.tensor([999, 999, 500, 500]), torch.randn(4, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            torch.as_tensor(net.forward_shared_image(x, t, e, 2)).as_subclass(torch.Tensor), net(x.as_tensor(), t, e)
+        )
+
+
+def test_decoder_inputs_are_checked():
+    with pytest.raises(ValueError, match=r"decoder_inputs \[2\] must be channels of the 2-channel input"):
+        SegOne(3, 2, 1, decoder_inputs=[2], **SMALL)
+    with pytest.raises(ValueError, match="leave at least one for the encoder"):
+        SegOne(3, 2, 1, decoder_inputs=[0, 1], **SMALL)
+    net = SegOne(3, 2, 1, **SMALL)
+    with pytest.raises(ValueError, match="forward_shared_image needs decoder_inputs"):
+        net.forward_shared_image(torch.rand(2, 2, 16, 16, 16), prompts_per_image=2)
+    net = SegOne(3, 2, 1, decoder_inputs=[0], **SMALL)
+    with pytest.raises(ValueError, match="3 rows is not a whole number of images x 2 prompts"):
+        net.forward_shared_image(torch.rand(3, 2, 16, 16, 16), prompts_per_image=2)
+
+
 def test_film_starts_as_identity():
     """Zero-initialised FiLM: a fresh conditioned network computes what the unconditioned one does."""
     torch.manual_seed(0)

@@ -59,3 +59,25 @@ def test_the_added_bias_setting_undoes_every_skip():
     benchmark_step._add_skipped_biases(denoiser)
     assert not any(getattr(m, "skip_bias", False) for m in denoiser.modules())
     assert all(m.bias.requires_grad for m in skipped)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings: Linux only")
+def test_mask_input_table_compares_where_the_noisy_mask_enters():
+    rows = _rows("--compare", "mask_input", "--cases", "SegOne training")
+    _check(rows, ("SegOne training",), ("encoder", "decoder"))
+
+
+def test_the_mask_input_settings_put_the_noisy_mask_at_the_encoder_or_the_decoder():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import benchmark_step
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    from bundle.utils.config import load_bundle_config
+
+    for setting, decoder_inputs in (("encoder", []), ("decoder", [0])):
+        overrides = benchmark_step._network_overrides("mask_input", setting)
+        denoiser = load_bundle_config("inference.json", overrides=overrides).get_parsed_content("denoiser_def")
+        assert denoiser.decoder_inputs == decoder_inputs
+    assert benchmark_step._network_overrides("bias", "added") == {}
