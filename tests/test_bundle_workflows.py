@@ -441,6 +441,7 @@ def test_cli_verify_net_in_out_and_torchscript_export(tmp_path, trained):
             stem_scale=2,
             refine_channels=8,
             refine_inputs=[1],
+            decoder_inputs=[0],  # inference.json's: the noisy mask enters at the decoder
         ),
         prediction_type="logits",  # inference.json's
         num_prompts=2,
