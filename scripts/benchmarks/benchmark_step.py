@@ -10,6 +10,9 @@ Comparisons (``--compare``):
 - ``mask_input``: the denoiser's noisy-mask channel enters at the ``encoder`` (with the image, as up to bundle
   0.14.0) against the ``decoder`` (``decoder_inputs: [0]``): the encoder then sees the image alone, and training
   encodes each image once for all its prompts (``SegOne.forward_shared_image``); kept memory, biases skipped.
+- ``width``: the first (2-mm) level's channels, ``32`` (up to bundle 0.15.0) against ``16`` (the MONAI UNet
+  baseline's first level has 16): the stem, the finest decoder stage and the head, the stages that run at the most
+  positions, get narrower; the other levels keep inference.json's ``features``.
 
 Cases (``--cases``):
 
@@ -30,6 +33,7 @@ setting's call of the same case in the same run.
     python scripts/benchmarks/benchmark_step.py --compare malloc --threads 1 2 --repeats 10
     python scripts/benchmarks/benchmark_step.py --compare bias --threads 1 2 --repeats 10
     python scripts/benchmarks/benchmark_step.py --compare mask_input --threads 1 --repeats 10
+    python scripts/benchmarks/benchmark_step.py --compare width --threads 1 2 --repeats 10
 """
 
 from __future__ import annotations
@@ -42,7 +46,12 @@ import sys
 import time
 from collections.abc import Sequence
 
-SETTINGS = {"malloc": ("stock", "kept"), "bias": ("added", "skipped"), "mask_input": ("encoder", "decoder")}
+SETTINGS = {
+    "malloc": ("stock", "kept"),
+    "bias": ("added", "skipped"),
+    "mask_input": ("encoder", "decoder"),
+    "width": ("32", "16"),
+}
 CASES = (
     "SegOne training",
     "UNet training",
@@ -131,10 +140,16 @@ def _step_function(network: str, compare: str = "", setting: str = ""):
 
 
 def _network_overrides(compare: str, setting: str) -> dict:
-    """The config overrides of a setting: for ``mask_input``, where the denoiser's noisy mask enters."""
-    if compare != "mask_input":
-        return {}
-    return {"decoder_inputs": [0] if setting == "decoder" else []}
+    """The config overrides of a setting: for ``mask_input``, where the denoiser's noisy mask enters; for ``width``,
+    inference.json's ``features`` with the first level's channels replaced."""
+    if compare == "mask_input":
+        return {"decoder_inputs": [0] if setting == "decoder" else []}
+    if compare == "width":
+        from bundle.utils.config import load_bundle_config
+
+        features = list(load_bundle_config("inference.json")["features"])
+        return {"features": [int(setting)] + features[1:]}
+    return {}
 
 
 def _add_skipped_biases(module) -> None:

@@ -1,5 +1,5 @@
 """scripts/benchmarks/benchmark_step.py: training steps and inference calls under two settings (malloc, the bias
-before instance norms), in worker processes that take turns."""
+before instance norms, where the noisy mask enters, the first level's width), in worker processes that take turns."""
 
 from __future__ import annotations
 
@@ -81,3 +81,26 @@ def test_the_mask_input_settings_put_the_noisy_mask_at_the_encoder_or_the_decode
         denoiser = load_bundle_config("inference.json", overrides=overrides).get_parsed_content("denoiser_def")
         assert denoiser.decoder_inputs == decoder_inputs
     assert benchmark_step._network_overrides("bias", "added") == {}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings: Linux only")
+def test_width_table_compares_the_first_level_widths():
+    rows = _rows("--compare", "width", "--cases", "SegOne inference, 4 windows x 3 prompts")
+    _check(rows, ("SegOne inference, 4 windows x 3 prompts",), ("32", "16"))
+
+
+def test_the_width_settings_change_only_the_first_level():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import benchmark_step
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    from bundle.utils.config import load_bundle_config
+
+    features = list(load_bundle_config("inference.json")["features"])
+    for setting in ("32", "16"):
+        overrides = benchmark_step._network_overrides("width", setting)
+        denoiser = load_bundle_config("inference.json", overrides=overrides).get_parsed_content("denoiser_def")
+        assert denoiser.features == (int(setting), *features[1:])
+        assert denoiser.head.proj.in_channels == int(setting)
