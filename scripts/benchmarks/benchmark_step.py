@@ -12,7 +12,9 @@ Comparisons (``--compare``):
   encodes each image once for all its prompts (``SegOne.forward_shared_image``); kept memory, biases skipped.
 - ``width``: the first (2-mm) level's channels, ``32`` (up to bundle 0.15.0) against ``16`` (the MONAI UNet
   baseline's first level has 16): the stem, the finest decoder stage and the head, the stages that run at the most
-  positions, get narrower; the other levels keep inference.json's ``features``.
+  positions, get narrower; the other levels keep inference.json's ``features``;
+- ``config``: the configs as they are (``inference.json``) against the ``--set`` overrides (any keys of
+  inference.json that train.json takes over too, e.g. ``--set decoder_blocks=[2,1,1]``).
 
 Cases (``--cases``):
 
@@ -34,6 +36,7 @@ setting's call of the same case in the same run.
     python scripts/benchmarks/benchmark_step.py --compare bias --threads 1 2 --repeats 10
     python scripts/benchmarks/benchmark_step.py --compare mask_input --threads 1 --repeats 10
     python scripts/benchmarks/benchmark_step.py --compare width --threads 1 2 --repeats 10
+    python scripts/benchmarks/benchmark_step.py --compare config --set "decoder_blocks=[2,1,1]" --threads 1 --repeats 8
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ SETTINGS = {
     "bias": ("added", "skipped"),
     "mask_input": ("encoder", "decoder"),
     "width": ("32", "16"),
+    "config": ("inference.json", "--set"),
 }
 CASES = (
     "SegOne training",
@@ -82,15 +86,15 @@ def _inference_function(windows: int, prompts: int, add_skipped_biases: bool = F
     return call
 
 
-def _step_function(network: str, compare: str = "", setting: str = ""):
+def _step_function(network: str, compare: str = "", setting: str = "", overrides: dict | None = None):
     """A closure running one training step (``SegOne training``, ``UNet training``) on fixed random data, or one
     inference call (the ``SegOne inference`` cases), in the ``setting`` of ``compare`` (a :data:`SETTINGS` pair;
-    empty: the configs as they are)."""
+    empty: the configs as they are; ``overrides``: the ``--set`` options of ``config``)."""
     import torch
 
     torch.manual_seed(0)
     add_skipped_biases = (compare, setting) == ("bias", "added")
-    network_overrides = _network_overrides(compare, setting)
+    network_overrides = _network_overrides(compare, setting, overrides)
     if network.startswith("SegOne inference"):
         windows, prompts = (4, 3) if "4 windows" in network else (1, 12)
         return _inference_function(windows, prompts, add_skipped_biases, network_overrides)
@@ -139,9 +143,12 @@ def _step_function(network: str, compare: str = "", setting: str = ""):
     return step
 
 
-def _network_overrides(compare: str, setting: str) -> dict:
+def _network_overrides(compare: str, setting: str, overrides: dict | None = None) -> dict:
     """The config overrides of a setting: for ``mask_input``, where the denoiser's noisy mask enters; for ``width``,
-    inference.json's ``features`` with the first level's channels replaced."""
+    inference.json's ``features`` with the first level's channels replaced; for ``config``, ``overrides`` (the
+    ``--set`` options) in its second setting."""
+    if compare == "config":
+        return dict(overrides or {}) if setting == "--set" else {}
     if compare == "mask_input":
         return {"decoder_inputs": [0] if setting == "decoder" else []}
     if compare == "width":
@@ -160,7 +167,7 @@ def _add_skipped_biases(module) -> None:
             m.bias.requires_grad_(True)
 
 
-def _worker(network: str, compare: str, setting: str, threads: int, conn) -> None:
+def _worker(network: str, compare: str, setting: str, threads: int, conn, overrides: dict | None = None) -> None:
     """Builds the step, then runs and times one step per request; replies with seconds and peak RSS (MiB)."""
     import resource
 
@@ -171,7 +178,7 @@ def _worker(network: str, compare: str, setting: str, threads: int, conn) -> Non
     import torch
 
     torch.set_num_threads(threads)
-    step = _step_function(network, compare, setting)
+    step = _step_function(network, compare, setting, overrides)
     step()  # warm-up: first-touch allocations and lazy initialisation
     conn.send(("ready", applied))
     while conn.recv() == "step":
@@ -181,7 +188,9 @@ def _worker(network: str, compare: str, setting: str, threads: int, conn) -> Non
     conn.close()
 
 
-def measure(threads: int, repeats: int, networks: Sequence[str], compare: str = "malloc") -> list[dict]:
+def measure(
+    threads: int, repeats: int, networks: Sequence[str], compare: str = "malloc", overrides: dict | None = None
+) -> list[dict]:
     """Interleaved steps of every (network, setting) worker; one row per pair."""
     settings = SETTINGS[compare]
     ctx = mp.get_context("spawn")
@@ -189,7 +198,7 @@ def measure(threads: int, repeats: int, networks: Sequence[str], compare: str = 
     for network in networks:
         for setting in settings:
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(network, compare, setting, threads, child), daemon=True)
+            proc = ctx.Process(target=_worker, args=(network, compare, setting, threads, child, overrides), daemon=True)
             proc.start()
             workers[(network, setting)] = (proc, parent)
     applied = {}
@@ -227,20 +236,31 @@ def measure(threads: int, repeats: int, networks: Sequence[str], compare: str = 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # imported here, not at the top: the spawned workers import this module and must set up malloc before torch loads
+    from bundle.utils.cli import add_override_option, parse_overrides
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--compare", choices=sorted(SETTINGS), default="malloc", help="the two settings to compare")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts, one table each")
     ap.add_argument("--repeats", type=int, default=10, help="interleaved timed rounds (the median is reported)")
     ap.add_argument("--cases", nargs="+", default=None, choices=CASES, help="what to time (default: all that apply)")
+    add_override_option(
+        ap, "--set", "with --compare config: the second setting's override, e.g. decoder_blocks=[2,1,1]"
+    )
     args = ap.parse_args(argv)
     if not sys.platform.startswith("linux"):
         ap.error("the malloc settings are glibc's: Linux only")
+    if (args.compare == "config") != bool(args.set):
+        ap.error("--set goes with --compare config, which needs at least one --set")
+    overrides = parse_overrides(args.set)
+    if overrides:
+        print("overrides: " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
     cases = args.cases or [c for c in CASES if not (args.compare != "malloc" and c.startswith("UNet"))]
     first = SETTINGS[args.compare][0]
     print(f"| threads | case | {args.compare} | call (median) | peak RSS | call / {first} |")
     print("|---:|---|---|---:|---:|---:|")
     for threads in args.threads:
-        for row in measure(threads, args.repeats, cases, args.compare):
+        for row in measure(threads, args.repeats, cases, args.compare, overrides):
             print(
                 f"| {row['threads']} | {row['network']} | {row['setting']} | {row['step_ms']:.0f} ms "
                 f"| {row['peak_rss_mib']:.0f} MiB | x{row['ratio']:.2f} |",

@@ -104,3 +104,33 @@ def test_the_width_settings_change_only_the_first_level():
         denoiser = load_bundle_config("inference.json", overrides=overrides).get_parsed_content("denoiser_def")
         assert denoiser.features == (int(setting), *features[1:])
         assert denoiser.head.proj.in_channels == int(setting)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings: Linux only")
+def test_config_table_compares_the_configs_with_their_set_overrides():
+    rows = _rows(
+        "--compare", "config", "--set", "decoder_blocks=[2,1,1]", "--cases", "SegOne inference, 1 window x 12 prompts"
+    )
+    _check(rows, ("SegOne inference, 1 window x 12 prompts",), ("inference.json", "--set"))
+
+
+def test_the_config_settings_apply_the_set_overrides_to_the_second_only():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import benchmark_step
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    from bundle.utils.config import load_bundle_config
+
+    overrides = {"decoder_blocks": [2, 1, 1]}
+    blocks = {}
+    for setting in ("inference.json", "--set"):
+        config = benchmark_step._network_overrides("config", setting, overrides)
+        denoiser = load_bundle_config("inference.json", overrides=config).get_parsed_content("denoiser_def")
+        blocks[setting] = len(denoiser.decoder[-1].blocks)  # the finest decoder stage's shift-and-mix blocks
+    shipped = load_bundle_config("inference.json")["decoder_blocks"][0]
+    assert blocks == {"inference.json": shipped, "--set": 2}
+    for argv in (["--compare", "config"], ["--compare", "width", "--set", "decoder_blocks=[2,1,1]"]):
+        with pytest.raises(SystemExit):
+            benchmark_step.main(argv)
