@@ -26,6 +26,16 @@ def _rows(*args: str) -> list[list[str]]:
     return [line.split(" | ") for line in out.stdout.splitlines() if line.startswith("| 1 |")]
 
 
+def _script():
+    """The script as a module, imported the way it imports itself (from its folder)."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import benchmark_step
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    return benchmark_step
+
+
 def _check(rows: list[list[str]], cases, settings) -> None:
     assert [(r[1], r[2]) for r in rows] == [(case, setting) for case in cases for setting in settings]
     assert all(r[-1] == "x1.00 |" for r in rows if r[2] == settings[0])
@@ -46,11 +56,7 @@ def test_bias_table_compares_the_segone_cases_with_ratios_to_the_added_bias():
 
 
 def test_the_added_bias_setting_undoes_every_skip():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import benchmark_step
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    benchmark_step = _script()
     from bundle.utils.config import load_bundle_config
 
     denoiser = load_bundle_config("inference.json").get_parsed_content("denoiser_def")
@@ -69,11 +75,7 @@ def test_mask_input_table_compares_where_the_noisy_mask_enters():
 
 
 def test_the_mask_input_settings_put_the_noisy_mask_at_the_encoder_or_the_decoder():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import benchmark_step
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    benchmark_step = _script()
     from bundle.utils.config import load_bundle_config
 
     for setting, decoder_inputs in (("encoder", []), ("decoder", [0])):
@@ -91,11 +93,7 @@ def test_width_table_compares_the_first_level_widths():
 
 
 def test_the_width_settings_change_only_the_first_level():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import benchmark_step
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    benchmark_step = _script()
     from bundle.utils.config import load_bundle_config
 
     features = list(load_bundle_config("inference.json")["features"])
@@ -116,11 +114,7 @@ def test_config_table_compares_the_configs_with_their_set_overrides():
 
 
 def test_the_config_settings_apply_the_set_overrides_to_the_second_only():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import benchmark_step
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    benchmark_step = _script()
     from bundle.utils.config import load_bundle_config
 
     overrides = {"decoder_blocks": [2, 1, 1]}
