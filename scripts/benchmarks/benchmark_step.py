@@ -10,7 +10,7 @@ Comparisons (``--compare``):
 - ``mask_input``: the denoiser's noisy-mask channel enters at the ``encoder`` (with the image, as up to bundle
   0.14.0) against the ``decoder`` (``decoder_inputs: [0]``): the encoder then sees the image alone, and training
   encodes each image once for all its prompts (``SegOne.forward_shared_image``); kept memory, biases skipped.
-- ``width``: the first (2-mm) level's channels, ``32`` (up to bundle 0.15.0) against ``16`` (the MONAI UNet
+- ``width``: the first (2-mm) level's channels, ``32`` (the shipped network's, bundle 0.15.0) against ``16`` (the MONAI UNet
   baseline's first level has 16): the stem, the finest decoder stage and the head, the stages that run at the most
   positions, get narrower; the other levels keep inference.json's ``features``;
 - ``config``: the configs as they are (``inference.json``) against the ``--set`` overrides (any keys of
@@ -252,7 +252,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error("the malloc settings are glibc's: Linux only")
     if (args.compare == "config") != bool(args.set):
         ap.error("--set goes with --compare config, which needs at least one --set")
-    overrides = parse_overrides(args.set)
+    try:
+        overrides = parse_overrides(args.set)
+    except ValueError as err:
+        ap.error(str(err))
     if overrides:
         print("overrides: " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
     cases = args.cases or [c for c in CASES if not (args.compare != "malloc" and c.startswith("UNet"))]

@@ -125,6 +125,10 @@ def test_the_config_settings_apply_the_set_overrides_to_the_second_only():
         blocks[setting] = len(denoiser.decoder[-1].blocks)  # the finest decoder stage's shift-and-mix blocks
     shipped = load_bundle_config("inference.json")["decoder_blocks"][0]
     assert blocks == {"inference.json": shipped, "--set": 2}
-    for argv in (["--compare", "config"], ["--compare", "width", "--set", "decoder_blocks=[2,1,1]"]):
+    for argv in (
+        ["--compare", "config"],
+        ["--compare", "width", "--set", "decoder_blocks=[2,1,1]"],
+        ["--compare", "config", "--set", "decoder_blocks"],
+    ):
         with pytest.raises(SystemExit):
             benchmark_step.main(argv)
