@@ -10,11 +10,9 @@ Comparisons (``--compare``):
 - ``mask_input``: the denoiser's noisy-mask channel enters at the ``encoder`` (with the image, as up to bundle
   0.14.0) against the ``decoder`` (``decoder_inputs: [0]``): the encoder then sees the image alone, and training
   encodes each image once for all its prompts (``SegOne.forward_shared_image``); kept memory, biases skipped.
-- ``width``: the first (2-mm) level's channels, ``32`` (the shipped network's, bundle 0.15.0) against ``16`` (the MONAI UNet
-  baseline's first level has 16): the stem, the finest decoder stage and the head, the stages that run at the most
-  positions, get narrower; the other levels keep inference.json's ``features``;
 - ``config``: the configs as they are (``inference.json``) against the ``--set`` overrides (any keys of
-  inference.json that train.json takes over too, e.g. ``--set decoder_blocks=[2,1,1]``).
+  inference.json that train.json takes over too), e.g. a narrower first level (``--set features=[16,64,128,256]``)
+  or a second shift-and-mix block at the finest decoder level (``--set decoder_blocks=[2,1,1]``).
 
 Cases (``--cases``):
 
@@ -35,7 +33,7 @@ setting's call of the same case in the same run.
     python scripts/benchmarks/benchmark_step.py --compare malloc --threads 1 2 --repeats 10
     python scripts/benchmarks/benchmark_step.py --compare bias --threads 1 2 --repeats 10
     python scripts/benchmarks/benchmark_step.py --compare mask_input --threads 1 --repeats 10
-    python scripts/benchmarks/benchmark_step.py --compare width --threads 1 2 --repeats 10
+    python scripts/benchmarks/benchmark_step.py --compare config --set "features=[16,64,128,256]" --threads 1 2
     python scripts/benchmarks/benchmark_step.py --compare config --set "decoder_blocks=[2,1,1]" --threads 1 --repeats 8
 """
 
@@ -53,7 +51,6 @@ SETTINGS = {
     "malloc": ("stock", "kept"),
     "bias": ("added", "skipped"),
     "mask_input": ("encoder", "decoder"),
-    "width": ("32", "16"),
     "config": ("inference.json", "--set"),
 }
 CASES = (
@@ -144,18 +141,12 @@ def _step_function(network: str, compare: str = "", setting: str = "", overrides
 
 
 def _network_overrides(compare: str, setting: str, overrides: dict | None = None) -> dict:
-    """The config overrides of a setting: for ``mask_input``, where the denoiser's noisy mask enters; for ``width``,
-    inference.json's ``features`` with the first level's channels replaced; for ``config``, ``overrides`` (the
-    ``--set`` options) in its second setting."""
+    """The config overrides of a setting: for ``mask_input``, where the denoiser's noisy mask enters; for ``config``,
+    ``overrides`` (the ``--set`` options) in its second setting."""
     if compare == "config":
         return dict(overrides or {}) if setting == "--set" else {}
     if compare == "mask_input":
         return {"decoder_inputs": [0] if setting == "decoder" else []}
-    if compare == "width":
-        from bundle.utils.config import load_bundle_config
-
-        features = list(load_bundle_config("inference.json")["features"])
-        return {"features": [int(setting)] + features[1:]}
     return {}
 
 

@@ -1,5 +1,5 @@
 """scripts/benchmarks/benchmark_step.py: training steps and inference calls under two settings (malloc, the bias
-before instance norms, where the noisy mask enters, the first level's width), in worker processes that take turns."""
+before instance norms, where the noisy mask enters, any config overrides), in worker processes that take turns."""
 
 from __future__ import annotations
 
@@ -34,6 +34,14 @@ def _script():
     finally:
         sys.path.remove(str(SCRIPT.parent))
     return benchmark_step
+
+
+def _denoiser(compare: str, setting: str, overrides: dict | None = None):
+    """inference.json's denoiser in ``setting`` of ``compare``."""
+    from bundle.utils.config import load_bundle_config
+
+    config = _script()._network_overrides(compare, setting, overrides)
+    return load_bundle_config("inference.json", overrides=config).get_parsed_content("denoiser_def")
 
 
 def _check(rows: list[list[str]], cases, settings) -> None:
@@ -75,33 +83,9 @@ def test_mask_input_table_compares_where_the_noisy_mask_enters():
 
 
 def test_the_mask_input_settings_put_the_noisy_mask_at_the_encoder_or_the_decoder():
-    benchmark_step = _script()
-    from bundle.utils.config import load_bundle_config
-
     for setting, decoder_inputs in (("encoder", []), ("decoder", [0])):
-        overrides = benchmark_step._network_overrides("mask_input", setting)
-        denoiser = load_bundle_config("inference.json", overrides=overrides).get_parsed_content("denoiser_def")
-        assert denoiser.decoder_inputs == decoder_inputs
-    assert benchmark_step._network_overrides("bias", "added") == {}
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings: Linux only")
-def test_width_table_compares_the_first_level_widths():
-    rows = _rows("--compare", "width", "--cases", "SegOne inference, 4 windows x 3 prompts")
-    _check(rows, ("SegOne inference, 4 windows x 3 prompts",), ("32", "16"))
-
-
-def test_the_width_settings_change_only_the_first_level():
-    benchmark_step = _script()
-    from bundle.utils.config import load_bundle_config
-
-    features = list(load_bundle_config("inference.json")["features"])
-    for setting in ("32", "16"):
-        overrides = benchmark_step._network_overrides("width", setting)
-        denoiser = load_bundle_config("inference.json", overrides=overrides).get_parsed_content("denoiser_def")
-        assert denoiser.features == (int(setting), *features[1:])
-        assert denoiser.head.proj.in_channels == int(setting)
+        assert _denoiser("mask_input", setting).decoder_inputs == decoder_inputs
+    assert _script()._network_overrides("bias", "added") == {}
 
 
 @pytest.mark.slow
@@ -114,21 +98,24 @@ def test_config_table_compares_the_configs_with_their_set_overrides():
 
 
 def test_the_config_settings_apply_the_set_overrides_to_the_second_only():
-    benchmark_step = _script()
     from bundle.utils.config import load_bundle_config
 
-    overrides = {"decoder_blocks": [2, 1, 1]}
-    blocks = {}
+    overrides = {"decoder_blocks": [2, 1, 1], "features": [16, 64, 128, 256]}
+    blocks, features = {}, {}
     for setting in ("inference.json", "--set"):
-        config = benchmark_step._network_overrides("config", setting, overrides)
-        denoiser = load_bundle_config("inference.json", overrides=config).get_parsed_content("denoiser_def")
+        denoiser = _denoiser("config", setting, overrides)
         blocks[setting] = len(denoiser.decoder[-1].blocks)  # the finest decoder stage's shift-and-mix blocks
+        features[setting] = denoiser.features
     shipped = load_bundle_config("inference.json")["decoder_blocks"][0]
     assert blocks == {"inference.json": shipped, "--set": 2}
+    assert features == {
+        "inference.json": tuple(load_bundle_config("inference.json")["features"]),
+        "--set": (16, 64, 128, 256),
+    }
     for argv in (
         ["--compare", "config"],
-        ["--compare", "width", "--set", "decoder_blocks=[2,1,1]"],
+        ["--compare", "bias", "--set", "decoder_blocks=[2,1,1]"],
         ["--compare", "config", "--set", "decoder_blocks"],
     ):
         with pytest.raises(SystemExit):
-            benchmark_step.main(argv)
+            _script().main(argv)
