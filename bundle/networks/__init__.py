@@ -11,6 +11,7 @@ from bundle.networks.blocks import (
     conv1x1,
     face_neighbours,
     pixel_unshuffle,
+    sum_face_neighbours,
 )
 from bundle.networks.segone import SegOne
 
@@ -26,4 +27,5 @@ __all__ = [
     "conv1x1",
     "face_neighbours",
     "pixel_unshuffle",
+    "sum_face_neighbours",
 ]

@@ -36,6 +36,7 @@ __all__ = [
     "PointwiseConv3d",
     "SpatialShift",
     "face_neighbours",
+    "sum_face_neighbours",
     "ChannelMixBlock",
     "UnshuffleDown",
     "ShuffleUp",
@@ -352,6 +353,29 @@ def face_neighbours(x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
         parts.append(_shift(x, 2 + axis, 1))
         parts.append(_shift(x, 2 + axis, -1))
     return torch.cat(parts, dim=1)
+
+
+def sum_face_neighbours(x: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+    """Sum a channel group taken at each position and one taken at each of its ``2 * spatial_dims`` face neighbours.
+
+    After a kernel-size-1 convolution to ``C * (2 * spatial_dims + 1)`` channels this is a kernel-size-1
+    convolution of :func:`face_neighbours` of its input (a learned 7-point stencil in 3D), without building that
+    ``2 * spatial_dims + 1`` times wider input: each group is computed at every position and moved where it is used.
+
+    Args:
+        x: ``[B, C * (2 * spatial_dims + 1), *S]``: group 0 for the position itself, then groups for the neighbours
+            in :func:`face_neighbours`' order (``-1`` and ``+1`` along each spatial axis in turn).
+        spatial_dims: number of spatial dimensions.
+
+    Returns:
+        ``[B, C, *S]``: at position ``p``, group 0 at ``p`` plus group ``2 * axis + 1`` at ``p - e_axis`` and
+        group ``2 * axis + 2`` at ``p + e_axis``, zero beyond the border.
+    """
+    groups = torch.chunk(x, 2 * spatial_dims + 1, dim=1)
+    y = groups[0]
+    for axis in range(spatial_dims):
+        y = y + _shift(groups[2 * axis + 1], 2 + axis, 1) + _shift(groups[2 * axis + 2], 2 + axis, -1)
+    return y
 
 
 class SpatialShift(nn.Module):

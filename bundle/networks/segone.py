@@ -28,6 +28,7 @@ from bundle.networks.blocks import (
     pixel_unshuffle,
     repeat_items,
     skip_bias_before,
+    sum_face_neighbours,
 )
 
 __all__ = ["SegOne", "Unconditioned"]
@@ -107,7 +108,10 @@ class _Head(nn.Module):
     1x1 convolutions into the output: a light full-resolution skip of the raw input, so each voxel's own
     intensity reaches its output directly. ``inputs_used`` selects the input channels it sees; with
     ``refine_neighbours`` it sees them at the voxel's face neighbours too (:func:`face_neighbours`), so the
-    full-resolution decision sees the local edge, not only its own intensity.
+    full-resolution decision sees the local edge, not only its own intensity. With ``hidden_neighbours`` the output
+    is a learned 7-point stencil (in 3D) of the hidden channels: the last 1x1 convolution makes one output group per
+    face neighbour and :func:`sum_face_neighbours` adds each at its place, so neighbouring full-resolution voxels of
+    different blocks meet before the output, as in a U-Net's last 3x3x3 convolution.
     """
 
     def __init__(
@@ -120,6 +124,7 @@ class _Head(nn.Module):
         inputs_used: Sequence[int] = (),
         act: str | tuple = DEFAULT_ACT,
         refine_neighbours: bool = False,
+        hidden_neighbours: bool = False,
     ) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
@@ -130,22 +135,27 @@ class _Head(nn.Module):
         self.inputs_used: list[int] = [int(c) for c in inputs_used]
         self.refine_neighbours = bool(refine_neighbours) and self.refine
         seen = len(self.inputs_used) * ((2 * spatial_dims + 1) if self.refine_neighbours else 1)
+        self.hidden_neighbours = bool(hidden_neighbours) and self.refine
         if self.refine:
             self.mix = conv1x1(spatial_dims, mid + seen, mid)
             self.act = get_act_layer(act)
-            self.out = conv1x1(spatial_dims, mid, out_channels)
+            self.out = conv1x1(
+                spatial_dims, mid, out_channels * ((2 * spatial_dims + 1) if self.hidden_neighbours else 1)
+            )
         else:
             self.mix, self.act, self.out = nn.Identity(), nn.Identity(), nn.Identity()
 
     def forward(self, x: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         x = self.proj(x)
-        if self.refine and not torch.jit.is_scripting():
+        if self.refine and not self.hidden_neighbours and not torch.jit.is_scripting():
             if exporting():
                 return self.refine_by_offset(x, inputs)
         if self.scale > 1:
             x = pixel_shuffle(x, self.spatial_dims, self.scale)
         if self.refine:
             x = self.out(self.act(self.mix(torch.cat([x, self.refine_inputs(inputs)], dim=1))))
+            if self.hidden_neighbours:
+                x = sum_face_neighbours(x, self.spatial_dims)
         return x
 
     def refine_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -156,7 +166,8 @@ class _Head(nn.Module):
     def refine_by_offset(self, x: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """The refinement at the low resolution, one batch item per block offset, then one pixel-shuffle.
 
-        Every operator of the refinement acts on one voxel, so it commutes with the shuffle: the ``scale**D``
+        Without ``hidden_neighbours`` every operator of the refinement acts on one voxel, so it commutes with the
+        shuffle: the ``scale**D``
         offsets of a block become batch items, the input is pixel-unshuffled to meet them, and only the output
         channels are shuffled to full resolution (the same values as :meth:`forward`'s order). Exported graphs use it:
         onnxruntime's ``DepthToSpace`` of the ``refine_channels`` full-resolution channels was two thirds of the
@@ -230,6 +241,11 @@ class SegOne(nn.Module):
             neighbours (parameter-free copies, :func:`~bundle.networks.blocks.face_neighbours`), so a
             full-resolution decision sees the local intensity edge; without it each voxel sees only its own value.
             Needs the refinement (``refine_channels > 0``, ``stem_scale > 1``).
+        refine_hidden_neighbours: the refinement's output is a learned stencil of its hidden channels at the voxel and
+            at its ``2 * spatial_dims`` face neighbours (a 1x1 convolution to one group per neighbour, summed in place
+            by :func:`~bundle.networks.blocks.sum_face_neighbours`), so that full-resolution voxels of neighbouring
+            ``stem_scale`` blocks meet before the output, as in MONAI UNet's last 3x3x3 convolution; without it each
+            output voxel sees only its own block's features. Needs the refinement.
         decoder_inputs: input channels that bypass the encoder: pixel-unshuffled by ``stem_scale`` and concatenated
             into the finest decoder stage's fusion (default none: every channel feeds the stem). A diffusion denoiser
             passes its noisy-mask channel here, so its encoder sees the image alone and is the same for every prompt
@@ -253,8 +269,8 @@ class SegOne(nn.Module):
     Raises:
         ValueError: when ``spatial_dims`` is not 2 or 3, ``features`` has fewer than two levels, ``stem_scale < 1``,
             ``refine_inputs`` or ``decoder_inputs`` names a channel outside ``range(in_channels)``, ``decoder_inputs``
-            leaves no channel for the encoder, ``refine_neighbours`` is set without the refinement, or
-            ``deep_supervision`` is outside ``[0, len(features) - 2]``.
+            leaves no channel for the encoder, ``refine_neighbours`` or ``refine_hidden_neighbours`` is set without the
+            refinement, or ``deep_supervision`` is outside ``[0, len(features) - 2]``.
     """
 
     # TorchScript constants, so a network compiles without the branches it does not use (conditioning; inputs that
@@ -281,6 +297,7 @@ class SegOne(nn.Module):
         refine_channels: int = 0,
         refine_inputs: Sequence[int] | None = None,
         refine_neighbours: bool = False,
+        refine_hidden_neighbours: bool = False,
         decoder_inputs: Sequence[int] | None = None,
         deep_supervision: int = 0,
     ) -> None:
@@ -359,13 +376,25 @@ class SegOne(nn.Module):
         used = list(range(in_channels)) if refine_inputs is None else [int(c) for c in refine_inputs]
         if any(not 0 <= c < in_channels for c in used):
             raise ValueError(f"refine_inputs {used} must be channels of the {in_channels}-channel input.")
-        if refine_neighbours and not (refine_channels > 0 and self.stem_scale > 1):
-            raise ValueError(
-                "refine_neighbours needs the refinement head (refine_channels > 0 and stem_scale > 1); got "
-                f"refine_channels={refine_channels}, stem_scale={self.stem_scale}."
-            )
+        for name, wanted in (
+            ("refine_neighbours", refine_neighbours),
+            ("refine_hidden_neighbours", refine_hidden_neighbours),
+        ):
+            if wanted and not (refine_channels > 0 and self.stem_scale > 1):
+                raise ValueError(
+                    f"{name} needs the refinement head (refine_channels > 0 and stem_scale > 1); got "
+                    f"refine_channels={refine_channels}, stem_scale={self.stem_scale}."
+                )
         self.head = _Head(
-            spatial_dims, features[0], out_channels, self.stem_scale, refine_channels, used, act, refine_neighbours
+            spatial_dims,
+            features[0],
+            out_channels,
+            self.stem_scale,
+            refine_channels,
+            used,
+            act,
+            refine_neighbours,
+            refine_hidden_neighbours,
         )
         if not 0 <= deep_supervision <= levels - 2:
             raise ValueError(

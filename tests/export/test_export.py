@@ -62,11 +62,13 @@ def test_onnx_plain_network(tmp_path):
     assert compare_onnx(net, path, (torch.rand(1, 1, 32, 16, 16),)) < 1e-4
 
 
-def test_onnx_and_torchscript_of_the_neighbour_refinement(tmp_path):
-    """The refinement that sees the input's face neighbours exports: its shifts are pads and slices."""
+@pytest.mark.parametrize("neighbours", ["refine_neighbours", "refine_hidden_neighbours"])
+def test_onnx_and_torchscript_of_the_neighbour_refinement(tmp_path, neighbours):
+    """The refinements that see the input's or their hidden channels' face neighbours export: the shifts are pads
+    and slices."""
     torch.manual_seed(0)
     net = SegOne(
-        3, 2, 1, features=(8, 16, 32), stem_scale=2, refine_channels=4, refine_inputs=[1], refine_neighbours=True
+        3, 2, 1, features=(8, 16, 32), stem_scale=2, refine_channels=4, refine_inputs=[1], **{neighbours: True}
     )
     net = activate_zero_init(net).eval()
     path = export_onnx(net, tmp_path / "near.onnx", (torch.rand(1, 2, 16, 16, 16),))

@@ -20,6 +20,7 @@ from bundle.networks.blocks import (
     pixel_shuffle,
     pixel_unshuffle,
     skip_bias_before,
+    sum_face_neighbours,
 )
 
 
@@ -98,6 +99,19 @@ def test_face_neighbours_stacks_each_channel_at_the_voxel_and_its_neighbours():
     assert torch.equal(y[0, 6:8, :, 1:], img[:, :, :-1]) and not y[0, 6:8, :, 0].any()
     assert torch.equal(y[0, 8:10, :, :-1], img[:, :, 1:]) and not y[0, 8:10, :, -1].any()
     assert face_neighbours(torch.rand(2, 1, 4, 5, 6), 3).shape == (2, 7, 4, 5, 6)
+
+
+@pytest.mark.parametrize("spatial_dims,shape", [(2, (2, 3, 5, 6)), (3, (1, 3, 4, 5, 6))])
+def test_sum_face_neighbours_is_a_convolution_of_face_neighbours_without_the_wide_input(spatial_dims, shape):
+    torch.manual_seed(0)
+    h, out, points = torch.randn(*shape), 2, 2 * spatial_dims + 1
+    wide = torch.randn(out, shape[1] * points)  # a 1x1 convolution of face_neighbours(h): C * points -> out
+    expected = torch.einsum("oc,bc...->bo...", wide, face_neighbours(h, spatial_dims))
+    # the same weights as one group of `out` channels per stencil point, each applied to h where it is computed
+    grouped = torch.cat([wide[:, k * shape[1] : (k + 1) * shape[1]] for k in range(points)], dim=0)
+    y = sum_face_neighbours(torch.einsum("oc,bc...->bo...", grouped, h), spatial_dims)
+    assert y.shape == (shape[0], out, *shape[2:])
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_spatial_shift_3d_keeps_shape_and_needs_enough_channels():

@@ -140,11 +140,36 @@ def test_refine_neighbours_lets_a_voxel_see_its_face_neighbours_input_and_no_fur
         assert not x.grad[0, 0].any()  # the noisy-mask channel stays out (refine_inputs)
 
 
-def test_refine_neighbours_without_the_refinement_is_refused():
-    with pytest.raises(ValueError, match="refine_neighbours needs the refinement head"):
-        SegOne(3, 2, 1, features=(8, 16, 32), stem_scale=2, refine_channels=0, refine_neighbours=True)
-    with pytest.raises(ValueError, match="refine_neighbours needs the refinement head"):
-        SegOne(3, 2, 1, features=(8, 16, 32), stem_scale=1, refine_channels=4, refine_neighbours=True)
+def test_refine_hidden_neighbours_lets_a_voxel_see_the_neighbouring_blocks_features():
+    """Without it an output voxel reads only its own 2x2x2 block's decoder features; with it, the features of the
+    blocks that hold its face neighbours too, and the input at those neighbours."""
+    net = SegOne(3, 2, 1, features=(8, 16, 32), stem_scale=2, refine_channels=4, refine_inputs=[1])
+    near = SegOne(
+        3, 2, 1, features=(8, 16, 32), stem_scale=2, refine_channels=4, refine_inputs=[1], refine_hidden_neighbours=True
+    )
+    assert near.head.out.out_channels == 7 and net.head.out.out_channels == 1  # one group per stencil point
+    p = (5, 6, 9)  # in block (2, 3, 4); its neighbours (6, 6, 9), (5, 5, 9), (5, 6, 10) lie in three other blocks
+    neighbours = {(4, 6, 9), (6, 6, 9), (5, 5, 9), (5, 7, 9), (5, 6, 8), (5, 6, 10)}
+    for head_net, blocks, inputs in [
+        (net, {(2, 3, 4)}, {p}),
+        (near, {(2, 3, 4), (3, 3, 4), (2, 2, 4), (2, 3, 5)}, {p} | neighbours),
+    ]:
+        head_net = activate_zero_init(head_net).eval()
+        features = torch.randn(1, 8, 8, 8, 8, requires_grad=True)
+        x = torch.rand(1, 2, 16, 16, 16, requires_grad=True)
+        with torch.enable_grad():
+            head_net.head(features, x)[0, 0][p].backward()
+        assert {tuple(int(i) for i in v) for v in features.grad[0].abs().sum(0).nonzero()} == blocks
+        assert {tuple(int(i) for i in v) for v in x.grad[0, 1].nonzero()} == inputs
+        assert not x.grad[0, 0].any()  # the noisy-mask channel stays out (refine_inputs)
+
+
+@pytest.mark.parametrize("neighbours", ["refine_neighbours", "refine_hidden_neighbours"])
+def test_refine_neighbours_without_the_refinement_is_refused(neighbours):
+    with pytest.raises(ValueError, match=f"{neighbours} needs the refinement head"):
+        SegOne(3, 2, 1, features=(8, 16, 32), stem_scale=2, refine_channels=0, **{neighbours: True})
+    with pytest.raises(ValueError, match=f"{neighbours} needs the refinement head"):
+        SegOne(3, 2, 1, features=(8, 16, 32), stem_scale=1, refine_channels=4, **{neighbours: True})
 
 
 @pytest.mark.parametrize("refine_neighbours", [False, True])
