@@ -166,12 +166,12 @@ class _Head(nn.Module):
     def refine_by_offset(self, x: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """The refinement at the low resolution, one batch item per block offset, then one pixel-shuffle.
 
-        Without ``hidden_neighbours`` every operator of the refinement acts on one voxel, so it commutes with the
-        shuffle: the ``scale**D``
-        offsets of a block become batch items, the input is pixel-unshuffled to meet them, and only the output
-        channels are shuffled to full resolution (the same values as :meth:`forward`'s order). Exported graphs use it:
-        onnxruntime's ``DepthToSpace`` of the ``refine_channels`` full-resolution channels was two thirds of the
-        graph's shuffle time (docs/benchmarks.md).
+        Without ``hidden_neighbours`` (whose stencil crosses block borders, so :meth:`forward` exports it at full
+        resolution) every operator of the refinement acts on one voxel, so it commutes with the shuffle: the
+        ``scale**D`` offsets of a block become batch items, the input is pixel-unshuffled to meet them, and only the
+        output channels are shuffled to full resolution (the same values as :meth:`forward`'s order). Exported graphs
+        use it: onnxruntime's ``DepthToSpace`` of the ``refine_channels`` full-resolution channels was two thirds of
+        the graph's shuffle time (docs/benchmarks.md).
 
         Args:
             x: the projection's output ``[B, refine_channels * scale**D, *s]``.
