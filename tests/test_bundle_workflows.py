@@ -324,7 +324,8 @@ def test_evaluation_with_mirroring_test_time_augmentation(tmp_path, trained, msd
 def test_a_suite_of_folders_trains_one_model_and_each_folder_evaluates_with_its_own_classes(tmp_path, tiny_clip_config):
     from monai.transforms import Compose
 
-    from bundle.utils.checkpoint import load_prompt_table
+    from bundle.data import structure_volumes_ml
+    from bundle.utils.checkpoint import load_prompt_table, model_structure_volumes
     from tests.helpers.bundle_runs import write_msd
 
     write_msd(tmp_path / "hippo", num_cases=5)
@@ -370,6 +371,9 @@ def test_a_suite_of_folders_trains_one_model_and_each_folder_evaluates_with_its_
     wf.run()
     wf.finalize()
     assert load_prompt_table(out / "model.pt").prompts == list(vocabulary.values())
+    # the model file records each structure's smallest training volume, the scale of the "absent" rule
+    volumes = model_structure_volumes(out / "model.pt")
+    assert volumes == structure_volumes_ml(suite_file, "train") and set(volumes) == set(vocabulary.values())
 
     # the model's classes are its prompt table's (not metadata.json's hippocampus); evaluating one folder scores
     # that folder's own classes, prompted by name
@@ -391,6 +395,10 @@ def test_a_suite_of_folders_trains_one_model_and_each_folder_evaluates_with_its_
     assert np.allclose(volumes / voxel_ml, np.round(volumes / voxel_ml))
     assert absent["summary"]["0"]["empty_fraction"] == np.mean(volumes == 0)
     assert absent["summary"]["5"]["empty_fraction"] == np.mean(volumes <= 5)
+    # and under the rule the evaluation applies: answer_volume_fraction of the structure's smallest training volume
+    threshold = 0.2 * model_structure_volumes(out / "model.pt")["posterior hippocampus"]
+    assert absent["rule_ml"] == {"posterior hippocampus": pytest.approx(threshold)}
+    assert absent["summary"]["rule"]["empty_fraction"] == np.mean(volumes <= threshold)
 
 
 def test_cli_verify_net_in_out_and_torchscript_export(tmp_path, trained):

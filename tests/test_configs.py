@@ -99,10 +99,11 @@ def test_one_anisotropy_limit_reaches_every_input_check():
             assert len(checks) == 1 and checks[0].max_anisotropy == (limit or 4.0), name
 
 
-def test_the_absent_rule_is_one_key_in_inference_and_evaluation():
+def test_the_absent_rule_is_two_keys_in_inference_and_evaluation():
     from bundle.transforms import DropSmallAnswersd
 
     for name in ("inference.json", "evaluate.json"):
+        # the shipped model records no training volumes: only min_answer_ml counts, for each of its two classes
         for value in (None, 1.5):
             parser = load_bundle_config(name)
             if value is not None:
@@ -110,7 +111,15 @@ def test_the_absent_rule_is_one_key_in_inference_and_evaluation():
             rules = [
                 t for t in parser.get_parsed_content("postprocessing").transforms if isinstance(t, DropSmallAnswersd)
             ]
-            assert len(rules) == 1 and rules[0].min_volume_ml == (value or 0.0), name
+            assert len(rules) == 1 and rules[0].min_volume_ml == [value or 0.0] * 2, name
+        # a model that records them: answer_volume_fraction of each structure's, at least min_answer_ml
+        parser = load_bundle_config(name)
+        parser["structure_volumes_ml"] = {"anterior hippocampus": 20.0, "posterior hippocampus": 2.0}
+        parser["min_answer_ml"], parser["answer_volume_fraction"] = 1.0, 0.25
+        (rule,) = [
+            t for t in parser.get_parsed_content("postprocessing").transforms if isinstance(t, DropSmallAnswersd)
+        ]
+        assert rule.min_volume_ml == [5.0, 1.0], name
 
 
 def test_keep_largest_is_one_switch_in_inference_and_evaluation():

@@ -128,7 +128,7 @@ def run_export(
 
     from bundle.export.edge import export_edge, fold_prompts
     from bundle.text import normalize_prompt
-    from bundle.utils.checkpoint import CheckpointError, load_model_info, load_weights
+    from bundle.utils.checkpoint import CheckpointError, load_model_info, load_weights, model_structure_volumes
     from bundle.utils.config import load_bundle_config
     from bundle.utils.io import file_sha256
 
@@ -159,6 +159,7 @@ def run_export(
         extra={
             "text_encoder": dict(encoder_config),
             "checkpoint": {"file": ckpt.name, "sha256": file_sha256(ckpt)},
+            "structure_volumes_ml": model_structure_volumes(ckpt),
             "calibration": {
                 # the folder's name: a shipped manifest says which data set, not where it sat on the build machine
                 "dataset_dir": Path(dataset_dir or demo_dir).name,

@@ -15,6 +15,7 @@ keeps its classes 1 and 2. Every item of a suite carries its folder's name under
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -34,6 +35,7 @@ __all__ = [
     "dataset_class_names",
     "dataset_dirs",
     "dataset_labels",
+    "structure_volumes_ml",
     "suite_vocabulary",
     "suite_label_maps",
     "patient_id",
@@ -173,6 +175,65 @@ def dataset_labels(dataset_dir: PathLike) -> dict[int, str]:
     if repeated:
         raise ValueError(f"{meta_path}: label names used for two values: {repeated}")
     return named
+
+
+def structure_volumes_ml(
+    dataset_dir: PathLike | Sequence[PathLike] | None,
+    split: str = "train",
+    demo_dir: PathLike | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Per structure, the smallest volume (ml) it has in the label maps of one part of the split, where present.
+
+    The scale of the "absent" rule (:func:`~bundle.transforms.answer_thresholds_ml`): training records it in the
+    model file, so an answer far smaller than any real instance of the structure seen in training can be called
+    absent. Labels where a structure is missing (volume 0) do not count.
+
+    Args:
+        dataset_dir: an MSD folder, a suite, or empty for the demo (as :func:`~bundle.data.dataset_split`).
+        split: the part whose labels are measured (``train`` for a model's table).
+        demo_dir: the demo data, when ``dataset_dir`` is empty.
+        val_fraction: share of the validation part.
+        test_fraction: share of the test part.
+        seed: the split's seed.
+
+    Returns:
+        ``{structure name: ml}``, structures in the order of first appearance.
+
+    Raises:
+        ValueError: naming the file, when a label map cannot be read.
+    """
+    from monai.transforms import LoadImage
+
+    from bundle.data.datalist import dataset_split
+    from bundle.transforms.absent import voxel_volume_ml
+
+    folders: list[Path] = dataset_dirs(dataset_dir)
+    if not folders and demo_dir is not None:
+        from bundle.data.demo import ensure_demo_dataset
+
+        folders = [Path(ensure_demo_dataset(demo_dir))]
+    loader = LoadImage(image_only=True)
+    smallest: dict[str, float] = {}
+    for folder in folders:
+        items = dataset_split(folder, split, None, val_fraction, test_fraction, seed)
+        labels = dataset_labels(folder)
+        for item in items:
+            if not item.get("label"):
+                continue
+            try:
+                label = loader(item["label"])
+            except Exception as e:  # noqa: BLE001 - any reader's failure is this file's problem
+                raise ValueError(f"{item['label']}: cannot read the label map ({e})") from e
+            values, counts = torch.unique(torch.as_tensor(label), return_counts=True)
+            voxel_ml = voxel_volume_ml(label, label.dim())
+            for value, count in zip(values.tolist(), counts.tolist()):
+                name = labels.get(int(value))
+                if name is not None:
+                    smallest[name] = min(smallest.get(name, math.inf), count * voxel_ml)
+    return smallest
 
 
 def suite_vocabulary(spec: PathLike | Sequence[PathLike]) -> dict[int, str]:

@@ -22,6 +22,7 @@ from ignite.engine import Engine, Events
 from bundle.data.suite import structure_region
 from bundle.inference.engines import FAILED_KEY, prompted_inference
 from bundle.text import PromptEmbeddingTable, normalize_prompt
+from bundle.transforms.absent import voxel_volume_ml
 from bundle.utils.io import write_text_atomic
 
 __all__ = ["AbsentPromptsReport", "absent_prompt_names", "DEFAULT_THRESHOLDS_ML"]
@@ -80,7 +81,9 @@ class AbsentPromptsReport:
 
     ``absent_prompts.json`` holds ``{"prompts", "thresholds_ml", "summary", "per_prompt", "cases"}``: per threshold
     ``T``, the fraction of (image, prompt) answers of at most ``T`` ml (counted empty under the rule "an answer of at
-    most ``T`` ml is absent") and the mean volume of the others; per prompt the same; per case the volumes.
+    most ``T`` ml is absent") and the mean volume of the others; per prompt the same; per case the volumes. With
+    ``rule_ml`` (the thresholds the evaluation's own postprocessing applies, one per prompt), ``summary`` and
+    ``per_prompt`` also hold ``"rule"``: the same figures under that rule, and ``rule_ml`` is written too.
 
     Args:
         output_dir: where ``absent_prompts.json`` goes.
@@ -89,6 +92,8 @@ class AbsentPromptsReport:
             before the first image).
         inferer: the evaluation's inferer (sliding windows).
         thresholds_ml: the "absent" rules compared (ml; 0 is the strict one).
+        rule_ml: ``{prompt: threshold in ml}``, the rule in use (:func:`~bundle.transforms.answer_thresholds_ml`);
+            ``None``: not reported.
         image_key: the image entry of the batch.
     """
 
@@ -99,6 +104,7 @@ class AbsentPromptsReport:
         table: PromptEmbeddingTable | Callable[[], PromptEmbeddingTable],
         inferer: Callable[..., torch.Tensor],
         thresholds_ml: Sequence[float] = DEFAULT_THRESHOLDS_ML,
+        rule_ml: Mapping[str, float] | None = None,
         image_key: str = "image",
     ) -> None:
         self.output_dir = Path(output_dir)
@@ -107,6 +113,7 @@ class AbsentPromptsReport:
         self._embeddings: torch.Tensor | None = None
         self.inferer = inferer
         self.thresholds_ml = sorted(float(t) for t in thresholds_ml)
+        self.rule_ml = {normalize_prompt(k): float(v) for k, v in rule_ml.items()} if rule_ml is not None else None
         self.image_key = image_key
         self.cases: list[dict[str, Any]] = []
         self.summary: dict[str, Any] | None = None
@@ -142,11 +149,9 @@ class AbsentPromptsReport:
             self.cases.append(self._ask(engine, image if isinstance(batch, list) else image[0]))
 
     def _ask(self, engine: Engine, image: torch.Tensor) -> dict[str, Any]:
-        affine = getattr(image, "affine", None)
-        if affine is None:
+        if getattr(image, "affine", None) is None:
             raise ValueError("absent prompts need the image's affine to measure volumes in ml")
-        affine = torch.as_tensor(affine).reshape(-1, 4, 4)[0].double()
-        voxel_ml = float(abs(torch.det(affine[:3, :3]))) / 1000.0
+        voxel_ml = voxel_volume_ml(image, image.dim() - 1)
         name = getattr(image, "meta", {}).get("filename_or_obj", "?")
         name = name[0] if isinstance(name, (list, tuple)) else name
         device = getattr(engine.state, "device", None) or torch.device("cpu")
@@ -167,12 +172,26 @@ class AbsentPromptsReport:
             }
         return out
 
+    def _rule_rates(self, volumes: np.ndarray, thresholds: np.ndarray) -> dict[str, float]:
+        absent = volumes <= thresholds
+        kept = volumes[~absent]
+        return {
+            "empty_fraction": float(np.mean(absent)) if volumes.size else float("nan"),
+            "mean_false_positive_ml": float(kept.mean()) if kept.size else 0.0,
+        }
+
     def _on_completed(self, engine: Engine) -> None:
         per_prompt = {
             p: self._rates(np.array([c["volumes_ml"][p] for c in self.cases], dtype=np.float64)) for p in self.prompts
         }
-        everything = np.array([v for c in self.cases for v in c["volumes_ml"].values()], dtype=np.float64)
+        everything = np.array([c["volumes_ml"][p] for c in self.cases for p in self.prompts], dtype=np.float64)
         self.summary = self._rates(everything)
+        if self.rule_ml is not None:
+            rule = np.array([self.rule_ml.get(p, 0.0) for _ in self.cases for p in self.prompts], dtype=np.float64)
+            self.summary["rule"] = self._rule_rates(everything, rule)
+            for p in self.prompts:
+                volumes = np.array([c["volumes_ml"][p] for c in self.cases], dtype=np.float64)
+                per_prompt[p]["rule"] = self._rule_rates(volumes, np.full(volumes.shape, self.rule_ml.get(p, 0.0)))
         report = {
             "prompts": self.prompts,
             "thresholds_ml": self.thresholds_ml,
@@ -181,8 +200,16 @@ class AbsentPromptsReport:
             "per_prompt": per_prompt,
             "cases": self.cases,
         }
+        if self.rule_ml is not None:
+            report["rule_ml"] = {p: self.rule_ml.get(p, 0.0) for p in self.prompts}
         self.output_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.output_dir / "absent_prompts.json", json.dumps(report, indent=2))
+        if self.rule_ml is not None:
+            logger.info(
+                "absent prompts under the rule in use: empty %.1f %%, mean false-positive volume %.2f ml",
+                100 * self.summary["rule"]["empty_fraction"],
+                self.summary["rule"]["mean_false_positive_ml"],
+            )
         strict = self.summary[f"{self.thresholds_ml[0]:g}"]
         logger.info(
             "absent prompts: %d answers (%d images x %d prompts); empty %.1f %% (answers <= %g ml), "

@@ -42,6 +42,8 @@ class BestModelSaver:
         evaluator: the validation engine, whose ``metric_name`` is maximised.
         metric_name: the evaluator metric to maximise.
         keep: ``"best"`` (the weights of the best validation) or ``"final"`` (the weights at the end of training).
+        metadata: further facts written with every save (e.g. ``structure_volumes_ml``, the scale of the
+            "absent" rule, :func:`~bundle.data.structure_volumes_ml`).
 
     Raises:
         ValueError: ``keep`` is neither.
@@ -55,10 +57,12 @@ class BestModelSaver:
         evaluator: Engine | None = None,
         metric_name: str = "val_mean_dice",
         keep: str = "best",
+        metadata: Mapping[str, Any] | None = None,
     ) -> None:
         if keep not in ("best", "final"):
             raise ValueError(f"keep must be 'best' or 'final', got {keep!r}")
         self.keep = keep
+        self.metadata = dict(metadata or {})
         self.save_path = Path(save_path)
         self.network = network
         self.prompt_table = prompt_table
@@ -103,6 +107,7 @@ class BestModelSaver:
             return
         net = unwrap_module(self.network)
         metadata = {
+            **self.metadata,
             "bundle_version": bundle_version(),
             "network": type(net).__name__,
             "epoch": self._epoch(),

@@ -4,15 +4,16 @@ Training: :class:`RandPromptd` turns a multi-label map into one (prompt, binary 
 class present in the map, sometimes (``absent_prob``) a class that is absent, whose target is empty, so the model
 learns to answer "not here"; :class:`EmbedPromptd` turns prompts into embeddings; :class:`TeacherTargetsd` and
 :class:`SelectTeacherd` add SAM2's masks for the prompted class. Output: :class:`DropSmallAnswersd` (the "absent"
-rule) and :class:`SaveLabelMapd`.
+rule, its thresholds per structure by :func:`answer_thresholds_ml`) and :class:`SaveLabelMapd`.
 """
 
-from .absent import DropSmallAnswersd
+from .absent import DropSmallAnswersd, answer_thresholds_ml, voxel_volume_ml
 from .io import SaveLabelMapd, output_path_for
 from .prompts import EmbedPromptd, RandPromptd
 from .teacher import SelectTeacherd, TeacherTargetsd
 
 __all__ = [
+    "answer_thresholds_ml",
     "DropSmallAnswersd",
     "EmbedPromptd",
     "output_path_for",
@@ -20,4 +21,5 @@ __all__ = [
     "SaveLabelMapd",
     "SelectTeacherd",
     "TeacherTargetsd",
+    "voxel_volume_ml",
 ]

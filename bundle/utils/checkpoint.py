@@ -7,7 +7,8 @@ A SegOne model is two files, so that MONAI's own loaders get the weights with th
   :class:`~bundle.diffusion.MaskDiffusion`), the same keys for the training and the inference network;
 - ``model.prompts.pt`` beside it (:func:`prompt_table_path`): ``{"prompt_table", "metadata"}``: the
   :class:`~bundle.text.PromptEmbeddingTable` state (prompt strings, embeddings and the text encoder's settings, so
-  known prompts need no text tower) and plain facts about the run (bundle version, epoch, metric).
+  known prompts need no text tower) and plain facts about the run (bundle version, epoch, metric, and from 0.16 each
+  structure's smallest training volume, the scale of the "absent" rule: :func:`model_structure_volumes`).
 
 Model files of bundle 0.4 and older (one dict ``{"model", "prompt_table", "metadata"}``) still load. Training's resume
 file (``last.pt``) is ``{"model", "optimizer", "trainer", "lr_scheduler"}``. Everything is tensors, numbers, strings,
@@ -35,6 +36,7 @@ __all__ = [
     "load_state",
     "load_weights",
     "model_class_names",
+    "model_structure_volumes",
     "prompt_table_path",
     "save_model",
 ]
@@ -245,6 +247,45 @@ def load_model_info(path: PathLike) -> dict[str, Any]:
             "was it saved by SegOne training?"
         )
     return {"prompt_table": info["prompt_table"], "metadata": dict(info.get("metadata") or {}), "source": str(source)}
+
+
+def model_structure_volumes(path: PathLike | None, onnx_path: PathLike | None = None) -> dict[str, float]:
+    """Each structure's smallest volume (ml) in the labels a model was trained on, as its files record it.
+
+    The scale of the per-structure "absent" rule (:func:`~bundle.transforms.answer_thresholds_ml`). Model files of
+    bundle 0.15 and older, and bare state dicts, record none: the rule then falls back to ``min_answer_ml``.
+
+    Args:
+        path: the model file (its metadata's ``structure_volumes_ml``); ``None`` or missing: none.
+        onnx_path: an edge graph instead (its manifest's ``structure_volumes_ml``).
+
+    Returns:
+        ``{structure name: ml}``, empty when none is recorded.
+
+    Raises:
+        ValueError: naming the file, when the recorded table is not a mapping of names to non-negative numbers.
+    """
+    if onnx_path:
+        from bundle.inference.onnx import read_edge_manifest
+
+        source, table = str(onnx_path), read_edge_manifest(onnx_path).get("structure_volumes_ml")
+    elif path and Path(path).is_file():
+        try:
+            info = load_model_info(path)
+        except CheckpointError:
+            return {}
+        source, table = info["source"], info["metadata"].get("structure_volumes_ml")
+    else:
+        return {}
+    if table is None:
+        return {}
+    try:
+        volumes = {str(k): float(v) for k, v in dict(table).items()}
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source}: structure_volumes_ml is not a mapping of names to volumes in ml ({e})") from e
+    if any(not v >= 0 for v in volumes.values()):
+        raise ValueError(f"{source}: structure_volumes_ml holds a negative or NaN volume: {volumes}")
+    return volumes
 
 
 def load_prompt_table(path: PathLike, encoder: TextPromptEncoder | None = None) -> PromptEmbeddingTable:

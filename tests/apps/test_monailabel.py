@@ -190,9 +190,11 @@ def test_a_chosen_model_is_served_with_its_own_classes_and_the_server_stops_clea
     shutil.copy(BUNDLE_ROOT / "models" / "model.pt", model)
     shipped = load_prompt_table(BUNDLE_ROOT / "models" / "model.pt")
     renamed = PromptEmbeddingTable(dict(zip(["liver", "spleen"], shipped.embeddings.values())), shipped.encoder_config)
-    torch.save({"prompt_table": renamed.state_dict(), "metadata": {}}, prompt_table_path(model))
+    # it records a "liver" far larger than any answer: the absent rule scaled to it erases every liver answer
+    metadata = {"structure_volumes_ml": {"liver": 1e6, "spleen": 0.001}}
+    torch.save({"prompt_table": renamed.state_dict(), "metadata": metadata}, prompt_table_path(model))
     conf = ["--conf", "skip_trainers", "true", "--conf", "model", str(model), "--conf", "max_anisotropy", "8"]
-    conf += ["--conf", "keep_largest", "true"]
+    conf += ["--conf", "keep_largest", "true", "--conf", "answer_volume_fraction", "0.5"]
     proc, url = start_server(str(server["studies"]), tmp_path / "models", tmp_path / "second.log", *conf)
     try:
         info = requests.get(f"{url}/info/", timeout=30).json()
@@ -201,6 +203,10 @@ def test_a_chosen_model_is_served_with_its_own_classes_and_the_server_stops_clea
         assert response.status_code == 200, response.text[:2000]
         spleen = np.asarray(_label_image(response).dataobj) == 2
         assert ndimage.label(spleen, structure=np.ones((3, 3, 3)))[1] <= 1  # keep_largest: one component at most
+        response = _infer(url, "phantom_b", {"prompts": ["liver", "spleen"]})
+        assert response.status_code == 200, response.text[:2000]
+        both = np.asarray(_label_image(response).dataobj)
+        assert not (both == 1).any() and (both == 2).any()  # the liver answer is erased, the spleen one is not
     finally:
         assert stop_server(proc) == 0
     assert "Finished server process" in (tmp_path / "second.log").read_text()

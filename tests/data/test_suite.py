@@ -22,6 +22,7 @@ from bundle.data import (
     patient_id,
     split_datalist,
     structure_region,
+    structure_volumes_ml,
     suite_absent_exclusions,
     suite_label_maps,
     suite_vocabulary,
@@ -255,3 +256,39 @@ def test_a_folder_that_names_no_structure_is_scored_with_the_models_classes(tmp_
     assert dataset_class_names(bare, model) == model
     (bare / "dataset.json").write_text(json.dumps({"training": []}))
     assert dataset_class_names(bare, model) == model
+
+
+def _volumes_folder(root, labels, voxels_per_case, spacing=(2.0, 1.0, 1.0)):
+    """An MSD folder whose case ``i`` labels ``voxels_per_case[i][v]`` voxels with value ``v``."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    training = []
+    for i, voxels in enumerate(voxels_per_case):
+        label = np.zeros(64, np.uint8)
+        start = 0
+        for value, count in voxels.items():
+            label[start : start + count] = value
+            start += count
+        affine = np.diag([*spacing, 1.0])
+        nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), affine), str(root / "imagesTr" / f"c{i}.nii.gz"))
+        nib.save(nib.Nifti1Image(label.reshape(4, 4, 4), affine), str(root / "labelsTr" / f"c{i}.nii.gz"))
+        training.append({"image": f"./imagesTr/c{i}.nii.gz", "label": f"./labelsTr/c{i}.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps({"labels": labels, "training": training}))
+    return root
+
+
+def test_structure_volumes_are_the_smallest_present_volume_over_a_suites_labels(tmp_path):
+    # 2 ul voxels; "liver" is 10 and 6 voxels, "spleen" 0 (absent: not counted) and 3
+    a = _volumes_folder(tmp_path / "a", {"1": "Liver", "2": "spleen"}, [{1: 10, 2: 0}, {1: 6, 2: 3}])
+    # the same name in another folder with its own value and voxel size (1 ul): the smaller counts
+    b = _volumes_folder(tmp_path / "b", {"1": "kidney", "2": "liver"}, [{2: 5, 1: 7}], spacing=(1.0, 1.0, 1.0))
+    volumes = structure_volumes_ml([a, b], "all")
+    assert volumes == pytest.approx({"liver": 0.005, "spleen": 0.006, "kidney": 0.007})
+    assert structure_volumes_ml(a, "all") == pytest.approx({"liver": 0.012, "spleen": 0.006})
+    # training records the training part only: the split's own items
+    (train,) = dataset_split(a, "train", val_fraction=0.0, test_fraction=0.5)
+    expected = {"liver": 0.02} if train["label"].endswith("c0.nii.gz") else {"liver": 0.012, "spleen": 0.006}
+    assert structure_volumes_ml(a, "train", val_fraction=0.0, test_fraction=0.5) == pytest.approx(expected)
+    (a / "labelsTr" / "c1.nii.gz").write_bytes(b"not a nifti")
+    with pytest.raises(ValueError, match="c1.nii.gz: cannot read the label map"):
+        structure_volumes_ml(a, "all")

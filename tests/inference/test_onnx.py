@@ -31,7 +31,7 @@ def export(tmp_path_factory, msd_dir) -> tuple[Path, Path]:
     from bundle.cli.export_edge import run_export
     from bundle.networks.receptive_field import activate_zero_init
     from bundle.text import PromptEmbeddingTable
-    from bundle.utils.checkpoint import save_model
+    from bundle.utils.checkpoint import model_structure_volumes, save_model
     from bundle.utils.config import load_bundle_config
 
     root = tmp_path_factory.mktemp("onnx")
@@ -41,9 +41,12 @@ def export(tmp_path_factory, msd_dir) -> tuple[Path, Path]:
     embeddings = torch.randn(2, TINY_CLIP_DIM)
     net.prompt_embeddings.copy_(embeddings)
     table = PromptEmbeddingTable(dict(zip(PROMPTS + ["extra prompt"], torch.cat([embeddings, torch.randn(1, 32)]))))
-    ckpt = save_model(net, root / "model.pt", table, {"bundle_version": "test"})
+    volumes = {"anterior hippocampus": 1.5, "posterior hippocampus": 1.25}
+    ckpt = save_model(net, root / "model.pt", table, {"bundle_version": "test", "structure_volumes_ml": volumes})
     out = root / "edge"
     manifest = run_export(out, "inference.json", ckpt, msd_dir, calibration_cases=2, overrides=OVERRIDES)
+    # the "absent" rule's scale travels with the graph
+    assert model_structure_volumes(None, out / FP32_FILE) == manifest["structure_volumes_ml"] == volumes
     # 27 windows of 16^3 (overlap 0.25) tile each 32x40x32 phantom
     assert manifest["calibration"] == {"dataset_dir": msd_dir.name, "split": "train", "cases": 2, "windows": 54}
     assert manifest["parameters"]["folded"] < manifest["parameters"]["pytorch"]

@@ -39,10 +39,12 @@ def _table():
 
 def test_best_model_saver_keeps_the_best_epoch(tmp_path):
     trainer, evaluator, net = _engines([0.5, 0.7, 0.6])
-    BestModelSaver(str(tmp_path / "model.pt"), net, _table(), evaluator).attach(trainer)
+    extra = {"structure_volumes_ml": {"liver": 900.0}}
+    BestModelSaver(str(tmp_path / "model.pt"), net, _table(), evaluator, metadata=extra).attach(trainer)
     trainer.run([0], max_epochs=3)
     info = load_model_info(tmp_path / "model.pt")["metadata"]
     assert (info["epoch"], round(info["metric"], 3)) == (2, 0.7)
+    assert info["structure_volumes_ml"] == {"liver": 900.0}
     saved = torch.load(tmp_path / "model.pt", weights_only=True)["weight"]
     assert torch.allclose(saved, net.weight.detach() - 1)  # the weights of epoch 2: one step before the last
 

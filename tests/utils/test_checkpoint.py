@@ -12,6 +12,7 @@ from bundle.utils.checkpoint import (
     load_model_info,
     load_prompt_table,
     load_weights,
+    model_structure_volumes,
     prompt_table_path,
     save_model,
 )
@@ -155,3 +156,17 @@ def test_a_table_repeating_an_embedding_keeps_the_bundles_classes(tmp_path):
     assert model_class_names(path, META) == {1: "anterior hippocampus", 2: "posterior hippocampus"}
     other = PromptEmbeddingTable({"liver": torch.zeros(3), "spleen": torch.zeros(3)})
     assert model_class_names(save_model(net, tmp_path / "other.pt", other, {}), META)[1] == "anterior hippocampus"
+
+
+def test_structure_volumes_come_from_the_model_files_metadata(tmp_path):
+    path = save_model(_net(), tmp_path / "model.pt", _table(), {"structure_volumes_ml": {"liver": 900, "spleen": 80.5}})
+    assert model_structure_volumes(path) == {"liver": 900.0, "spleen": 80.5}
+    older = save_model(_net(), tmp_path / "older.pt", _table(), {"epoch": 1})  # bundle <= 0.15: none recorded
+    assert model_structure_volumes(older) == {} and model_structure_volumes(None) == {}
+    assert model_structure_volumes(tmp_path / "absent.pt") == {}
+    bad = save_model(_net(), tmp_path / "bad.pt", _table(), {"structure_volumes_ml": {"liver": -1}})
+    with pytest.raises(ValueError, match="bad.prompts.pt: structure_volumes_ml holds a negative"):
+        model_structure_volumes(bad)
+    bad = save_model(_net(), tmp_path / "bad2.pt", _table(), {"structure_volumes_ml": ["liver"]})
+    with pytest.raises(ValueError, match="bad2.prompts.pt: structure_volumes_ml is not a mapping"):
+        model_structure_volumes(bad)

@@ -10,8 +10,8 @@ Optional ``--conf KEY VALUE`` settings:
 - ``model``: the model file served (default: the shipped ``models/model.pt``; e.g. ``runs/suite/model.pt``, a
   model trained on a suite), its classes those of its prompt table;
 - ``num_inference_steps``: DDIM steps (default: inference.json's);
-- ``max_anisotropy``, ``min_answer_ml``: inference.json's input check and "absent" rule (the suite model is served
-  with ``max_anisotropy 8`` for thick-slice stacks; docs/suite.md);
+- ``max_anisotropy``, ``min_answer_ml``, ``answer_volume_fraction``: inference.json's input check and "absent" rule
+  (the suite model is served with ``max_anisotropy 8`` for thick-slice stacks; docs/suite.md);
 - ``skip_trainers``: ``true`` to serve inference only;
 - ``max_upload_mb``: the largest request body accepted (default 64);
 - ``cors_origins``: comma-separated browser origins allowed to call the server (e.g. OHIF on another origin);
@@ -222,6 +222,7 @@ class SegOneApp(MONAILabelApp):
             ("num_inference_steps", int),
             ("max_anisotropy", float),
             ("min_answer_ml", float),
+            ("answer_volume_fraction", float),
             ("keep_largest", _truthy),
         )
         for key, kind in conf_kinds:

@@ -26,7 +26,7 @@ from monailabel.transform.post import Restored
 
 from bundle.inference import prompted_inference
 from bundle.text import PromptEmbeddingTable, PromptSelection, UnknownPromptError
-from bundle.transforms import DropSmallAnswersd
+from bundle.transforms import DropSmallAnswersd, answer_thresholds_ml
 from bundle.utils.checkpoint import load_prompt_table, load_weights
 from bundle.utils.config import load_bundle_config
 from bundle.utils.threads import set_inference_threads
@@ -227,7 +227,15 @@ class SegOneInfer(BasicInferTask):
         return [
             self.invert,
             AsDiscreted(keys="pred", argmax=True),
-            DropSmallAnswersd(keys="pred", min_volume_ml=float(self.parser.get_parsed_content("min_answer_ml"))),
+            DropSmallAnswersd(
+                keys="pred",
+                min_volume_ml=answer_thresholds_ml(
+                    selection.names,
+                    float(self.parser.get_parsed_content("min_answer_ml")),
+                    float(self.parser.get_parsed_content("answer_volume_fraction")),
+                    self.parser.get_parsed_content("structure_volumes_ml"),
+                ),
+            ),
             *(largest if self.parser.get_parsed_content("keep_largest") else []),
             MapLabelValued(
                 keys="pred",
