@@ -97,7 +97,11 @@ class DropSmallAnswersd(MapTransform):
         self.min_volume_ml: float | list[float] = thresholds if per_class else thresholds[0]
 
     def threshold(self, value: int) -> float:
-        """The threshold (ml) of label value ``value``."""
+        """The threshold (ml) of a label value.
+
+        Args:
+            value: the class's label value (``1..K``).
+        """
         if isinstance(self.min_volume_ml, list):
             return self.min_volume_ml[value - 1] if 1 <= value <= len(self.min_volume_ml) else 0.0
         return self.min_volume_ml
