@@ -27,7 +27,7 @@ from monailabel.transform.post import Restored
 from bundle.inference import prompted_inference
 from bundle.text import PromptEmbeddingTable, PromptSelection, UnknownPromptError
 from bundle.transforms import DropSmallAnswersd, answer_thresholds_ml
-from bundle.utils.checkpoint import load_prompt_table, load_weights
+from bundle.utils.checkpoint import load_prompt_table, load_weights, model_structure_volumes
 from bundle.utils.config import load_bundle_config
 from bundle.utils.threads import set_inference_threads
 
@@ -233,7 +233,7 @@ class SegOneInfer(BasicInferTask):
                     selection.names,
                     float(self.parser.get_parsed_content("min_answer_ml")),
                     float(self.parser.get_parsed_content("answer_volume_fraction")),
-                    self.parser.get_parsed_content("structure_volumes_ml"),
+                    model_structure_volumes(self.get_path()),  # the served file's: fine-tuned weights record theirs
                 ),
             ),
             *(largest if self.parser.get_parsed_content("keep_largest") else []),
