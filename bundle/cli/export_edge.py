@@ -160,6 +160,11 @@ def run_export(
             "text_encoder": dict(encoder_config),
             "checkpoint": {"file": ckpt.name, "sha256": file_sha256(ckpt)},
             "structure_volumes_ml": model_structure_volumes(ckpt),
+            # the config's "absent" rule, for runtimes without the bundle's configs (the browser page)
+            "absent_rule": {
+                "min_answer_ml": float(parser.get_parsed_content("min_answer_ml")),
+                "answer_volume_fraction": float(parser.get_parsed_content("answer_volume_fraction")),
+            },
             "calibration": {
                 # the folder's name: a shipped manifest says which data set, not where it sat on the build machine
                 "dataset_dir": Path(dataset_dir or demo_dir).name,

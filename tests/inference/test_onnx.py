@@ -47,6 +47,7 @@ def export(tmp_path_factory, msd_dir) -> tuple[Path, Path]:
     manifest = run_export(out, "inference.json", ckpt, msd_dir, calibration_cases=2, overrides=OVERRIDES)
     # the "absent" rule's scale travels with the graph
     assert model_structure_volumes(None, out / FP32_FILE) == manifest["structure_volumes_ml"] == volumes
+    assert manifest["absent_rule"] == {"min_answer_ml": 0.0, "answer_volume_fraction": 0.2}  # inference.json's
     # 27 windows of 16^3 (overlap 0.25) tile each 32x40x32 phantom
     assert manifest["calibration"] == {"dataset_dir": msd_dir.name, "split": "train", "cases": 2, "windows": 54}
     assert manifest["parameters"]["folded"] < manifest["parameters"]["pytorch"]

@@ -1,5 +1,5 @@
 // The whole segmentation of one image, independent of the page: the bundle's preprocessing, sliding windows over
-// the network, argmax, the chosen classes' label values, and the reorientation undone.
+// the network, argmax, the "absent" rule, the chosen classes' label values, and the reorientation undone.
 
 import { applyOrientation, invertTransform, preprocess } from './preprocess.js';
 import { argmax, slidingWindowInference } from './sliding_window.js';
@@ -9,7 +9,8 @@ import { argmax, slidingWindowInference } from './sliding_window.js';
  *
  * @param {object} json the parsed model.json
  * @returns {object} classNames, labelValues and prompts (one per one-hot column), inputNames, outputName, roiSize,
- *   overlap, mode, sigmaScale, sizeDivisor, orientation, normalization, dynamicPrompts, models
+ *   overlap, mode, sigmaScale, sizeDivisor, orientation, normalization, dynamicPrompts, models, absentMl (per
+ *   class, the largest answer in ml that counts as absent: bundle.transforms.answer_thresholds_ml)
  */
 export function readManifest(json) {
   const prompts = json.prompts;
@@ -29,6 +30,15 @@ export function readManifest(json) {
   if (norm.kind !== 'zscore' || norm.nonzero !== true) {
     throw new Error(`model.json: normalization ${JSON.stringify(norm)} is not supported (z-score over non-zero voxels)`);
   }
+  // the "absent" rule of the exporting config, scaled by the structures' training volumes the model recorded
+  const rule = json.absent_rule || {};
+  const minMl = Number(rule.min_answer_ml ?? 0);
+  const fraction = Number(rule.answer_volume_fraction ?? 0);
+  const volumes = json.structure_volumes_ml || {};
+  const absentMl = prompts.map((p) => Math.max(minMl, fraction * Number(volumes[p] ?? 0)));
+  if (![minMl, fraction, ...absentMl].every((t) => t >= 0)) {
+    throw new Error('model.json: absent_rule or structure_volumes_ml is not valid (negative or not a number)');
+  }
   return {
     classNames,
     labelValues,
@@ -46,6 +56,7 @@ export function readManifest(json) {
     // a fixed P (a number) means the graph always takes every prompt
     dynamicPrompts: typeof promptShape[0] !== 'number',
     models: json.models || {},
+    absentMl,
   };
 }
 
@@ -101,11 +112,34 @@ export async function segment({ image, manifest, classIndices, run, onProgress }
     },
   });
   const index = argmax(probs.data, probs.channels);
+  dropSmallAnswers(index, classIndices.map((c) => (manifest.absentMl || [])[c] || 0), voxelMl(image.affine));
   const values = [0, ...classIndices.map((c) => manifest.labelValues[c])];
   const rasLabels = new Uint8Array(index.length);
   for (let i = 0; i < index.length; i++) rasLabels[i] = values[index[i]];
   const labels = applyOrientation({ dims: pre.dims, data: rasLabels }, invertTransform(pre.transform)).data;
   return { labels, rasLabels, ras: rasDisplay, windows: probs.windows, codes: pre.codes, rasDims: pre.dims };
+}
+
+/** The volume of one voxel in ml: |det| of the affine's 3x3 part, in mm^3, over 1000 (reorienting keeps it). */
+export function voxelMl(affine) {
+  const [a, b, c] = affine;
+  const det =
+    a[0] * (b[1] * c[2] - b[2] * c[1]) - a[1] * (b[0] * c[2] - b[2] * c[0]) + a[2] * (b[0] * c[1] - b[1] * c[0]);
+  return Math.abs(det) / 1000;
+}
+
+/**
+ * The "absent" rule, as bundle.transforms.DropSmallAnswersd: every class p (1..P) of the argmax `index` whose whole
+ * answer is at most thresholdsMl[p - 1] ml becomes background (0), in place.
+ */
+export function dropSmallAnswers(index, thresholdsMl, voxelVolumeMl) {
+  if (!thresholdsMl.some((t) => t > 0)) return index;
+  const counts = new Float64Array(thresholdsMl.length + 1);
+  for (let i = 0; i < index.length; i++) counts[index[i]]++;
+  const drop = thresholdsMl.map((t, p) => counts[p + 1] > 0 && counts[p + 1] * voxelVolumeMl <= t);
+  if (!drop.some(Boolean)) return index;
+  for (let i = 0; i < index.length; i++) if (index[i] > 0 && drop[index[i] - 1]) index[i] = 0;
+  return index;
 }
 
 /**

@@ -4,7 +4,15 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
 import { readNifti } from '../../../bundle/web/src/nifti.js';
-import { modelFile, promptRows, readManifest, segment, selectClasses } from '../../../bundle/web/src/pipeline.js';
+import {
+  dropSmallAnswers,
+  modelFile,
+  promptRows,
+  readManifest,
+  segment,
+  selectClasses,
+  voxelMl,
+} from '../../../bundle/web/src/pipeline.js';
 import { preprocess } from '../../../bundle/web/src/preprocess.js';
 import { bytes, cases } from './fixtures.mjs';
 
@@ -105,4 +113,35 @@ test('segment: labels carry the chosen class values, in the input geometry', asy
   // back in the input's layout: voxel by voxel the rule on the raw input (z-scoring keeps the order of values)
   const both = await segment({ image, manifest, classIndices: [0, 1], run });
   assert.ok(both.labels.includes(1) && both.labels.includes(2));
+});
+
+test('the absent rule: per-class thresholds from the manifest, whole answers of at most them dropped', async () => {
+  assert.deepEqual(readManifest(MANIFEST).absentMl, [0, 0]); // no rule, no volumes: nothing is dropped
+  const ruled = readManifest({
+    ...MANIFEST,
+    absent_rule: { min_answer_ml: 0.5, answer_volume_fraction: 0.2 },
+    structure_volumes_ml: { 'anterior hippocampus': 10 },
+  });
+  assert.deepEqual(ruled.absentMl, [2, 0.5]); // max(min_answer_ml, 0.2 x 10 ml); no volume: min_answer_ml
+  assert.throws(() => readManifest({ ...MANIFEST, absent_rule: { min_answer_ml: -1 } }), /not valid/);
+  assert.equal(voxelMl([[2, 0, 0, 5], [0, 0, 1.5, 0], [0, -1, 0, 0], [0, 0, 0, 1]]), 0.003);
+  // 2 ul voxels: class 1 has 3 voxels (6 ul), class 2 has 1 (2 ul)
+  const index = Uint8Array.from([0, 1, 1, 2, 1, 0]);
+  assert.deepEqual(Array.from(dropSmallAnswers(index.slice(), [0.006, 0.001], 0.002)), [0, 0, 0, 2, 0, 0]);
+  assert.deepEqual(Array.from(dropSmallAnswers(index.slice(), [0.0059, 0.002], 0.002)), [0, 1, 1, 0, 1, 0]);
+  assert.deepEqual(Array.from(dropSmallAnswers(index.slice(), [0, 0], 0.002)), Array.from(index));
+  // through segment: a rule larger than any answer leaves only background
+  const c = cases.nifti.find((x) => x.name === 'permuted_bigendian');
+  const image = await readNifti(bytes(c.file));
+  const run = async (window, roi, rows, P) => {
+    const n = window.length;
+    const p = new Float32Array(P * n).fill(0.1);
+    for (let i = 0; i < n; i++) if (window[i] > 1) p[i] = 0.9; // the first prompt answers where bright
+    return combine(p, P, n);
+  };
+  const plain = await segment({ image, manifest: readManifest(MANIFEST), classIndices: [0], run });
+  assert.ok(plain.labels.includes(1));
+  const huge = readManifest({ ...MANIFEST, absent_rule: { min_answer_ml: 1e9 } });
+  const erased = await segment({ image, manifest: huge, classIndices: [0], run });
+  assert.ok(!erased.labels.includes(1) && erased.labels.length === plain.labels.length);
 });
