@@ -17,6 +17,7 @@ lists and dicts, so ``torch.load(..., weights_only=True)`` reads it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -283,8 +284,8 @@ def model_structure_volumes(path: PathLike | None, onnx_path: PathLike | None = 
         volumes = {str(k): float(v) for k, v in dict(table).items()}
     except (TypeError, ValueError) as e:
         raise ValueError(f"{source}: structure_volumes_ml is not a mapping of names to volumes in ml ({e})") from e
-    if any(not v >= 0 for v in volumes.values()):
-        raise ValueError(f"{source}: structure_volumes_ml holds a negative or NaN volume: {volumes}")
+    if not all(0 <= v < math.inf for v in volumes.values()):
+        raise ValueError(f"{source}: structure_volumes_ml holds a negative, infinite or NaN volume: {volumes}")
     return volumes
 
 

@@ -167,6 +167,9 @@ def test_structure_volumes_come_from_the_model_files_metadata(tmp_path):
     bad = save_model(_net(), tmp_path / "bad.pt", _table(), {"structure_volumes_ml": {"liver": -1}})
     with pytest.raises(ValueError, match="bad.prompts.pt: structure_volumes_ml holds a negative"):
         model_structure_volumes(bad)
+    infinite = save_model(_net(), tmp_path / "inf.pt", _table(), {"structure_volumes_ml": {"liver": float("inf")}})
+    with pytest.raises(ValueError, match="inf.prompts.pt: structure_volumes_ml holds a negative, infinite"):
+        model_structure_volumes(infinite)  # an infinite scale would erase every answer
     bad = save_model(_net(), tmp_path / "bad2.pt", _table(), {"structure_volumes_ml": ["liver"]})
     with pytest.raises(ValueError, match="bad2.prompts.pt: structure_volumes_ml is not a mapping"):
         model_structure_volumes(bad)

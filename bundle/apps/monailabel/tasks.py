@@ -76,6 +76,7 @@ class SegOneInfer(BasicInferTask):
         self._table_lock = threading.Lock()
         self._table_key: tuple | None = None
         self._cached_table: PromptEmbeddingTable | None = None
+        self._cached_volumes: dict[str, float] = {}
         super().__init__(
             path=[str(p) for p in model_paths],
             network=network,
@@ -91,12 +92,19 @@ class SegOneInfer(BasicInferTask):
 
     def _table(self) -> PromptEmbeddingTable:
         """The served checkpoint's prompt table, read again only when the file changes (fine-tuning)."""
+        return self._model_info()[0]
+
+    def _model_info(self) -> tuple[PromptEmbeddingTable, dict[str, float]]:
+        """The served checkpoint's prompt table and structure volumes (the absent rule's scale), read again only
+        when the file changes (fine-tuning), never per request."""
         path = self.get_path()
         key = (path, os.stat(path).st_mtime)
         with self._table_lock:
             if self._table_key != key:
-                self._cached_table, self._table_key = load_prompt_table(path, self._text_encoder), key
-            return self._cached_table
+                table = load_prompt_table(path, self._text_encoder)
+                self._cached_table, self._cached_volumes = table, model_structure_volumes(path)
+                self._table_key = key
+            return self._cached_table, self._cached_volumes
 
     def _selection(self, data: dict[str, Any]) -> PromptSelection:
         return PromptSelection(data.get("prompts") or None, self.class_names, self._table)
@@ -233,7 +241,7 @@ class SegOneInfer(BasicInferTask):
                     selection.names,
                     float(self.parser.get_parsed_content("min_answer_ml")),
                     float(self.parser.get_parsed_content("answer_volume_fraction")),
-                    model_structure_volumes(self.get_path()),  # the served file's: fine-tuned weights record theirs
+                    self._model_info()[1],  # the served file's: fine-tuned weights record theirs
                 ),
             ),
             *(largest if self.parser.get_parsed_content("keep_largest") else []),
