@@ -33,6 +33,7 @@ from tests.helpers.bundle_runs import (
     infer_overrides,
     train_overrides,
     workflow,
+    write_msd,
 )
 
 # end-to-end: not part of the fast lane (make test-fast)
@@ -116,6 +117,46 @@ def test_training_recipe_switches_run_and_keep_the_averaged_weights(tmp_path, ti
     assert losses and all(o["competition"] > 0 and o["bce"] > 0 and o["label"].shape[0] == 2 for o in losses)
 
 
+def test_fine_tuning_starts_from_the_model_file_with_the_new_data_s_prompts(tmp_path, trained, tiny_clip_config):
+    """``finetune`` loads ``finetune_model_path`` before the first step, all but the prompt embeddings, which come
+    from the new folder's label names: with a zero learning rate the weights never move, so the saved (averaged)
+    model is the file it started from, prompting for the new structures."""
+    # one structure where the model has two: the prompt table (and its buffer) changes size
+    other = write_msd(tmp_path / "liver", labels={"0": "background", "1": "liver"}, relabel={2: 0})
+    out = tmp_path / "ft"
+    overrides = train_overrides(
+        tiny_clip_config, other, out, finetune=True, finetune_model_path=str(trained / "model.pt"), learning_rate=0.0
+    )
+    wf = workflow("train.json", "train", **overrides)
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    start, saved = (torch.load(p, weights_only=True) for p in (trained / "model.pt", out / "model.pt"))
+    assert set(saved) == set(start)
+    # the average of unchanged weights is them, up to float rounding (x * d + x * (1 - d))
+    for k in start:
+        if k != "prompt_embeddings":
+            torch.testing.assert_close(saved[k], start[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert saved["prompt_embeddings"].shape[0] == 1 and start["prompt_embeddings"].shape[0] == 2
+    assert torch.load(out / "model.prompts.pt", weights_only=True)["prompt_table"]["prompts"] == ["liver"]
+
+
+def test_fine_tuning_names_a_model_file_of_another_architecture(tmp_path, trained, tiny_clip_config, msd_dir):
+    overrides = train_overrides(
+        tiny_clip_config,
+        msd_dir,
+        tmp_path / "ft",
+        finetune=True,
+        finetune_model_path=str(trained / "model.pt"),
+        features=[4, 8, 32],
+    )
+    wf = workflow("train.json", "train", **overrides)
+    wf.initialize()
+    with pytest.raises(Exception) as err:
+        wf.parser.get_parsed_content("load_finetune_weights")
+    assert "model.pt: checkpoint does not fit" in error_chain(err.value)
+
+
 def test_training_without_dataset_dir_generates_demo_data(tmp_path, tiny_clip_config):
     demo = tmp_path / "demo"
     overrides = train_overrides(tiny_clip_config, Path(""), tmp_path / "out", demo_dir=str(demo))
@@ -187,7 +228,6 @@ def _tree(root: Path) -> dict[str, str]:
 
 def test_training_names_every_bad_input_up_front_and_exits_cleanly(tmp_path, tiny_clip_config):
     from bundle.data import dataset_split
-    from tests.helpers.bundle_runs import write_msd
 
     msd = write_msd(tmp_path / "msd")
     overrides = train_overrides(tiny_clip_config, msd, tmp_path / "out")
@@ -462,6 +502,22 @@ def test_cli_verify_net_in_out_and_torchscript_export(tmp_path, trained):
     torch.testing.assert_close(scripted(x), net.eval()(x), rtol=1e-4, atol=1e-4)
 
 
+def _torchrun_training(overrides: dict, nproc: int, env: dict) -> subprocess.CompletedProcess:
+    """multi_gpu_train.json merged over train.json under torchrun, ``nproc`` processes."""
+    args = ["--nnodes", "1", "--nproc_per_node", str(nproc), "-m", "monai.bundle", "run", "training"]
+    args += ["--config_file", json.dumps([str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")])]
+    args += ["--meta_file", META, *bundle_override_args(overrides)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
 @pytest.mark.parametrize("dataset_balance", [0.0, 1.0])
 def test_multi_gpu_config_trains_with_two_processes_on_cpu(tmp_path, tiny_clip_config, msd_dir, dataset_balance):
     """multi_gpu_train.json merged over train.json under torchrun: DDP with the gloo backend, 2 processes; with
@@ -471,36 +527,25 @@ def test_multi_gpu_config_trains_with_two_processes_on_cpu(tmp_path, tiny_clip_c
     overrides = train_overrides(
         tiny_clip_config, msd_dir, out, max_epochs=2, val_fraction=0.34, dataset_balance=dataset_balance
     )
-    args = [
-        "--nnodes",
-        "1",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "monai.bundle",
-        "run",
-        "training",
-        "--config_file",
-        json.dumps([str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")]),
-        "--meta_file",
-        META,
-    ]
-    args += bundle_override_args(overrides)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    # on the CPU even where there is a GPU: two processes would need two GPUs (NCCL takes one device per process)
+    result = _torchrun_training(overrides, 2, {"CUDA_VISIBLE_DEVICES": ""})
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     ckpt = torch.load(out / "model.pt", weights_only=True)
     last = torch.load(out / "last.pt", weights_only=True)
     # each process saw half of the (padded) 4 training cases per epoch: 1 batch of 2, for 2 epochs
     assert last["trainer"]["iteration"] == 2
     assert not any(k.startswith("module.") for k in ckpt)  # saved unwrapped, loadable without DDP
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (NCCL); the CPU test above runs gloo")
+def test_multi_gpu_config_trains_with_one_process_per_gpu_on_nccl(tmp_path, tiny_clip_config, msd_dir):
+    out = tmp_path / "ddp"
+    overrides = train_overrides(tiny_clip_config, msd_dir, out, max_epochs=2, val_fraction=0.34)
+    result = _torchrun_training(overrides, torch.cuda.device_count(), {})
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    ckpt = torch.load(out / "model.pt", weights_only=True, map_location="cpu")
+    assert not any(k.startswith("module.") for k in ckpt)
+    assert torch.load(out / "last.pt", weights_only=True, map_location="cpu")["trainer"]["iteration"] > 0
 
 
 def test_shipped_model_segments_held_out_hippocampus_cases():

@@ -18,7 +18,7 @@ lists and dicts, so ``torch.load(..., weights_only=True)`` reads it.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +131,11 @@ def _state_dict_of(ckpt: Mapping[str, Any], path: PathLike, key: str | None) -> 
 
 
 def load_weights(
-    network: nn.Module, path: PathLike, key: str | None = None, map_location: str | torch.device = "cpu"
+    network: nn.Module,
+    path: PathLike,
+    key: str | None = None,
+    map_location: str | torch.device = "cpu",
+    keep_own: Sequence[str] = (),
 ) -> nn.Module:
     """Loads a checkpoint into ``network`` strictly (see :func:`load_state`).
 
@@ -140,6 +144,8 @@ def load_weights(
         path: a model file (plain state dict, or a legacy model file) or a resume file.
         key: the entry holding the state dict; ``None`` finds it (the file itself, or its ``"model"`` entry).
         map_location: where tensors go.
+        keep_own: entries of ``network``'s state dict that keep their configured values, whatever the file holds
+            (fine-tuning keeps ``prompt_embeddings``, built from the new data's label names).
 
     Returns:
         ``network``, loaded.
@@ -148,10 +154,12 @@ def load_weights(
         CheckpointError: naming the file, when it is missing or unreadable, does not fit ``network``, or holds
             NaN or infinite weights.
     """
-    return load_state(network, load_checkpoint(path, map_location), path, key)
+    return load_state(network, load_checkpoint(path, map_location), path, key, keep_own)
 
 
-def load_state(network: nn.Module, ckpt: Mapping[str, Any], path: PathLike, key: str | None = None) -> nn.Module:
+def load_state(
+    network: nn.Module, ckpt: Mapping[str, Any], path: PathLike, key: str | None = None, keep_own: Sequence[str] = ()
+) -> nn.Module:
     """Loads a checkpoint already read from ``path`` into ``network`` strictly.
 
     Args:
@@ -159,6 +167,8 @@ def load_state(network: nn.Module, ckpt: Mapping[str, Any], path: PathLike, key:
         ckpt: the checkpoint's dict.
         path: its file (for messages).
         key: the entry holding the state dict; ``None`` finds it.
+        keep_own: entries of ``network``'s state dict that keep their configured values (each must be one of
+            them); the file's entries of those names, whatever their shape, are not used.
 
     Returns:
         ``network``, loaded.
@@ -168,8 +178,12 @@ def load_state(network: nn.Module, ckpt: Mapping[str, Any], path: PathLike, key:
             checkpoint was saved from another architecture or configuration; naming the file and the first
             non-finite tensor, when weights are NaN or infinite.
     """
-    state = _state_dict_of(ckpt, path, key)
+    state = dict(_state_dict_of(ckpt, path, key))
     own = network.state_dict()
+    for name in keep_own:
+        if name not in own:
+            raise ValueError(f"keep_own: {name!r} is not in {type(network).__name__}'s state dict")
+        state[name] = own[name]
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [

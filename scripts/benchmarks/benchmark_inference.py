@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Whole-volume inference time on the CPU: SegOne (all class prompts, by DDIM steps) against U-Net baselines.
+"""Whole-volume inference time on the CPU (or a GPU, ``--device cuda``): SegOne (all class prompts, by DDIM steps)
+against U-Net baselines.
 
 Every network runs through the same MONAI SlidingWindowInferer as ``configs/inference.json`` (ROI 48x64x48,
 overlap 0.25, Gaussian blending) on a volume of the size of an MSD hippocampus crop, with the bundle workflows'
@@ -12,6 +13,8 @@ run untrained.
     python scripts/benchmarks/benchmark_inference.py --steps 1 2 --threads 1 2 --repeats 20
     # another SegOne configuration, e.g. the recipe's shift blocks at 2 mm
     python scripts/benchmarks/benchmark_inference.py --set "encoder_blocks=[1,1,2,2]" --set "decoder_blocks=[1,1,1]"
+    # on a GPU: each timed call waits for the device to finish (torch.cuda.synchronize)
+    python scripts/benchmarks/benchmark_inference.py --device cuda --threads 4 --sw_batch_size 1 4 16
 """
 
 from __future__ import annotations
@@ -142,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=str(BUNDLE_ROOT / "models" / "model.pt"),
         help="SegOne model file (default: %(default)s; random weights when it is absent or with --set)",
     )
+    ap.add_argument("--device", default="cpu", help="where the networks and the volume are: cpu (default) or cuda[:N]")
     add_override_option(ap, "--set", "inference.json override for SegOne, e.g. --set encoder_blocks=[1,1,2,2]")
     args = ap.parse_args(argv)
     # as inference.json and evaluate.json run (both networks alike): freed memory kept for reuse; SEGONE_MALLOC=stock
@@ -149,8 +153,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     keep_freed_memory()
     overrides = parse_overrides(args.set)
 
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: no CUDA device is available")
     torch.manual_seed(0)
-    volume = torch.randn(1, 1, *args.shape)
+    volume = torch.randn(1, 1, *args.shape, device=device)
     inferers = {
         b: SlidingWindowInferer((48, 64, 48), sw_batch_size=b, overlap=0.25, mode="gaussian")
         for b in args.sw_batch_size
@@ -168,15 +175,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     nets[BASELINE] = baseline_unet(k)
     if args.basic_unet:
         nets["MONAI BasicUNet"] = BasicUNet(3, 1, k + 1).eval()
+    nets = {name: net.to(device) for name, net in nets.items()}
+
+    def _finished(result: Any) -> Any:
+        # CUDA calls return before the kernels finish: a timed call ends when the device does
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return result
 
     def _run(net: torch.nn.Module, inferer: SlidingWindowInferer) -> Callable[[], Any]:
         seg = net.segmenter if isinstance(net, EncoderPerPrompt) else net
         if not isinstance(seg, PromptedSegmenter):
-            return lambda: inferer(volume, net)
+            return lambda: _finished(inferer(volume, net))
         # k prompts: the model's own, repeated when it has fewer (the cost does not depend on their values)
         own = seg.prompt_embeddings
         prompts = own[torch.arange(k) % own.shape[0]]
-        return lambda: inferer(volume, net, prompt_embeddings=prompts)
+        return lambda: _finished(inferer(volume, net, prompt_embeddings=prompts))
 
     def _row(name: str, b: int) -> str:
         return name if len(inferers) == 1 else f"{name}, {b} window(s) per call"
@@ -184,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     windows = "/".join(map(str, args.sw_batch_size))
     print(
         f"\nvolume {'x'.join(map(str, args.shape))}, ROI 48x64x48, {windows} window(s) per call, "
-        f"{args.repeats} interleaved rounds\n"
+        f"{args.repeats} interleaved rounds, device {device}\n"
     )
     print("| network | parameters | threads | median time / volume | p10-p90 | ratio to UNet |")
     print("|---|---:|---:|---:|---:|---:|")

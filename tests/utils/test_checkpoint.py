@@ -70,6 +70,25 @@ def test_checkpoint_of_another_architecture_is_explained(tmp_path):
         load_weights(extra, path)
 
 
+def test_entries_kept_as_configured_may_differ_in_the_file(tmp_path):
+    class Prompted(torch.nn.Module):
+        def __init__(self, k: int) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv3d(1, 2, 1)
+            self.register_buffer("prompt_embeddings", torch.full((k, 3), float(k)))
+
+    path = save_model(Prompted(2), tmp_path / "model.pt", _table(), {})
+    net = Prompted(5)
+    with pytest.raises(CheckpointError, match="prompt_embeddings: \\(2, 3\\) in file, \\(5, 3\\) in network"):
+        load_weights(net, path)
+    torch.nn.init.zeros_(net.conv.weight)
+    load_weights(net, path, keep_own=["prompt_embeddings"])
+    assert torch.equal(net.conv.weight, torch.load(path, weights_only=True)["conv.weight"])
+    assert torch.equal(net.prompt_embeddings, torch.full((5, 3), 5.0))
+    with pytest.raises(ValueError, match="'embeddings' is not in Prompted's state dict"):
+        load_weights(net, path, keep_own=["embeddings"])
+
+
 def test_a_model_without_its_prompt_table_is_explained(tmp_path):
     path = save_torch_atomic(_net().state_dict(), tmp_path / "bare.pt")
     load_weights(_net(), path)  # a bare state dict loads
