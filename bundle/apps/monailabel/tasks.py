@@ -275,10 +275,11 @@ class SegOneInfer(BasicInferTask):
 class SegOneTrain(BundleTrainTask):
     """Fine-tunes the bundle's model on the annotated studies through ``configs/train.json``.
 
-    MONAI Label passes the labelled image/label pairs (``train#dataset#data``, ``validate#dataset#data``), the
-    epochs, and a CheckpointLoader for the starting weights; it runs ``run`` without ``initialize``/``finalize``,
-    and train.json needs neither. The new weights go to ``output_dir/model.pt`` (with the prompt table), where
-    :class:`SegOneInfer` picks them up on its next request.
+    MONAI Label passes the labelled image/label pairs (``train#dataset#data``, ``validate#dataset#data``) and the
+    epochs; the starting weights are train.json's ``finetune`` / ``finetune_model_path`` (the served model, unless
+    the request says ``pretrained: false``), loaded as a command-line fine-tuning run loads them. It runs ``run``
+    without ``initialize``/``finalize``, and train.json needs neither. The new weights go to
+    ``output_dir/model.pt`` (with the prompt table), where :class:`SegOneInfer` picks them up on its next request.
 
     Args:
         bundle_root: the repository (the bundle) root.
@@ -295,15 +296,16 @@ class SegOneTrain(BundleTrainTask):
         overrides: dict[str, Any] | None = None,
     ) -> None:
         self.start_weights = start_weights
+        self._pretrained = True  # each request's "pretrained" (MONAI Label's default: true), see _load_checkpoint
         self.output_dir = Path(output_dir)
         self.extra_overrides = dict(overrides or {})
         # train.json uses MONAI Label's default bundle keys (train#dataset#data, train#trainer#max_epochs, ...)
         super().__init__(str(bundle_root), conf={}, const=BundleConstants(), model_dict_key="model", load_strict=True)
 
     def _load_checkpoint(self, model_pytorch, pretrained, train_handlers) -> None:
-        # the weights to start from are the served ones (shipped or fine-tuned), not bundle_root/models/<name>
-        if pretrained:
-            super()._load_checkpoint(self.start_weights(), pretrained, train_handlers)
+        # no CheckpointLoader handler: train.json's own fine-tuning switch loads the starting weights (with its
+        # checks and errors naming the file), set in _update_overrides, which runs after this for the same request
+        self._pretrained = bool(pretrained)
 
     def _update_overrides(self, overrides: dict[str, Any]) -> dict[str, Any]:
         overrides.update(
@@ -312,6 +314,9 @@ class SegOneTrain(BundleTrainTask):
                 "resume": False,  # a new fine-tuning run each time, from the CheckpointLoader's weights
                 "val_interval": 1,
                 "max_epochs": overrides["train#trainer#max_epochs"],  # the LR schedule's length too
+                # the served weights (shipped or last fine-tuned), not bundle_root/models/<name>
+                "finetune": self._pretrained,
+                "finetune_model_path": self.start_weights(),
                 **self.extra_overrides,
             }
         )

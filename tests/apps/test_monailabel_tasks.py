@@ -1,0 +1,31 @@
+"""The MONAI Label trainer's hooks: what a fine-tuning request turns into for train.json (no server needed)."""
+
+from __future__ import annotations
+
+from bundle.utils.config import BUNDLE_ROOT
+
+
+def _overrides(task) -> dict:
+    return task._update_overrides({"train#trainer#max_epochs": 2, "train#dataset#data": [{"image": "a", "label": "b"}]})
+
+
+def test_fine_tuning_starts_from_the_served_weights_through_train_json(tmp_path):
+    from bundle.apps.monailabel.tasks import SegOneTrain
+
+    task = SegOneTrain(BUNDLE_ROOT, start_weights=lambda: "/served/model.pt", output_dir=tmp_path)
+    handlers: list = []
+    task._load_checkpoint(str(BUNDLE_ROOT / "models" / "model.pt"), True, handlers)
+    assert handlers == []  # no CheckpointLoader: train.json's own switch loads the weights
+    overrides = _overrides(task)
+    assert overrides["finetune"] is True and overrides["finetune_model_path"] == "/served/model.pt"
+    assert overrides["max_epochs"] == 2 and overrides["resume"] is False
+    # no held-out pairs: validation on the training pairs
+    assert overrides["validate#dataset#data"] == overrides["train#dataset#data"]
+
+
+def test_a_request_without_pretrained_weights_starts_from_random_ones(tmp_path):
+    from bundle.apps.monailabel.tasks import SegOneTrain
+
+    task = SegOneTrain(BUNDLE_ROOT, start_weights=lambda: "/served/model.pt", output_dir=tmp_path)
+    task._load_checkpoint(str(BUNDLE_ROOT / "models" / "model.pt"), False, [])
+    assert _overrides(task)["finetune"] is False
