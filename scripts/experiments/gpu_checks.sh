@@ -38,7 +38,9 @@ EPOCHS=${EPOCHS:-3}
 NW=${NUM_WORKERS:-4}
 REPEATS=${REPEATS:-20}
 if [ -n "${SMOKE:-}" ]; then EPOCHS=1; REPEATS=2; fi
-$PY -c "import torch, monai; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'gpus', torch.cuda.device_count(), 'monai', monai.__version__)" | tee -a "$OUT/summary.txt" || exit 1
+# a python that cannot import the basics stops the script here (a pipe into tee would hide its exit status)
+versions=$($PY -c "import torch, monai; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'gpus', torch.cuda.device_count(), 'monai', monai.__version__)") || { echo "$PY cannot import torch and monai" | tee -a "$OUT/summary.txt" >&2; exit 1; }
+echo "$versions" | tee -a "$OUT/summary.txt"
 if [ -z "${SMOKE:-}" ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/summary.txt"
   NPROC=$($PY -c "import torch; print(torch.cuda.device_count())")

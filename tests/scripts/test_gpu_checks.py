@@ -67,6 +67,13 @@ def test_a_failing_step_is_reported_and_the_others_run(tmp_path):
     assert "ddp: rc 1" in summary and "bench: rc 0" in summary and "end" in summary
 
 
+def test_it_stops_when_its_python_cannot_import_torch_and_monai(tmp_path):
+    env = {**_env(tmp_path, tmp_path), "PY": "false"}
+    result = subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "false cannot import torch and monai" in result.stderr
+    assert "ddp:" not in (tmp_path / "out" / "summary.txt").read_text()
+
+
 def test_it_refuses_to_start_without_data_or_output(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DATA", "OUT")}
     result = subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)

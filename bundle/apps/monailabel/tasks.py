@@ -311,7 +311,7 @@ class SegOneTrain(BundleTrainTask):
         overrides.update(
             {
                 "output_dir": str(self.output_dir),
-                "resume": False,  # a new fine-tuning run each time, from the CheckpointLoader's weights
+                "resume": False,  # a new fine-tuning run each time, from the served weights (finetune below)
                 "val_interval": 1,
                 "max_epochs": overrides["train#trainer#max_epochs"],  # the LR schedule's length too
                 # the served weights (shipped or last fine-tuned), not bundle_root/models/<name>
