@@ -206,7 +206,9 @@ class SegOne(nn.Module):
       so every output depends on every input voxel.
 
     Optional conditioning, for use as a diffusion denoiser: a timestep and/or a text-embedding vector are turned into
-    one vector that modulates (FiLM: per-channel scale and shift) the bottleneck latent and every decoder skip.
+    one vector that modulates (FiLM: per-channel scale and shift) the bottleneck latent and every decoder skip; or,
+    with ``shared_decoder``, only the decoder's finest output, so that the whole U-Net runs once per image and only a
+    small head runs per prompt.
 
     Args:
         spatial_dims: number of spatial dimensions, 2 or 3.
@@ -251,6 +253,12 @@ class SegOne(nn.Module):
             passes its noisy-mask channel here, so its encoder sees the image alone and is the same for every prompt
             of an image, at every sampling step: :meth:`forward_shared_image` encodes each image once for all its
             prompts in training and sampling too, not only at the first sampling step.
+        shared_decoder: the conditioning modulates the finest decoder output only (FiLM, then a 1x1 fusion with the
+            ``decoder_inputs`` channels, a norm and an activation, then the head), not the latent and the skips: the
+            encoder and the decoder see the image alone, so :meth:`forward_prompts` and :meth:`forward_shared_image`
+            run them once per image and, per prompt, only that fusion and the head, as a multi-class U-Net's last
+            layer serves every class. Needs conditioning (``with_timestep`` or ``text_dim``); no deep supervision
+            (its heads would read unconditioned levels).
         deep_supervision: number of extra 1x1 output heads, on the decoder's outputs at levels ``1..n`` (each
             ``stem_scale * 2**level`` times coarser than the input), for deep supervision in training
             (:meth:`forward_deep`); ``forward`` never runs them. At most ``len(features) - 2``.
@@ -270,12 +278,13 @@ class SegOne(nn.Module):
         ValueError: when ``spatial_dims`` is not 2 or 3, ``features`` has fewer than two levels, ``stem_scale < 1``,
             ``refine_inputs`` or ``decoder_inputs`` names a channel outside ``range(in_channels)``, ``decoder_inputs``
             leaves no channel for the encoder, ``refine_neighbours`` or ``refine_hidden_neighbours`` is set without the
-            refinement, or ``deep_supervision`` is outside ``[0, len(features) - 2]``.
+            refinement, ``deep_supervision`` is outside ``[0, len(features) - 2]``, or ``shared_decoder`` is set
+            without conditioning or with deep supervision.
     """
 
     # TorchScript constants, so a network compiles without the branches it does not use (conditioning; inputs that
     # bypass the encoder, whose empty list TorchScript could not type)
-    __constants__ = ["conditioned", "has_decoder_inputs"]
+    __constants__ = ["conditioned", "has_decoder_inputs", "shared_decoder"]
 
     def __init__(
         self,
@@ -299,6 +308,7 @@ class SegOne(nn.Module):
         refine_neighbours: bool = False,
         refine_hidden_neighbours: bool = False,
         decoder_inputs: Sequence[int] | None = None,
+        shared_decoder: bool = False,
         deep_supervision: int = 0,
     ) -> None:
         super().__init__()
@@ -324,6 +334,16 @@ class SegOne(nn.Module):
         self.stem_scale = int(stem_scale)
         self.size_divisor = 2 ** (levels - 1) * self.stem_scale
         self.conditioned = with_timestep or text_dim is not None
+        self.shared_decoder = bool(shared_decoder)
+        if self.shared_decoder and not self.conditioned:
+            raise ValueError(
+                "shared_decoder needs conditioning (with_timestep or text_dim): there is nothing to share."
+            )
+        if self.shared_decoder and deep_supervision:
+            raise ValueError(
+                "shared_decoder leaves the decoder's coarser levels unconditioned, so deep supervision heads there "
+                f"could not tell prompts apart; got deep_supervision={deep_supervision}."
+            )
         self.decoder_inputs = sorted({int(c) for c in decoder_inputs or ()})
         self.has_decoder_inputs = len(self.decoder_inputs) > 0
         if any(not 0 <= c < in_channels for c in self.decoder_inputs) or len(self.decoder_inputs) >= in_channels:
@@ -343,7 +363,8 @@ class SegOne(nn.Module):
             )
 
         def film(channels: int) -> nn.Module:
-            return FiLM(spatial_dims, channels, cond_channels) if self.conditioned else Unconditioned()
+            in_decoder = self.conditioned and not self.shared_decoder
+            return FiLM(spatial_dims, channels, cond_channels) if in_decoder else Unconditioned()
 
         self.cond_embed: nn.Module = (
             ConditionEmbedding(cond_channels, use_timestep=with_timestep, text_dim=text_dim)
@@ -366,13 +387,24 @@ class SegOne(nn.Module):
         decoder: list[nn.Module] = []
         for level in range(levels - 2, -1, -1):
             c = features[level]
-            fused = 2 * c + (late_channels if level == 0 else 0)
+            fused = 2 * c + (late_channels if level == 0 and not self.shared_decoder else 0)
             fuse = nn.Sequential(conv1x1(spatial_dims, fused, c), _norm_act(spatial_dims, c, norm, act))
             skip_bias_before(fuse[0], fuse[1][0])
             decoder.append(
                 _DecoderStage(ShuffleUp(spatial_dims, features[level + 1], c), film(c), fuse, mix(c, dec_blocks[level]))
             )
         self.decoder = nn.ModuleList(decoder)
+        # the per-prompt part of a shared decoder: FiLM, then the late inputs fused in, as the finest stage does
+        self.prompt_film: nn.Module = (
+            FiLM(spatial_dims, features[0], cond_channels) if self.shared_decoder else Unconditioned()
+        )
+        self.prompt_fuse: nn.Module = nn.Identity()
+        if self.shared_decoder:
+            self.prompt_fuse = nn.Sequential(
+                conv1x1(spatial_dims, features[0] + late_channels, features[0]),
+                _norm_act(spatial_dims, features[0], norm, act),
+            )
+            skip_bias_before(self.prompt_fuse[0], self.prompt_fuse[1][0])
         used = list(range(in_channels)) if refine_inputs is None else [int(c) for c in refine_inputs]
         if any(not 0 <= c < in_channels for c in used):
             raise ValueError(f"refine_inputs {used} must be channels of the {in_channels}-channel input.")
@@ -458,8 +490,7 @@ class SegOne(nn.Module):
             )
         # index_select, not x[::K]: slicing a batch of MONAI MetaTensors (training's input) splits its metadata
         first = x.index_select(0, torch.arange(0, x.shape[0], prompts_per_image, device=x.device))
-        skips = [repeat_items(s, prompts_per_image) for s in self._encode(first)]
-        decoded = self._decode_skips(skips, timesteps, context, self._late_inputs(x))
+        decoded = self._decode_prompts(self._encode(first), timesteps, context, self._late_inputs(x), prompts_per_image)
         return self.head(decoded[-1], x)
 
     @torch.jit.export
@@ -492,7 +523,8 @@ class SegOne(nn.Module):
         """:meth:`forward` for ``K`` conditionings of each input, with the encoder run once per input.
 
         The encoder and the bottleneck context do not see the conditioning, so an input's features are the same for
-        every prompt: only the conditioned decoder and the head run ``K`` times. Equal to ``forward`` on the inputs
+        every prompt: only the conditioned decoder and the head run ``K`` times (with ``shared_decoder``, only the
+        per-prompt fusion and the head). Equal to ``forward`` on the inputs
         repeated ``K`` times (image-major), at the cost of one encoder pass instead of ``K``.
 
         Args:
@@ -507,11 +539,10 @@ class SegOne(nn.Module):
         Raises:
             ValueError: as :meth:`forward`.
         """
-        skips = [repeat_items(s, prompts_per_image) for s in self._encode(x)]
         late = self._late_inputs(x)
         if late is not None:
             late = repeat_items(late, prompts_per_image)
-        decoded = self._decode_skips(skips, timesteps, context, late)
+        decoded = self._decode_prompts(self._encode(x), timesteps, context, late, prompts_per_image)
         return self.head(decoded[-1], repeat_items(x, prompts_per_image))
 
     def _decode(
@@ -551,15 +582,33 @@ class SegOne(nn.Module):
         skips[-1] = self.context(skips[-1])
         return skips
 
+    def _decode_prompts(
+        self,
+        skips: list[torch.Tensor],
+        timesteps: torch.Tensor | None,
+        context: torch.Tensor | None,
+        late: torch.Tensor | None,
+        prompts_per_image: int,
+    ) -> list[torch.Tensor]:
+        """:meth:`_decode_skips` for ``K`` conditionings of each of the ``B`` encoded inputs (``late``,
+        ``timesteps`` and ``context`` have ``B * K`` rows, image-major): the conditioned decoder runs ``B * K`` times,
+        a shared one ``B`` times."""
+        if self.shared_decoder:
+            return self._decode_skips(skips, timesteps, context, late, prompts_per_image)
+        return self._decode_skips([repeat_items(s, prompts_per_image) for s in skips], timesteps, context, late)
+
     def _decode_skips(
         self,
         skips: list[torch.Tensor],
         timesteps: torch.Tensor | None,
         context: torch.Tensor | None,
         late: torch.Tensor | None = None,
+        prompts_per_image: int = 1,
     ) -> list[torch.Tensor]:
         """The decoder stages' outputs from the encoder's (:meth:`_encode`) and the late inputs
-        (:meth:`_late_inputs`, fused at the finest stage), coarsest first."""
+        (:meth:`_late_inputs`, fused at the finest stage), coarsest first. With ``shared_decoder`` the decoder runs on
+        the ``B`` inputs of ``skips`` and its finest output is repeated ``prompts_per_image`` times for the per-prompt
+        part; otherwise ``skips`` already has a row per conditioning and ``prompts_per_image`` is 1."""
         cond: torch.Tensor | None = None
         if self.conditioned:
             cond = self.cond_embed(timesteps, context)
@@ -567,8 +616,12 @@ class SegOne(nn.Module):
         decoded: list[torch.Tensor] = []
         last = len(self.decoder) - 1
         for i, stage in enumerate(self.decoder):
-            x = stage(x, skips[-(i + 2)], cond, late if i == last else None)
+            finest_late = late if i == last and not self.shared_decoder else None
+            x = stage(x, skips[-(i + 2)], cond, finest_late)
             decoded.append(x)
+        if self.shared_decoder:
+            x = self.prompt_film(repeat_items(x, prompts_per_image), cond)
+            decoded[-1] = self.prompt_fuse(torch.cat([x, late], dim=1) if late is not None else x)
         return decoded
 
 

@@ -22,14 +22,20 @@ class RandPromptd(Randomizable, MapTransform):
     Args:
         keys: the multi-label map (``[1, *S]`` or ``[*S]`` integer labels).
         class_names: ``{label value: name}`` (background excluded), e.g. from :func:`class_names_from_metadata`.
-        target_key: where the binary target ``[1, *S]`` (float32) goes; ``[K, *S]`` with ``all_classes``.
-        prompt_key: where the prompt text goes; the ``K`` names (``class_names`` order) with ``all_classes``.
+        target_key: where the binary target ``[1, *S]`` (float32) goes; ``[K, *S]`` with ``all_classes`` or
+            ``num_prompts`` ``K > 1``.
+        prompt_key: where the prompt text goes; the ``K`` names (``class_names`` order with ``all_classes``).
         class_key: where the sampled label value goes (an int; 0 never occurs); the ``K`` values (``[K]`` int64
-            tensor) with ``all_classes``.
+            tensor) with ``all_classes`` or ``num_prompts > 1``.
         absent_prob: probability of prompting a class that is absent from the map (empty target), when there is one.
             Not used with ``all_classes``, where absent classes are prompted with their empty targets.
         all_classes: prompt every class of ``class_names`` at once, so that a loss can make the classes compete for
             each voxel (:class:`~bundle.diffusion.MaskDiffusion`'s ``competition_weight``).
+        num_prompts: prompts per item, ``K`` distinct classes drawn slot by slot as the single prompt is (each slot
+            absent with ``absent_prob`` while both kinds are left, own-folder absent ones with ``own_absent_prob``),
+            in drawn order; targets ``[K, *S]``. For a suite, where ``all_classes`` would prompt unlabelled
+            structures as absent, this gives a step several of a crop's structures (a decoder shared by the prompts
+            then costs little more than one). 1: the single prompt. Not with ``all_classes``.
         absent_exclusions: per folder name (the item's ``dataset_key``), class values never prompted as absent on
             its items: structures its labels do not mark but its images may hold
             (:func:`~bundle.data.suite_absent_exclusions`). Items of other folders, or untagged, use every class.
@@ -46,8 +52,9 @@ class RandPromptd(Randomizable, MapTransform):
         ValueError: when ``class_names`` is empty or holds 0, ``absent_prob`` or ``own_absent_prob`` is outside
             ``[0, 1]``, ``folder_classes`` names a value outside ``class_names``, or
             ``all_classes`` meets ``absent_exclusions`` that exclude a class (prompting every class would give
-            those possibly present structures empty targets); when called, naming the label file, when the map
-            holds values outside ``class_names`` and background.
+            those possibly present structures empty targets), or ``num_prompts`` is below 1, above the number of
+            classes or set with ``all_classes``; when called, naming the label file, when the map holds values
+            outside ``class_names`` and background, or fewer than ``num_prompts`` classes can be prompted.
     """
 
     def __init__(
@@ -63,6 +70,7 @@ class RandPromptd(Randomizable, MapTransform):
         dataset_key: str = "dataset",
         folder_classes: Mapping[str, Collection[int]] | None = None,
         own_absent_prob: float = 0.0,
+        num_prompts: int = 1,
         allow_missing_keys: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
@@ -85,6 +93,11 @@ class RandPromptd(Randomizable, MapTransform):
         if not 0.0 <= own_absent_prob <= 1.0:
             raise ValueError(f"own_absent_prob must be in [0, 1], got {own_absent_prob}")
         self.class_names = {int(k): normalize_prompt(v) for k, v in class_names.items()}
+        self.num_prompts = int(num_prompts)
+        if not 1 <= self.num_prompts <= len(self.class_names):
+            raise ValueError(f"num_prompts must be in [1, {len(self.class_names)}] (the classes), got {num_prompts}")
+        if self.num_prompts > 1 and self.all_classes:
+            raise ValueError("num_prompts > 1 and all_classes both choose the prompts: set one of them")
         self.folder_classes = {str(k): {int(c) for c in v} for k, v in (folder_classes or {}).items()}
         unknown = sorted({c for v in self.folder_classes.values() for c in v} - set(self.class_names))
         if unknown:
@@ -93,6 +106,7 @@ class RandPromptd(Randomizable, MapTransform):
         self.target_key, self.prompt_key, self.class_key = target_key, prompt_key, class_key
         self.absent_prob = absent_prob
         self._choice: int | None = None
+        self._choices: list[int] = []
 
     def randomize(  # type: ignore[override]
         self, present: Sequence[int], excluded: Collection[int] = (), own: Collection[int] = ()
@@ -116,6 +130,32 @@ class RandPromptd(Randomizable, MapTransform):
             self._choice = int(self.R.choice(absent))
         else:
             self._choice = int(self.R.choice(list(present)))
+
+    def randomize_prompts(
+        self, present: Sequence[int], excluded: Collection[int] = (), own: Collection[int] = ()
+    ) -> None:
+        """Choose ``num_prompts`` distinct classes, slot by slot: an absent one with probability ``absent_prob``
+        while present ones are left too (always when none is), one of ``own`` among them with probability
+        ``own_absent_prob``; else one of ``present``. Fewer candidates than slots leave :attr:`_choices` short.
+
+        Args:
+            present, excluded, own: as for :meth:`randomize`.
+        """
+        left_present = [int(c) for c in present]
+        left_absent = [c for c in self.class_names if c not in left_present and c not in excluded]
+        self._choices = []
+        while len(self._choices) < self.num_prompts and (left_present or left_absent):
+            if left_absent and (not left_present or self.R.rand() < self.absent_prob):
+                own_absent = [c for c in left_absent if c in own]
+                pool = left_absent
+                if own_absent and self.own_absent_prob > 0 and self.R.rand() < self.own_absent_prob:
+                    pool = own_absent
+                choice = int(self.R.choice(pool))
+                left_absent.remove(choice)
+            else:
+                choice = int(self.R.choice(left_present))
+                left_present.remove(choice)
+            self._choices.append(choice)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         """
@@ -150,7 +190,19 @@ class RandPromptd(Randomizable, MapTransform):
                 continue
             present = [int(v) for v in values if int(v) in self.class_names]
             folder = str(d.get(self.dataset_key))
-            self.randomize(present, self.absent_exclusions.get(folder, ()), self.folder_classes.get(folder, ()))
+            excluded, own = self.absent_exclusions.get(folder, ()), self.folder_classes.get(folder, ())
+            if self.num_prompts > 1:
+                self.randomize_prompts(present, excluded, own)
+                if len(self._choices) < self.num_prompts:
+                    raise ValueError(
+                        f"{source_name(d, key)}: {self.num_prompts} prompts asked, but only {len(self._choices)} "
+                        f"classes can be prompted (present or absent and not excluded: {self._choices})"
+                    )
+                d[self.target_key] = torch.stack([(label == c).float() for c in self._choices])
+                d[self.prompt_key] = [self.class_names[c] for c in self._choices]
+                d[self.class_key] = torch.tensor(self._choices, dtype=torch.long)
+                continue
+            self.randomize(present, excluded, own)
             assert self._choice is not None
             d[self.target_key] = (label == self._choice).float()[None]
             d[self.prompt_key] = self.class_names[self._choice]

@@ -250,13 +250,15 @@ class _ForwardOnly(torch.nn.Module):
         return self.denoiser(x, timesteps, context)
 
 
-def test_a_denoiser_whose_encoder_skips_the_mask_encodes_each_image_once_per_training_step():
-    """``decoder_inputs=[0]``: every prompt of an image in one step costs one encoder pass, with the same loss and
-    gradients as the pairs denoised one by one; the sampler, too, encodes each image once at every step."""
+@pytest.mark.parametrize("shared_decoder", [False, True])
+def test_a_denoiser_whose_encoder_skips_the_mask_encodes_each_image_once_per_training_step(shared_decoder):
+    """``decoder_inputs=[0]``: every prompt of an image in one step costs one encoder pass (with ``shared_decoder``,
+    one decoder pass too), with the same loss and gradients as the pairs denoised one by one; the sampler, too,
+    encodes each image once at every step."""
     torch.manual_seed(0)
     denoiser = activate_zero_init(
         SegOne(2, 2, 1, features=(8, 16, 32), encoder_blocks=1, decoder_blocks=1, with_timestep=True, text_dim=4,
-               decoder_inputs=[0])
+               decoder_inputs=[0], shared_decoder=shared_decoder)
     )  # fmt: skip
     terms = {"prediction_type": "logits", "l1_weight": 0.0, "bce_weight": 1.0, "competition_weight": 1.0}
     image = torch.rand(2, 1, 16, 16)
@@ -265,11 +267,14 @@ def test_a_denoiser_whose_encoder_skips_the_mask_encodes_each_image_once_per_tra
     context, t = torch.randn(2, 2, 4), torch.tensor([999, 500])
     losses, grads = [], []
     for model in (MaskDiffusion(denoiser, **terms), MaskDiffusion(_ForwardOnly(denoiser), **terms)):
-        stems = []
+        stems, decoders = [], []
         hook = denoiser.encoder[0].register_forward_hook(lambda m, i, o: stems.append(o.shape[0]))
+        decoder_hook = denoiser.decoder[0].register_forward_hook(lambda m, i, o: decoders.append(o.shape[0]))
         out = model.loss(image, target, context, timesteps=t, generator=torch.Generator().manual_seed(1))
         hook.remove()
+        decoder_hook.remove()
         assert stems == ([2] if not losses else [4])  # shared: one pass per image; forward only: one per pair
+        assert decoders == ([2] if shared_decoder and not losses else [4])
         denoiser.zero_grad()
         out["loss"].backward()
         losses.append(out["loss"].detach())
@@ -278,11 +283,13 @@ def test_a_denoiser_whose_encoder_skips_the_mask_encodes_each_image_once_per_tra
     assert len(grads[0]) == len(grads[1]) > 0
     for shared, separate in zip(*grads):
         torch.testing.assert_close(shared, separate, rtol=1e-4, atol=1e-6)
-    stems = []
+    stems, decoders = [], []
     denoiser.encoder[0].register_forward_hook(lambda m, i, o: stems.append(o.shape[0]))
+    denoiser.decoder[0].register_forward_hook(lambda m, i, o: decoders.append(o.shape[0]))
     seg = PromptedSegmenter(denoiser, prompt_embeddings=torch.randn(3, 4), num_inference_steps=3).eval()
     probs = seg(image)
     assert stems == [2, 2, 2]
+    assert decoders == ([2, 2, 2] if shared_decoder else [6, 6, 6])  # 2 images x 3 prompts
     torch.testing.assert_close(seg(image[1:]), probs[1:], rtol=1e-5, atol=1e-5)
 
 
@@ -390,11 +397,11 @@ def test_seeded_normal_survives_trace_and_onnx(tmp_path):
     assert compare_onnx(_NoiseOf(), path, (other[:1],)) < 1e-5  # the ONNX batch size is the example's
 
 
-def _segmenter(num_prompts: int = 2, decoder_inputs=()) -> PromptedSegmenter:
+def _segmenter(num_prompts: int = 2, decoder_inputs=(), shared_decoder: bool = False) -> PromptedSegmenter:
     torch.manual_seed(0)
     denoiser = activate_zero_init(
         SegOne(3, 2, 1, features=(8, 16, 32), encoder_blocks=1, decoder_blocks=1, with_timestep=True, text_dim=4,
-               decoder_inputs=decoder_inputs)
+               decoder_inputs=decoder_inputs, shared_decoder=shared_decoder)
     )  # fmt: skip
     return PromptedSegmenter(denoiser, prompt_embeddings=torch.randn(num_prompts, 4), num_inference_steps=3).eval()
 
@@ -476,13 +483,13 @@ def test_segmenter_shares_state_with_training_network():
         seg.loss(torch.zeros(1, 1, 16, 16, 16), torch.zeros(1, 1, 16, 16, 16), torch.zeros(1, 4))
 
 
-@pytest.mark.parametrize("decoder_inputs", [(), (0,)])
-def test_prompted_segmenter_traces_and_slides(tmp_path, decoder_inputs):
+@pytest.mark.parametrize("decoder_inputs,shared_decoder", [((), False), ((0,), False), ((0,), True)])
+def test_prompted_segmenter_traces_and_slides(tmp_path, decoder_inputs, shared_decoder):
     from monai.inferers import SlidingWindowInferer
 
     from bundle.export import export_torchscript
 
-    seg = _segmenter(2, decoder_inputs)
+    seg = _segmenter(2, decoder_inputs, shared_decoder)
     example = (torch.rand(1, 1, 16, 16, 32),)
     traced = torch.jit.load(str(export_torchscript(seg, tmp_path / "seg.ts", trace_inputs=example)))
     other = torch.rand(2, 1, 32, 16, 16)  # another batch size and shape than the trace's
@@ -491,11 +498,11 @@ def test_prompted_segmenter_traces_and_slides(tmp_path, decoder_inputs):
     assert inferer(torch.rand(1, 1, 40, 24, 20), seg).shape == (1, 3, 40, 24, 20)
 
 
-@pytest.mark.parametrize("decoder_inputs", [(), (0,)])
-def test_prompted_segmenter_exports_to_onnx(tmp_path, decoder_inputs):
+@pytest.mark.parametrize("decoder_inputs,shared_decoder", [((), False), ((0,), False), ((0,), True)])
+def test_prompted_segmenter_exports_to_onnx(tmp_path, decoder_inputs, shared_decoder):
     from bundle.export import compare_onnx, export_onnx
 
-    seg = _segmenter(2, decoder_inputs)
+    seg = _segmenter(2, decoder_inputs, shared_decoder)
     path = export_onnx(seg, tmp_path / "segmenter.onnx", (torch.rand(1, 1, 16, 16, 16),), size_divisor=4)
     # the whole sampler (noise, DDIM loop, class probabilities) at another spatial size than the example's
     assert compare_onnx(seg, path, (torch.rand(1, 1, 32, 16, 24),)) < 1e-4

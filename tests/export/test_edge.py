@@ -25,7 +25,9 @@ from bundle.networks.receptive_field import activate_zero_init
 from bundle.utils.io import file_sha256
 
 
-def _segmenter(spatial_dims: int, steps: int, num_prompts: int = 3, embed_dim: int = 6) -> PromptedSegmenter:
+def _segmenter(
+    spatial_dims: int, steps: int, num_prompts: int = 3, embed_dim: int = 6, shared_decoder: bool = False
+) -> PromptedSegmenter:
     torch.manual_seed(0)
     denoiser = SegOne(
         spatial_dims,
@@ -38,6 +40,8 @@ def _segmenter(spatial_dims: int, steps: int, num_prompts: int = 3, embed_dim: i
         with_timestep=True,
         text_dim=embed_dim,
         cond_channels=16,
+        decoder_inputs=[0] if shared_decoder else None,
+        shared_decoder=shared_decoder,
     )
     # FiLM projections and the global-context output start at zero: give them weights, as after training
     activate_zero_init(denoiser, std=0.3)
@@ -45,10 +49,10 @@ def _segmenter(spatial_dims: int, steps: int, num_prompts: int = 3, embed_dim: i
     return PromptedSegmenter(denoiser, prompt_embeddings=embeddings, num_inference_steps=steps).eval()
 
 
-@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("spatial_dims,shared_decoder", [(2, False), (3, False), (3, True)])
 @pytest.mark.parametrize("steps", [1, 2])
-def test_folded_prompts_give_the_unfolded_output(spatial_dims, steps):
-    seg = _segmenter(spatial_dims, steps)
+def test_folded_prompts_give_the_unfolded_output(spatial_dims, steps, shared_decoder):
+    seg = _segmenter(spatial_dims, steps, shared_decoder=shared_decoder)
     films = [m for m in seg.denoiser.modules() if isinstance(m, FiLM)]
     assert films and all(m.proj.weight.abs().sum() > 0 for m in films)
     folded = fold_prompts(seg)

@@ -8,6 +8,7 @@ import torch.nn as nn
 from monai.bundle import ConfigParser
 
 from bundle.networks import SegOne
+from bundle.networks.blocks import FiLM
 from bundle.networks.receptive_field import activate_zero_init, input_support
 
 SMALL = {"features": (8, 16, 32), "encoder_blocks": 1, "decoder_blocks": 1}
@@ -426,3 +427,47 @@ def test_without_deep_supervision_the_state_dict_is_unchanged():
     }
     with pytest.raises(ValueError, match=r"deep_supervision must be in \[0, 1\] for 3 levels, got 2"):
         SegOne(3, 2, 1, features=(8, 16, 32), deep_supervision=2)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_shared_decoder_runs_the_unet_once_per_image_and_only_the_head_per_prompt(spatial_dims):
+    """``shared_decoder``: the conditioning enters after the decoder, so rows of one image share the encoder and the
+    decoder (``forward_prompts``, ``forward_shared_image``), equal to ``forward`` on every row, and the prompts and
+    the noisy mask still change the output."""
+    torch.manual_seed(0)
+    net = activate_zero_init(
+        SegOne(spatial_dims, 2, 1, with_timestep=True, text_dim=8, stem_scale=2, refine_channels=4,
+               refine_inputs=[1], decoder_inputs=[0], shared_decoder=True, **SMALL)
+    ).eval()  # fmt: skip
+    for name, module in _learned_operators(net):
+        for p in module.parameters(recurse=False):
+            assert all(s == 1 for s in p.shape[2:]), f"{name} has spatial extent {tuple(p.shape)}"
+    assert not any(isinstance(m, FiLM) for m in net.decoder.modules()) and not isinstance(net.latent_film, FiLM)
+    size = [32] * spatial_dims
+    image = torch.rand(2, 1, *size).repeat_interleave(3, dim=0)
+    x = torch.cat([torch.randn(6, 1, *size), image], dim=1)  # three prompts' masks per image
+    t, e = torch.tensor([3, 3, 3, 900, 900, 900]), torch.randn(6, 8)
+    scripted = torch.jit.script(net)
+    passes = {"encoder": [], "decoder": [], "prompt": []}
+    net.encoder[0].register_forward_hook(lambda m, i, o: passes["encoder"].append(o.shape[0]))
+    net.decoder[-1].register_forward_hook(lambda m, i, o: passes["decoder"].append(o.shape[0]))
+    net.prompt_fuse.register_forward_hook(lambda m, i, o: passes["prompt"].append(o.shape[0]))
+    with torch.no_grad():
+        shared = net.forward_shared_image(x, t, e, 3)
+        assert passes == {"encoder": [2], "decoder": [2], "prompt": [6]}
+        torch.testing.assert_close(shared, net(x, t, e), rtol=0, atol=1e-6)
+        torch.testing.assert_close(scripted.forward_shared_image(x, t, e, 3), shared, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(net.forward_prompts(x[::3], t, e, 3), net(x[::3].repeat_interleave(3, 0), t, e))
+        other_text, other_time, other_mask = e.clone(), t.clone(), x.clone()
+        other_text[0], other_time[0] = torch.randn(8), 500
+        other_mask[0, 0] = torch.randn_like(x[0, 0])
+        for changed in (net(x, t, other_text), net(x, other_time, e), net(other_mask, t, e)):
+            assert not torch.allclose(changed[0], shared[0], atol=1e-4)
+            torch.testing.assert_close(changed[1:], shared[1:], rtol=0, atol=1e-6)
+
+
+def test_shared_decoder_needs_conditioning_and_no_deep_supervision():
+    with pytest.raises(ValueError, match="shared_decoder needs conditioning"):
+        SegOne(3, 2, 1, shared_decoder=True, **SMALL)
+    with pytest.raises(ValueError, match="deep supervision heads there could not tell prompts apart"):
+        SegOne(3, 2, 1, text_dim=8, shared_decoder=True, deep_supervision=1, **SMALL)

@@ -115,6 +115,42 @@ def test_all_classes_prompts_every_class_with_its_target():
     assert torch.equal(t({"label": lab[0]})["target"], out["target"])
 
 
+def test_num_prompts_draws_distinct_classes_present_and_absent_with_their_targets():
+    names = {1: "liver", 2: "spleen", 3: "grey matter", 4: "white matter", 5: "left ventricle", 6: "myocardium"}
+    folders = {"abdomen": [1, 2], "brain": [3, 4], "heart": [5, 6]}
+    lab = _label((1, 2))  # liver and spleen present
+    t = RandPromptd("label", names, absent_prob=0.5, num_prompts=3, absent_exclusions={"abdomen": [6]})
+    t.set_random_state(0)
+    absent_counts = Counter()
+    for _ in range(300):
+        out = t({"label": lab, "dataset": "abdomen"})
+        chosen = out["prompt_class"].tolist()
+        assert len(set(chosen)) == 3 and 6 not in chosen  # distinct, never an excluded class as absent
+        assert out["prompt"] == [names[c] for c in chosen]
+        assert out["target"].shape == (3, 8, 8, 8)
+        for target, c in zip(out["target"], chosen):
+            assert torch.equal(target.bool(), lab[0] == c)
+        absent_counts[sum(c not in (1, 2) for c in chosen)] += 1
+    # each slot is absent with p 0.5 while both kinds are left: 1, 2 or 3 absent prompts, never 0 of 3 from 2 present
+    assert set(absent_counts) == {1, 2, 3} and absent_counts[1] > absent_counts[3]
+    # absent prompts favour the crop's own folder's missing classes
+    own = RandPromptd("label", names, absent_prob=1.0, num_prompts=2, folder_classes=folders, own_absent_prob=1.0)
+    own.set_random_state(0)
+    firsts = Counter(own({"label": _label((5,)), "dataset": "heart"})["prompt_class"].tolist()[0] for _ in range(100))
+    assert firsts == {6: 100}
+
+
+def test_num_prompts_is_checked_and_names_the_file_without_enough_classes():
+    with pytest.raises(ValueError, match=r"num_prompts must be in \[1, 2\]"):
+        RandPromptd("label", NAMES, num_prompts=3)
+    with pytest.raises(ValueError, match="set one of them"):
+        RandPromptd("label", NAMES, num_prompts=2, all_classes=True)
+    t = RandPromptd("label", {1: "liver", 2: "grey matter"}, num_prompts=2, absent_exclusions={"abdomen": [2]})
+    label = MetaTensor(_label((1,)), meta={"filename_or_obj": "/data/liver_007.nii.gz"})
+    with pytest.raises(ValueError, match=r"liver_007.nii.gz: 2 prompts asked, but only 1 classes can be prompted"):
+        t({"label": label, "dataset": "abdomen"})
+
+
 def test_sampling_is_reproducible_with_a_seed():
     a, b = RandPromptd("label", NAMES, absent_prob=0.3), RandPromptd("label", NAMES, absent_prob=0.3)
     a.set_random_state(5)
