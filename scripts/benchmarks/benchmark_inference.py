@@ -13,6 +13,9 @@ run untrained.
     python scripts/benchmarks/benchmark_inference.py --steps 1 2 --threads 1 2 --repeats 20
     # another SegOne configuration, e.g. the recipe's shift blocks at 2 mm
     python scripts/benchmarks/benchmark_inference.py --set "encoder_blocks=[1,1,2,2]" --set "decoder_blocks=[1,1,1]"
+    # several SegOne configurations in the same rounds: each --variant adds rows (';' between its overrides)
+    python scripts/benchmarks/benchmark_inference.py --num_classes 4 --variant "shared_decoder=True" \
+        --variant "shared_decoder=True;features=[16,64,128,256]"
     # on a GPU: each timed call waits for the device to finish (torch.cuda.synchronize)
     python scripts/benchmarks/benchmark_inference.py --device cuda --threads 4 --sw_batch_size 1 4 16
 """
@@ -147,11 +150,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--device", default="cpu", help="where the networks and the volume are: cpu (default) or cuda[:N]")
     add_override_option(ap, "--set", "inference.json override for SegOne, e.g. --set encoder_blocks=[1,1,2,2]")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE[;KEY=VALUE]",
+        help="another SegOne configuration timed in the same rounds, on top of --set (repeatable; random weights)",
+    )
     args = ap.parse_args(argv)
     # as inference.json and evaluate.json run (both networks alike): freed memory kept for reuse; SEGONE_MALLOC=stock
     # in the environment times glibc's defaults
     keep_freed_memory()
     overrides = parse_overrides(args.set)
+    try:
+        variants = [parse_overrides(v.split(";")) for v in args.variant]
+    except ValueError as err:
+        ap.error(f"--variant: {err}")
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -169,6 +183,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         + (f" ({label})" if label else ""): segone(steps, Path(args.ckpt_path), overrides)
         for steps in args.steps
     }
+    for variant in variants:
+        extra = ", ".join(f"{key}={value}" for key, value in {**overrides, **variant}.items())
+        for steps in args.steps:
+            nets[f"SegOne, {steps} DDIM step(s), {k} prompts ({extra})"] = segone(
+                steps, Path(args.ckpt_path), {**overrides, **variant}
+            )
     if args.encoder_per_prompt:
         for name in list(nets):
             nets[f"{name}, encoder per prompt (bundle <= 0.9)"] = EncoderPerPrompt(nets[name])

@@ -93,3 +93,19 @@ def test_several_window_batch_sizes_time_every_network_at_each_against_the_faste
     assert [r.split(" | ")[0].rsplit(", ", 1)[1] for r in rows] == ["1 window(s) per call", "2 window(s) per call"] * 2
     unet = [float(r.rstrip(" |").rsplit("x", 1)[1]) for r in rows if "UNet" in r]
     assert min(unet) == 1.0  # the ratio's reference is the UNet's faster row
+
+
+@pytest.mark.slow
+def test_each_variant_adds_segone_rows_with_its_overrides_on_top_of_set(capsys):
+    argv = ["--steps", "1", "--threads", "1", "--repeats", "1", "--shape", "16", "16", "16", "--num_classes", "3"]
+    variants = ["--variant", "shared_decoder=True", "--variant", "shared_decoder=True;features=[16,32,64,128]"]
+    assert _module().main(argv + ["--set", "encoder_blocks=[1,1,1,1]"] + variants) == 0
+    rows = [line.split(" | ")[:2] for line in capsys.readouterr().out.splitlines() if line.startswith("| SegOne")]
+    assert [r[0] for r in rows] == [
+        "| SegOne, 1 DDIM step(s), 3 prompts (encoder_blocks=[1, 1, 1, 1])",
+        "| SegOne, 1 DDIM step(s), 3 prompts (encoder_blocks=[1, 1, 1, 1], shared_decoder=True)",
+        "| SegOne, 1 DDIM step(s), 3 prompts (encoder_blocks=[1, 1, 1, 1], shared_decoder=True, features=[16, 32, 64, 128])",
+    ]
+    assert len({r[1] for r in rows}) == 3  # three networks: three parameter counts
+    with pytest.raises(SystemExit):
+        _module().main(argv + ["--variant", "shared_decoder"])
