@@ -145,11 +145,37 @@ class _Head(nn.Module):
         else:
             self.mix, self.act, self.out = nn.Identity(), nn.Identity(), nn.Identity()
 
-    def forward(self, x: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        x = self.proj(x)
+    def forward(self, x: torch.Tensor, inputs: torch.Tensor, prompts_per_image: int = 1) -> torch.Tensor:
+        """
+        Args:
+            x: the finest decoder output ``[B * K, in_channels, *s]``.
+            inputs: the network input ``[B, C, *S]``, ``S = s * scale``, shared by each group of ``K`` rows of ``x``.
+            prompts_per_image: ``K``.
+
+        Returns:
+            ``[B * K, out_channels, *S]``.
+        """
         if self.refine and not self.hidden_neighbours and not torch.jit.is_scripting():
             if exporting():
-                return self.refine_by_offset(x, inputs)
+                return self.refine_by_offset(self.proj(x), repeat_items(inputs, prompts_per_image))
+            if not torch.jit.is_tracing():
+                return self.refine_folded(x, inputs, prompts_per_image)
+        if prompts_per_image > 1:
+            inputs = repeat_items(inputs, prompts_per_image)
+        return self.refine_at_full_resolution(x, inputs)
+
+    def refine_at_full_resolution(self, x: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """The head in its defining order: projection, pixel-shuffle, then (with the refinement) the two 1x1 maps at
+        every full-resolution voxel. TorchScript and traces run it, and the refinement with ``hidden_neighbours``.
+
+        Args:
+            x: the finest decoder output ``[B, in_channels, *s]``.
+            inputs: the network input ``[B, C, *S]``, ``S = s * scale``.
+
+        Returns:
+            ``[B, out_channels, *S]``.
+        """
+        x = self.proj(x)
         if self.scale > 1:
             x = pixel_shuffle(x, self.spatial_dims, self.scale)
         if self.refine:
@@ -162,6 +188,41 @@ class _Head(nn.Module):
         """The input channels the refinement sees at full resolution: ``[B, seen, *S]``."""
         used = inputs[:, self.inputs_used]
         return face_neighbours(used, self.spatial_dims) if self.refine_neighbours else used
+
+    def refine_folded(self, x: torch.Tensor, inputs: torch.Tensor, prompts_per_image: int = 1) -> torch.Tensor:
+        """The refinement at the low resolution with its linear maps folded together: the eager path.
+
+        Every operator of the refinement (without ``hidden_neighbours``) acts on one full-resolution voxel, and voxel
+        ``k`` of a ``scale**D`` block is channel group ``k`` of the low-resolution tensor. So the mix's map of the
+        projected channels folds into the projection (``kron(W_mix, I) @ W_proj``: one 1x1 map at the low
+        resolution), its map of the input channels is computed once per input for all ``K`` prompts, the activation
+        and the output map act on the low-resolution groups too, and only the ``out_channels`` outputs are
+        pixel-shuffled. Nothing ``refine_channels`` wide is moved at full resolution, which was most of the head's
+        time with several prompts (docs/benchmarks.md). The same values as the full-resolution order, to float
+        rounding (tested).
+
+        Args:
+            x: the finest decoder output ``[B * K, in_channels, *s]``.
+            inputs: the network input ``[B, C, *S]``, ``S = s * scale``.
+            prompts_per_image: ``K``.
+
+        Returns:
+            ``[B * K, out_channels, *S]``.
+        """
+        n, mid = self.scale**self.spatial_dims, self.mix.out_channels
+        b, sizes = inputs.shape[0], list(x.shape[2:])
+        positions = x[0, 0].numel()
+        eye = torch.eye(n, dtype=x.dtype, device=x.device)
+        w_mix = self.mix.weight.reshape(mid, -1)
+        to_hidden = torch.kron(w_mix[:, :mid], eye)  # channel c * n + k: hidden channel c of block voxel k
+        weight = to_hidden @ self.proj.weight.reshape(mid * n, -1)
+        bias = to_hidden @ self.proj.bias + self.mix.bias.repeat_interleave(n)
+        seen = pixel_unshuffle(self.refine_inputs(inputs), self.spatial_dims, self.scale).reshape(b, -1, positions)
+        shared = (torch.kron(w_mix[:, mid:], eye) @ seen + bias[:, None]).unsqueeze(1)
+        hidden = (weight @ x.reshape(x.shape[0], x.shape[1], positions)).reshape(b, prompts_per_image, mid * n, -1)
+        hidden = self.act(hidden + shared).reshape(b * prompts_per_image, mid * n, positions)
+        out = torch.kron(self.out.weight.reshape(-1, mid), eye) @ hidden + self.out.bias.repeat_interleave(n)[:, None]
+        return pixel_shuffle(out.reshape([b * prompts_per_image, out.shape[1]] + sizes), self.spatial_dims, self.scale)
 
     def refine_by_offset(self, x: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """The refinement at the low resolution, one batch item per block offset, then one pixel-shuffle.
@@ -284,7 +345,7 @@ class SegOne(nn.Module):
 
     # TorchScript constants, so a network compiles without the branches it does not use (conditioning; inputs that
     # bypass the encoder, whose empty list TorchScript could not type)
-    __constants__ = ["conditioned", "has_decoder_inputs", "shared_decoder"]
+    __constants__ = ["conditioned", "has_decoder_inputs", "shared_decoder", "head_reads_decoder_inputs"]
 
     def __init__(
         self,
@@ -417,6 +478,8 @@ class SegOne(nn.Module):
                     f"{name} needs the refinement head (refine_channels > 0 and stem_scale > 1); got "
                     f"refine_channels={refine_channels}, stem_scale={self.stem_scale}."
                 )
+        # the head's input channels then differ between the prompts of an image (forward_shared_image)
+        self.head_reads_decoder_inputs = any(c in self.decoder_inputs for c in used)
         self.head = _Head(
             spatial_dims,
             features[0],
@@ -491,7 +554,9 @@ class SegOne(nn.Module):
         # index_select, not x[::K]: slicing a batch of MONAI MetaTensors (training's input) splits its metadata
         first = x.index_select(0, torch.arange(0, x.shape[0], prompts_per_image, device=x.device))
         decoded = self._decode_prompts(self._encode(first), timesteps, context, self._late_inputs(x), prompts_per_image)
-        return self.head(decoded[-1], x)
+        if self.head_reads_decoder_inputs:
+            return self.head(decoded[-1], x)
+        return self.head(decoded[-1], first, prompts_per_image)
 
     @torch.jit.export
     def forward_deep(
@@ -543,7 +608,7 @@ class SegOne(nn.Module):
         if late is not None:
             late = repeat_items(late, prompts_per_image)
         decoded = self._decode_prompts(self._encode(x), timesteps, context, late, prompts_per_image)
-        return self.head(decoded[-1], repeat_items(x, prompts_per_image))
+        return self.head(decoded[-1], x, prompts_per_image)
 
     def _decode(
         self, x: torch.Tensor, timesteps: torch.Tensor | None = None, context: torch.Tensor | None = None

@@ -13,7 +13,8 @@ run untrained.
     python scripts/benchmarks/benchmark_inference.py --steps 1 2 --threads 1 2 --repeats 20
     # another SegOne configuration, e.g. the recipe's shift blocks at 2 mm
     python scripts/benchmarks/benchmark_inference.py --set "encoder_blocks=[1,1,2,2]" --set "decoder_blocks=[1,1,1]"
-    # several SegOne configurations in the same rounds: each --variant adds rows (';' between its overrides)
+    # several SegOne configurations in the same rounds: each --variant adds rows (';' between its overrides);
+    # --head_in_order adds each one's head run as bundle <= 0.17 ran it
     python scripts/benchmarks/benchmark_inference.py --num_classes 4 --variant "shared_decoder=True" \
         --variant "shared_decoder=True;features=[16,64,128,256]"
     # on a GPU: each timed call waits for the device to finish (torch.cuda.synchronize)
@@ -59,6 +60,36 @@ class EncoderPerPrompt(torch.nn.Module):
         context = prompt_embeddings.repeat(b, 1)
         prob, _ = seg.sample(image.repeat_interleave(k, dim=0), context, seg.num_inference_steps, seg.seed)
         return prob.reshape(b, k, *image.shape[2:])
+
+
+class HeadInOrder(torch.nn.Module):
+    """A SegOne head run in its defining order (bundle <= 0.17): the projection pixel-shuffled to full resolution,
+    then the refinement's two 1x1 maps at every voxel, for each prompt.
+
+    The reference row for the folded eager head (``_Head.refine_folded``): the same weights and values.
+
+    Args:
+        head: the network's ``head``.
+    """
+
+    def __init__(self, head: torch.nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, x: torch.Tensor, inputs: torch.Tensor, prompts_per_image: int = 1) -> torch.Tensor:
+        """As the head's ``forward``: ``x [B * K, C, *s]``, ``inputs [B, C_in, *S]`` -> ``[B * K, C_out, *S]``."""
+        from bundle.networks.blocks import repeat_items
+
+        return self.head.refine_at_full_resolution(x, repeat_items(inputs, prompts_per_image))
+
+
+def with_head_in_order(segmenter: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a :class:`~bundle.diffusion.PromptedSegmenter` whose denoiser's head runs as :class:`HeadInOrder`."""
+    import copy
+
+    reference = copy.deepcopy(segmenter)
+    reference.denoiser.head = HeadInOrder(reference.denoiser.head)
+    return reference
 
 
 def segone(steps: int, ckpt_path: Path, overrides: Mapping[str, Any] | None = None) -> torch.nn.Module:
@@ -144,6 +175,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also time each SegOne with one encoder pass per prompt (bundle <= 0.9), against the shared encoder",
     )
     ap.add_argument(
+        "--head_in_order",
+        action="store_true",
+        help="also time each SegOne with its head in the defining order (bundle <= 0.17), against the folded head",
+    )
+    ap.add_argument(
         "--ckpt_path",
         default=str(BUNDLE_ROOT / "models" / "model.pt"),
         help="SegOne model file (default: %(default)s; random weights when it is absent or with --set)",
@@ -189,6 +225,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             nets[f"SegOne, {steps} DDIM step(s), {k} prompts ({extra})"] = segone(
                 steps, Path(args.ckpt_path), {**overrides, **variant}
             )
+    if args.head_in_order:
+        for name in list(nets):
+            nets[f"{name}, head in order (bundle <= 0.17)"] = with_head_in_order(nets[name])
     if args.encoder_per_prompt:
         for name in list(nets):
             nets[f"{name}, encoder per prompt (bundle <= 0.9)"] = EncoderPerPrompt(nets[name])

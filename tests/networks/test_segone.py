@@ -107,12 +107,17 @@ def test_refine_head_is_the_only_full_resolution_work_and_sees_each_voxels_input
     ]
     x = torch.rand(1, 2, 16, 16, 16)
     t, c = torch.tensor([5]), torch.randn(1, 8)
+    decoded = []
+    net.decoder[-1].register_forward_hook(lambda m, i, o: decoded.append(o))
     with torch.no_grad():
         y = net(x, t, c)
+        assert full == []  # eager: the refinement's maps run folded at the low resolution (refine_folded)
+        in_order = net.head.refine_at_full_resolution(decoded[0], x)  # what TorchScript and traces run
     for h in hooks:
         h.remove()
     assert y.shape == (1, 1, 16, 16, 16)
     assert full == [(4 + 2, 4), (4, 1)]  # the two 1x1 convolutions of the refinement, on 6 and 4 channels
+    torch.testing.assert_close(in_order, y, rtol=1e-5, atol=1e-5)
     # the raw input takes part in the full-resolution mixing: cut that path and the output changes
     with torch.no_grad():
         net.head.mix.weight[:, 4:] = 0
@@ -175,8 +180,10 @@ def test_refine_neighbours_without_the_refinement_is_refused(neighbours):
 
 @pytest.mark.parametrize("refine_neighbours", [False, True])
 @pytest.mark.parametrize("spatial_dims,shape", [(2, (16, 24)), (3, (16, 8, 24))])
-def test_refinement_by_block_offset_equals_the_full_resolution_one(spatial_dims, shape, refine_neighbours):
-    # exported graphs run the refinement at the low resolution, one batch item per block offset (refine_by_offset)
+def test_refinement_at_the_low_resolution_equals_the_full_resolution_one(spatial_dims, shape, refine_neighbours):
+    """Exported graphs run the refinement at the low resolution, one batch item per block offset
+    (``refine_by_offset``); eager runs fold its maps (``refine_folded``), the input's part once for ``K`` prompts;
+    traces and TorchScript keep the full-resolution order. All give the same values."""
     net = SegOne(
         spatial_dims,
         2,
@@ -188,13 +195,19 @@ def test_refinement_by_block_offset_equals_the_full_resolution_one(spatial_dims,
         refine_neighbours=refine_neighbours,
     )
     net = activate_zero_init(net).eval()
-    x = torch.randn(2, 2, *shape)
-    projected = []
-    hook = net.head.proj.register_forward_hook(lambda m, i, o: projected.append(o))
     with torch.no_grad():
-        y = net(x)
-        hook.remove()
-        assert torch.allclose(net.head.refine_by_offset(projected[0], x), y, atol=1e-6)
+        for weight in (net.head.proj.bias, net.head.mix.bias, net.head.out.bias):
+            weight.normal_()  # no zero biases: each one's place in the folding counts
+    x = torch.randn(2, 2, *shape)
+    decoded = torch.randn(6, 8, *[s // 2 for s in shape])  # three prompts per input
+    head = net.head
+    with torch.no_grad():
+        full = head.refine_at_full_resolution(decoded, x.repeat_interleave(3, 0))
+        torch.testing.assert_close(torch.jit.script(head)(decoded, x, 3), full, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(head.refine_folded(decoded, x, 3), full, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(head(decoded, x, 3), full, rtol=1e-5, atol=1e-5)
+        by_offset = head.refine_by_offset(head.proj(decoded), x.repeat_interleave(3, 0))
+        torch.testing.assert_close(by_offset, full, rtol=1e-5, atol=1e-5)
 
 
 def test_stem_scale_pyramid_alone_sees_its_block_and_the_default_sees_the_whole_patch():

@@ -109,3 +109,26 @@ def test_each_variant_adds_segone_rows_with_its_overrides_on_top_of_set(capsys):
     assert len({r[1] for r in rows}) == 3  # three networks: three parameter counts
     with pytest.raises(SystemExit):
         _module().main(argv + ["--variant", "shared_decoder"])
+
+
+def test_head_in_order_gives_the_folded_heads_probabilities():
+    from bundle.utils.config import load_bundle_config
+    from tests.helpers.bundle_runs import SMALL
+
+    torch.manual_seed(0)
+    seg = load_bundle_config("inference.json", overrides=SMALL).get_parsed_content("network_def").eval()
+    for p in seg.denoiser.head.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    reference = _module().with_head_in_order(seg)
+    assert seg.denoiser.head is not reference.denoiser.head.head  # a copy: the timed model is untouched
+    prompts = torch.randn(3, seg.prompt_embeddings.shape[1])
+    image = torch.randn(2, 1, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(reference(image, prompts), seg(image, prompts), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_head_in_order_adds_a_row_per_segone(capsys):
+    argv = ["--steps", "1", "--threads", "1", "--repeats", "1", "--shape", "16", "16", "16", "--head_in_order"]
+    assert _module().main(argv + ["--num_classes", "3"]) == 0
+    assert "| SegOne, 1 DDIM step(s), 3 prompts, head in order (bundle <= 0.17) |" in capsys.readouterr().out
