@@ -124,12 +124,16 @@ class RandPromptd(Randomizable, MapTransform):
         if not present and not absent:  # an empty crop of a folder whose every other class is excluded
             absent = [c for c in self.class_names if c not in present]
         if absent and (not present or self.R.rand() < self.absent_prob):
-            own_absent = [c for c in absent if c in own]
-            if own_absent and self.own_absent_prob > 0 and self.R.rand() < self.own_absent_prob:
-                absent = own_absent
-            self._choice = int(self.R.choice(absent))
+            self._choice = self._choose_absent(absent, own)
         else:
             self._choice = int(self.R.choice(list(present)))
+
+    def _choose_absent(self, absent: Sequence[int], own: Collection[int]) -> int:
+        """One of ``absent``: one of ``own`` among them with probability ``own_absent_prob``, when there is one."""
+        own_absent = [c for c in absent if c in own]
+        if own_absent and self.own_absent_prob > 0 and self.R.rand() < self.own_absent_prob:
+            return int(self.R.choice(own_absent))
+        return int(self.R.choice(absent))
 
     def randomize_prompts(
         self, present: Sequence[int], excluded: Collection[int] = (), own: Collection[int] = ()
@@ -146,11 +150,7 @@ class RandPromptd(Randomizable, MapTransform):
         self._choices = []
         while len(self._choices) < self.num_prompts and (left_present or left_absent):
             if left_absent and (not left_present or self.R.rand() < self.absent_prob):
-                own_absent = [c for c in left_absent if c in own]
-                pool = left_absent
-                if own_absent and self.own_absent_prob > 0 and self.R.rand() < self.own_absent_prob:
-                    pool = own_absent
-                choice = int(self.R.choice(pool))
+                choice = self._choose_absent(left_absent, own)
                 left_absent.remove(choice)
             else:
                 choice = int(self.R.choice(left_present))
