@@ -35,7 +35,7 @@ class RandPromptd(Randomizable, MapTransform):
             absent with ``absent_prob`` while both kinds are left, own-folder absent ones with ``own_absent_prob``),
             in drawn order; targets ``[K, *S]``. For a suite, where ``all_classes`` would prompt unlabelled
             structures as absent, this gives a step several of a crop's structures (a decoder shared by the prompts
-            then costs little more than one). 1: the single prompt. Not with ``all_classes``.
+            then runs once per crop). 1: the single prompt. Not with ``all_classes``.
         absent_exclusions: per folder name (the item's ``dataset_key``), class values never prompted as absent on
             its items: structures its labels do not mark but its images may hold
             (:func:`~bundle.data.suite_absent_exclusions`). Items of other folders, or untagged, use every class.

@@ -169,9 +169,25 @@ class SelectTeacherd(MapTransform):
         self.class_key = class_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """
+        Args:
+            data: a dictionary item with the teacher entries ``[K, *S]`` and the prompted class under ``class_key``.
+
+        Returns:
+            A shallow copy of ``data`` with each teacher entry cut to the prompted class's channel, ``[1, *S]``.
+
+        Raises:
+            ValueError: naming the teacher file, when the item was prompted with several classes.
+        """
         d = dict(data)
         for key in self.key_iterator(d):
-            k = self.index[int(d[self.class_key])]
+            prompted = torch.as_tensor(d[self.class_key])
+            if prompted.numel() != 1:
+                raise ValueError(
+                    f"{source_name(d, key)}: the teacher term needs one prompt per item, got {prompted.numel()} "
+                    "(all_prompts or prompts_per_image > 1): train with the teacher and one prompt per crop"
+                )
+            k = self.index[int(prompted)]
             d[key] = d[key][k : k + 1]
         return d
 
