@@ -1,6 +1,7 @@
 """Inference: folder inference that goes on past bad files, the route of prompt embeddings to the network, the
-edge export (ONNX) behind the network's interface, and mirroring test-time augmentation."""
+edge export (ONNX) behind the network's interface, mirroring test-time augmentation, and ``torch.compile``."""
 
+from .compiled import CompiledNetwork, compile_network
 from .engines import (
     FAILED_KEY,
     FolderEvaluator,
@@ -14,6 +15,8 @@ from .onnx import OnnxSegmenter, edge_prompt_table, read_edge_manifest
 from .tta import FlipEnsemble, with_flips
 
 __all__ = [
+    "CompiledNetwork",
+    "compile_network",
     "FAILED_KEY",
     "FlipEnsemble",
     "failure_reason",

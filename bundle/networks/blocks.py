@@ -94,10 +94,10 @@ def pixel_unshuffle(x: torch.Tensor, spatial_dims: int, scale_factor: int) -> to
 def pixel_shuffle(x: torch.Tensor, spatial_dims: int, scale_factor: int) -> torch.Tensor:
     """Move channels into ``r**D`` blocks of voxels (depth-to-space): MONAI's ``pixelshuffle``, also when exported.
 
-    In eager mode and TorchScript this is :func:`monai.networks.utils.pixelshuffle` (one permuted copy). While
-    exporting to ONNX or compiling (torch.export, torch.compile) it is :func:`_shuffle_for_export`: the same values,
-    in a ``DepthToSpace`` and rank-4 transposes instead of a rank-8 transpose, which onnxruntime runs on a slow
-    generic path.
+    In eager mode, TorchScript and ``torch.compile`` this is :func:`monai.networks.utils.pixelshuffle` (one permuted
+    copy; inductor fuses it into the next kernel). While exporting (ONNX, ``torch.export``) it is
+    :func:`_shuffle_for_export`: the same values, in a ``DepthToSpace`` and rank-4 transposes instead of a rank-8
+    transpose, which onnxruntime runs on a slow generic path.
 
     Args:
         x: tensor of shape ``[B, C * r**D, *S]`` with ``len(S) == spatial_dims``.
@@ -114,9 +114,10 @@ def pixel_shuffle(x: torch.Tensor, spatial_dims: int, scale_factor: int) -> torc
 
 
 def exporting() -> bool:
-    """True while exporting to ONNX or compiling (torch.export, torch.compile); False in eager runs and TorchScript
-    traces, which run on libtorch like eager mode."""
-    return bool(torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling())
+    """True while exporting (ONNX, ``torch.export``): the graph is for another runtime. False in eager runs,
+    TorchScript traces and ``torch.compile``, which run on libtorch and take the eager forms (``torch.compile`` of
+    the export forms, plain 1x1 convolutions included, ran no faster than eager mode: docs/benchmarks.md)."""
+    return bool(torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting())
 
 
 def repeat_items(x: torch.Tensor, times: int) -> torch.Tensor:
@@ -213,7 +214,7 @@ class _PointwiseForward:
     step about 1.6x faster; in inference, a 9->8 or 8->1 channel map over a full-resolution 48x64x48 batch of
     two takes 14-16 ms as a convolution and 0.1-0.5 ms as ``baddbmm`` (docs/architecture.md).
     While scripting, tracing or exporting (TorchScript, ONNX, torch.export) the regular convolution runs, so
-    exported graphs hold plain Conv nodes that edge runtimes know.
+    exported graphs hold plain Conv nodes that edge runtimes know; ``torch.compile`` takes the eager product.
 
     ``skip_bias`` (set by :func:`skip_bias_before`) leaves the bias out of the eager product: ``bmm`` instead of
     ``baddbmm``, which first copies the broadcast bias into the whole output.
@@ -225,7 +226,7 @@ class _PointwiseForward:
         if torch.jit.is_scripting():
             return self._conv_forward(x, self.weight, self.bias)  # type: ignore[attr-defined]
         else:
-            if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+            if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
                 return self._conv_forward(x, self.weight, self.bias)  # type: ignore[attr-defined]
             b, c = x.shape[0], x.shape[1]
             w = self.weight.reshape(1, self.out_channels, c).expand(b, -1, -1)

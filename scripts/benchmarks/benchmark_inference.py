@@ -7,7 +7,7 @@ overlap 0.25, Gaussian blending) on a volume of the size of an MSD hippocampus c
 ``malloc`` settings (:func:`bundle.utils.keep_freed_memory`; ``SEGONE_MALLOC=stock`` for glibc's own). The networks are timed in
 interleaved rounds (one run of each per round, the order rotating), so a change in the machine's load hits every
 row alike; the table gives the median and the ratio to the MONAI UNet baseline at the same thread count (with several
-``--sw_batch_size`` values, to the UNet at its fastest of them). Timing does not depend on the weights: the U-Nets
+``--sw_batch_size`` values or ``--compile``, to the UNet at its fastest of them). Timing does not depend on the weights: the U-Nets
 run untrained.
 
     python scripts/benchmarks/benchmark_inference.py --steps 1 2 --threads 1 2 --repeats 20
@@ -17,6 +17,9 @@ run untrained.
     # --head_in_order adds each one's head run as bundle <= 0.17 ran it
     python scripts/benchmarks/benchmark_inference.py --num_classes 4 --variant "shared_decoder=True" \
         --variant "shared_decoder=True;features=[16,64,128,256]"
+    # every network also through torch.compile (inference.json's compile), in the same rounds; the ratio is to the
+    # UNet's fastest row, compiled or not, and the first (compiling) call of each is timed apart
+    python scripts/benchmarks/benchmark_inference.py --compile --shape 256 256 34 --num_classes 4 --sw_batch_size 1 4
     # on a GPU: each timed call waits for the device to finish (torch.cuda.synchronize)
     python scripts/benchmarks/benchmark_inference.py --device cuda --threads 4 --sw_batch_size 1 4 16
 """
@@ -147,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from monai.networks.nets import BasicUNet
 
     from bundle.diffusion import PromptedSegmenter
+    from bundle.inference import CompiledNetwork
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 2], help="SegOne DDIM step counts to time")
@@ -178,6 +182,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--head_in_order",
         action="store_true",
         help="also time each SegOne with its head in the defining order (bundle <= 0.17), against the folded head",
+    )
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time every network through torch.compile (bundle.inference.CompiledNetwork), the UNet included",
     )
     ap.add_argument(
         "--ckpt_path",
@@ -235,6 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.basic_unet:
         nets["MONAI BasicUNet"] = BasicUNet(3, 1, k + 1).eval()
     nets = {name: net.to(device) for name, net in nets.items()}
+    if args.compile:
+        for name in list(nets):
+            nets[f"{name}, compiled"] = CompiledNetwork(nets[name])
 
     def _finished(result: Any) -> Any:
         # CUDA calls return before the kernels finish: a timed call ends when the device does
@@ -243,7 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return result
 
     def _run(net: torch.nn.Module, inferer: SlidingWindowInferer) -> Callable[[], Any]:
-        seg = net.segmenter if isinstance(net, EncoderPerPrompt) else net
+        seg = net.network if isinstance(net, CompiledNetwork) else net
+        seg = seg.segmenter if isinstance(seg, EncoderPerPrompt) else seg
         if not isinstance(seg, PromptedSegmenter):
             return lambda: _finished(inferer(volume, net))
         # k prompts: the model's own, repeated when it has fewer (the cost does not depend on their values)
@@ -261,12 +274,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print("| network | parameters | threads | median time / volume | p10-p90 | ratio to UNet |")
     print("|---|---:|---:|---:|---:|---:|")
+    first_calls: list[str] = []
     for threads in args.threads:
         torch.set_num_threads(threads)
         runs = {_row(name, b): _run(net, inferer) for name, net in nets.items() for b, inferer in inferers.items()}
         with torch.no_grad():
+            for name, run in runs.items():
+                if name.endswith(", compiled") or ", compiled, " in name:
+                    t0 = time.perf_counter()
+                    run()  # compiles for this shape (and thread count); the rounds' warm-up call then reuses it
+                    first_calls.append(f"- first call of {name}, {threads} thread(s): {time.perf_counter() - t0:.1f} s")
             times = interleaved_seconds(runs, args.repeats)
-        base = min(statistics.median(times[_row(BASELINE, b)]) for b in inferers)
+        unets = [n for n in nets if n.startswith(BASELINE)]
+        base = min(statistics.median(times[_row(n, b)]) for n in unets for b in inferers)
         for name, net in nets.items():
             params = sum(p.numel() for p in net.parameters()) / 1e6
             for b in inferers:
@@ -277,6 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"| {_row(name, b)} | {params:.2f} M | {threads} | {med * 1000:.0f} ms | "
                     f"{p10 * 1000:.0f}-{p90 * 1000:.0f} | x{med / base:.2f} |"
                 )
+    if first_calls:
+        print("\n" + "\n".join(first_calls))
     return 0
 
 

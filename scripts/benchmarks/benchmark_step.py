@@ -10,6 +10,9 @@ Comparisons (``--compare``):
 - ``mask_input``: the denoiser's noisy-mask channel enters at the ``encoder`` (with the image, as up to bundle
   0.14.0) against the ``decoder`` (``decoder_inputs: [0]``): the encoder then sees the image alone, and training
   encodes each image once for all its prompts (``SegOne.forward_shared_image``); kept memory, biases skipped.
+- ``compile``: ``eager`` mode against ``compiled`` (``torch.compile``, inductor; the first, compiling call is the
+  worker's untimed warm-up): the network of each case, the UNet's training step included (bundle 0.19.0's
+  ``compile`` switch of inference.json; training keeps eager mode);
 - ``config``: the configs as they are (``inference.json``) against the ``--set`` overrides (any keys of
   inference.json that train.json takes over too), e.g. a narrower first level (``--set features=[16,64,128,256]``)
   or a second shift-and-mix block at the finest decoder level (``--set decoder_blocks=[2,1,1]``).
@@ -20,7 +23,8 @@ Cases (``--cases``):
   objective (``all_prompts``: a batch of 4 images with 2 prompts each, the competition term; 48x64x48 windows),
   backward and an AdamW update;
 - ``UNet training``: the MONAI UNet baseline's step (``scripts/experiments/train_baseline.py``: Dice +
-  cross-entropy, 3 classes, batch 4); only ``--compare malloc`` runs it (it has no SegOne bias or mask input);
+  cross-entropy, 3 classes, batch 4); only ``--compare malloc`` and ``compile`` run it (it has no SegOne bias or
+  mask input);
 - ``SegOne inference, 4 windows x 3 prompts`` and ``SegOne inference, 1 window x 12 prompts``: the denoiser's first
   sampling step (``SegOne.forward_prompts``, every prompt of a window after one encoder pass) as a sliding window
   with ``sw_batch_size`` 4 on a 3-structure volume, or a 12-structure vocabulary on one window, runs it.
@@ -33,6 +37,7 @@ setting's call of the same case in the same run.
     python scripts/benchmarks/benchmark_step.py --compare malloc --threads 1 2 --repeats 10
     python scripts/benchmarks/benchmark_step.py --compare bias --threads 1 2 --repeats 10
     python scripts/benchmarks/benchmark_step.py --compare mask_input --threads 1 --repeats 10
+    python scripts/benchmarks/benchmark_step.py --compare compile --threads 1 2 --repeats 10
     python scripts/benchmarks/benchmark_step.py --compare config --set "features=[16,64,128,256]" --threads 1 2
     python scripts/benchmarks/benchmark_step.py --compare config --set "decoder_blocks=[2,1,1]" --threads 1 --repeats 8
 """
@@ -52,6 +57,7 @@ SETTINGS = {
     "bias": ("added", "skipped"),
     "mask_input": ("encoder", "decoder"),
     "config": ("inference.json", "--set"),
+    "compile": ("eager", "compiled"),
 }
 CASES = (
     "SegOne training",
@@ -61,9 +67,11 @@ CASES = (
 )
 
 
-def _inference_function(windows: int, prompts: int, add_skipped_biases: bool = False, overrides=None):
-    """A closure running inference.json's denoiser (with ``overrides``) once over ``windows`` windows with
-    ``prompts`` prompts each."""
+def _inference_function(
+    windows: int, prompts: int, add_skipped_biases: bool = False, overrides=None, compiled: bool = False
+):
+    """A closure running inference.json's denoiser (with ``overrides``; through ``torch.compile`` when
+    ``compiled``) once over ``windows`` windows with ``prompts`` prompts each."""
     import torch
 
     from bundle.utils.config import load_bundle_config
@@ -76,9 +84,11 @@ def _inference_function(windows: int, prompts: int, add_skipped_biases: bool = F
     timesteps = torch.full((windows * prompts,), parser["num_train_timesteps"] - 1)
     context = torch.randn(windows * prompts, parser["text_dim"])
 
+    forward_prompts = torch.compile(denoiser.forward_prompts) if compiled else denoiser.forward_prompts
+
     def call() -> None:
         with torch.inference_mode():
-            denoiser.forward_prompts(image, timesteps, context, prompts)
+            forward_prompts(image, timesteps, context, prompts)
 
     return call
 
@@ -92,9 +102,10 @@ def _step_function(network: str, compare: str = "", setting: str = "", overrides
     torch.manual_seed(0)
     add_skipped_biases = (compare, setting) == ("bias", "added")
     network_overrides = _network_overrides(compare, setting, overrides)
+    compiled = (compare, setting) == ("compile", "compiled")
     if network.startswith("SegOne inference"):
         windows, prompts = (4, 3) if "4 windows" in network else (1, 12)
-        return _inference_function(windows, prompts, add_skipped_biases, network_overrides)
+        return _inference_function(windows, prompts, add_skipped_biases, network_overrides, compiled)
     if network == "SegOne training":
         from bundle.utils.config import load_bundle_config
 
@@ -114,8 +125,10 @@ def _step_function(network: str, compare: str = "", setting: str = "", overrides
         target = torch.cat([(classes == c + 1).float() for c in range(k)], dim=1)
         context = torch.randn(b, k, 512)
 
+        forward = torch.compile(model) if compiled else model
+
         def loss() -> torch.Tensor:
-            return model(image, target, context)["loss"]
+            return forward(image, target, context)["loss"]
 
     else:
         from monai.losses import DiceCELoss
@@ -126,8 +139,10 @@ def _step_function(network: str, compare: str = "", setting: str = "", overrides
         image = torch.randn(4, 1, 48, 64, 48)
         label = torch.randint(0, 3, (4, 1, 48, 64, 48))
 
+        forward = torch.compile(model) if compiled else model
+
         def loss() -> torch.Tensor:
-            return criterion(model(image), label)
+            return criterion(forward(image), label)
 
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -249,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error(str(err))
     if overrides:
         print("overrides: " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
-    cases = args.cases or [c for c in CASES if not (args.compare != "malloc" and c.startswith("UNet"))]
+    cases = args.cases or [c for c in CASES if args.compare in ("malloc", "compile") or not c.startswith("UNet")]
     first = SETTINGS[args.compare][0]
     print(f"| threads | case | {args.compare} | call (median) | peak RSS | call / {first} |")
     print("|---:|---|---|---:|---:|---:|")

@@ -1,4 +1,5 @@
-"""The MONAI Label trainer's hooks: what a fine-tuning request turns into for train.json (no server needed)."""
+"""The MONAI Label tasks' hooks (no server needed): what a fine-tuning request turns into for train.json, and the
+served network."""
 
 from __future__ import annotations
 
@@ -29,3 +30,16 @@ def test_a_request_without_pretrained_weights_starts_from_random_ones(tmp_path):
     task = SegOneTrain(BUNDLE_ROOT, start_weights=lambda: "/served/model.pt", output_dir=tmp_path)
     task._load_checkpoint(str(BUNDLE_ROOT / "models" / "model.pt"), False, [])
     assert _overrides(task)["finetune"] is False
+
+
+def test_the_served_network_runs_through_torch_compile_only_when_asked():
+    from bundle.apps.monailabel.tasks import SegOneInfer
+    from bundle.diffusion import PromptedSegmenter
+    from bundle.inference import CompiledNetwork
+
+    shipped = BUNDLE_ROOT / "models" / "model.pt"
+    served = SegOneInfer(BUNDLE_ROOT, [shipped])._get_network("cpu", None)
+    assert isinstance(served, PromptedSegmenter) and not served.training
+    compiled = SegOneInfer(BUNDLE_ROOT, [shipped], overrides={"compile": True})._get_network("cpu", None)
+    assert isinstance(compiled, CompiledNetwork) and isinstance(compiled.network, PromptedSegmenter)
+    assert not compiled.training and not compiled.network.training

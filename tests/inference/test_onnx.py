@@ -163,3 +163,13 @@ def test_evaluate_command_with_onnx_path_writes_metrics(export, msd_dir, tmp_pat
     assert set(metrics) == {"mean", "classes", "cases"} and set(metrics["mean"]) == keys
     assert set(metrics["classes"]) == set(PROMPTS) and len(metrics["cases"]) == 2
     assert all(0.0 <= np.float64(c["posterior hippocampus"]["dice"]) <= 1.0 for c in metrics["cases"])
+
+
+def test_compile_is_refused_for_an_exported_graph(export):
+    from bundle.inference import OnnxSegmenter, compile_network, with_flips
+
+    onnx = OnnxSegmenter(export[1] / FP32_FILE, intra_op_num_threads=1)
+    for network in (onnx, with_flips(onnx, [[], [0]])):
+        with pytest.raises(ValueError, match=rf"compile=True applies to the PyTorch model; .*{FP32_FILE}"):
+            compile_network(network, True)
+    assert compile_network(onnx, False) is onnx

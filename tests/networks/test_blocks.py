@@ -16,6 +16,7 @@ from bundle.networks.blocks import (
     _shuffle_for_export,
     _unshuffle_for_export,
     conv1x1,
+    exporting,
     face_neighbours,
     pixel_shuffle,
     pixel_unshuffle,
@@ -43,6 +44,18 @@ def test_export_time_shuffles_equal_monais(spatial_dims, r, shape):
     assert torch.equal(up, pixelshuffle(x, spatial_dims, r))
     assert torch.equal(pixel_shuffle(x, spatial_dims, r), up)
     assert torch.equal(_unshuffle_for_export(up, spatial_dims, r), pixelunshuffle(up, spatial_dims, r))
+
+
+def test_torch_compile_takes_the_eager_forms_and_torch_export_the_export_forms():
+    # torch.compile runs on libtorch: the export forms (plain 1x1 convolutions, rank-4 shuffles) only slow it down
+    class Flag(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + float(exporting())
+
+    x = torch.zeros(1)
+    assert Flag()(x).item() == 0.0
+    assert torch.compile(Flag(), backend="eager")(x).item() == 0.0
+    assert torch.export.export(Flag(), (x,)).module()(x).item() == 1.0
 
 
 @pytest.mark.parametrize("spatial_dims,shape", [(2, (1, 2, 8, 6)), (3, (1, 2, 8, 4, 6))])

@@ -24,7 +24,7 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask, CallBackTypes
 from monailabel.tasks.train.bundle import BundleConstants, BundleTrainTask
 from monailabel.transform.post import Restored
 
-from bundle.inference import prompted_inference
+from bundle.inference import compile_network, prompted_inference
 from bundle.text import PromptEmbeddingTable, PromptSelection, UnknownPromptError
 from bundle.transforms import DropSmallAnswersd, answer_thresholds_ml
 from bundle.utils.checkpoint import load_prompt_table, load_weights, model_structure_volumes
@@ -185,7 +185,7 @@ class SegOneInfer(BasicInferTask):
         if cached and cached[1] == mtime:
             return cached[0]
         network = load_weights(copy.deepcopy(self.network), path, map_location="cpu").to(torch.device(device))
-        network.eval()
+        network = compile_network(network.eval(), bool(self.parser["compile"]))
         self._networks[device] = (network, mtime)
         return network
 
