@@ -13,7 +13,7 @@ Optional ``--conf KEY VALUE`` settings:
 - ``max_anisotropy``, ``min_answer_ml``, ``answer_volume_fraction``: inference.json's input check and "absent" rule
   (the suite model is served with ``max_anisotropy 8`` for thick-slice stacks; docs/suite.md);
 - ``compile``: ``true`` to run the network through ``torch.compile`` (inference.json's ``compile``): the first
-  request of each image size compiles (about half a minute), later ones take about x0.7 of the time;
+  request of each image size or thread count compiles (about half a minute), later ones take about x0.7 of the time;
 - ``skip_trainers``: ``true`` to serve inference only;
 - ``max_upload_mb``: the largest request body accepted (default 64);
 - ``cors_origins``: comma-separated browser origins allowed to call the server (e.g. OHIF on another origin);
