@@ -25,11 +25,13 @@ from monai.networks.utils import pixelshuffle
 __all__ = [
     "DEFAULT_ACT",
     "DEFAULT_NORM",
+    "act_after_norm",
     "pixel_unshuffle",
     "pixel_shuffle",
     "space_to_depth",
     "exporting",
     "repeat_items",
+    "channel_map",
     "conv1x1",
     "skip_bias_before",
     "PointwiseConv2d",
@@ -49,6 +51,26 @@ __all__ = [
 # InstanceNorm as in MONAI's UNet and nnU-Net)
 DEFAULT_ACT = ("leakyrelu", {"negative_slope": 0.1, "inplace": True})
 DEFAULT_NORM = ("instance", {"affine": True})
+
+
+def act_after_norm(act: str | tuple) -> nn.Module:
+    """The activation ``act`` (MONAI ``get_act_layer`` format) for use right after a normalisation: never in place.
+
+    ``torch.instance_norm`` returns a view of a batch norm of the input reshaped to ``[1, B * C, *S]``. An in-place
+    activation on that view makes autograd rebase it (``CopySlices``), whose backward pass copies the whole tensor
+    four times; out of place, the backward is the activation's own. It keeps one more tensor of the norm's size
+    for the backward pass (docs/benchmarks.md).
+
+    Args:
+        act: activation type and arguments, e.g. :data:`DEFAULT_ACT`.
+
+    Returns:
+        The activation module, with ``inplace`` off where it has that option.
+    """
+    layer = get_act_layer(act)
+    if getattr(layer, "inplace", False):
+        layer.inplace = False
+    return layer
 
 
 def pixel_unshuffle(x: torch.Tensor, spatial_dims: int, scale_factor: int) -> torch.Tensor:
@@ -206,6 +228,29 @@ def _unshuffle_for_export(x: torch.Tensor, spatial_dims: int, r: int) -> torch.T
     return x.reshape([b, c * int(r**spatial_dims)] + sizes)
 
 
+def channel_map(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """One linear map of the channel vector at every position of every batch item: ``weight @ x[b] + bias``.
+
+    A batched matrix product with the weight expanded over the batch (a view, no copy). ``weight @ x`` itself
+    (``torch.matmul`` of a matrix and a batch) folds the batch into the positions instead: it copies ``x``
+    transposed to ``[B * N, C]`` in the forward pass and its gradient back in the backward pass, a full-size
+    transposing copy each way (docs/benchmarks.md).
+
+    Args:
+        weight: ``[C_out, C_in]``.
+        x: ``[B, C_in, N]``: channels, then positions flattened.
+        bias: ``[C_out]``, or None for no bias (``bmm``; ``baddbmm`` first copies the broadcast bias into the whole
+            output).
+
+    Returns:
+        ``[B, C_out, N]``.
+    """
+    w = weight.unsqueeze(0).expand(x.shape[0], -1, -1)
+    if bias is None:
+        return torch.bmm(w, x)
+    return torch.baddbmm(bias.reshape(1, -1, 1), w, x)
+
+
 class _PointwiseForward:
     """Forward of a kernel-size-1 convolution as one batched matrix product in eager mode.
 
@@ -229,12 +274,8 @@ class _PointwiseForward:
             if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
                 return self._conv_forward(x, self.weight, self.bias)  # type: ignore[attr-defined]
             b, c = x.shape[0], x.shape[1]
-            w = self.weight.reshape(1, self.out_channels, c).expand(b, -1, -1)
-            flat = x.reshape(b, c, -1)
-            if self.bias is None or self.skip_bias:
-                y = torch.bmm(w, flat)
-            else:
-                y = torch.baddbmm(self.bias.reshape(1, -1, 1), w, flat)
+            bias = None if self.skip_bias else self.bias
+            y = channel_map(self.weight.reshape(self.out_channels, c), x.reshape(b, c, -1), bias)
             return y.reshape([b, self.out_channels] + list(x.shape[2:]))
 
 
@@ -459,7 +500,7 @@ class ChannelMixBlock(nn.Module):
         self.shift = SpatialShift(spatial_dims, channels) if shift else nn.Identity()
         self.conv1 = conv1x1(spatial_dims, channels, hidden)
         self.norm1 = get_norm_layer(norm, spatial_dims=spatial_dims, channels=hidden)
-        self.act1 = get_act_layer(act)
+        self.act1 = act_after_norm(act)
         self.conv2 = conv1x1(spatial_dims, hidden, channels)
         self.norm2 = get_norm_layer(norm, spatial_dims=spatial_dims, channels=channels)
         self.act2 = get_act_layer(act)
@@ -508,7 +549,7 @@ class UnshuffleDown(nn.Module):
         self.spatial_dims = spatial_dims
         self.proj = conv1x1(spatial_dims, in_channels * 2**spatial_dims, out_channels)
         self.norm = get_norm_layer(norm, spatial_dims=spatial_dims, channels=out_channels)
-        self.act = get_act_layer(act)
+        self.act = act_after_norm(act)
         skip_bias_before(self.proj, self.norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,8 @@ from bundle.networks.blocks import (
     GlobalContext,
     ShuffleUp,
     UnshuffleDown,
+    act_after_norm,
+    channel_map,
     conv1x1,
     exporting,
     face_neighbours,
@@ -218,10 +220,11 @@ class _Head(nn.Module):
         weight = to_hidden @ self.proj.weight.reshape(mid * n, -1)
         bias = to_hidden @ self.proj.bias + self.mix.bias.repeat_interleave(n)
         seen = pixel_unshuffle(self.refine_inputs(inputs), self.spatial_dims, self.scale).reshape(b, -1, positions)
-        shared = (torch.kron(w_mix[:, mid:], eye) @ seen + bias[:, None]).unsqueeze(1)
-        hidden = (weight @ x.reshape(x.shape[0], x.shape[1], positions)).reshape(b, prompts_per_image, mid * n, -1)
-        hidden = self.act(hidden + shared).reshape(b * prompts_per_image, mid * n, positions)
-        out = torch.kron(self.out.weight.reshape(-1, mid), eye) @ hidden + self.out.bias.repeat_interleave(n)[:, None]
+        shared = channel_map(torch.kron(w_mix[:, mid:], eye), seen, bias).unsqueeze(1)
+        hidden = channel_map(weight, x.reshape(x.shape[0], x.shape[1], positions))
+        hidden = self.act(hidden.reshape(b, prompts_per_image, mid * n, -1) + shared)
+        hidden = hidden.reshape(b * prompts_per_image, mid * n, positions)
+        out = channel_map(torch.kron(self.out.weight.reshape(-1, mid), eye), hidden, self.out.bias.repeat_interleave(n))
         return pixel_shuffle(out.reshape([b * prompts_per_image, out.shape[1]] + sizes), self.spatial_dims, self.scale)
 
     def refine_by_offset(self, x: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
@@ -691,4 +694,4 @@ class SegOne(nn.Module):
 
 
 def _norm_act(spatial_dims: int, channels: int, norm: str | tuple, act: str | tuple) -> nn.Module:
-    return nn.Sequential(get_norm_layer(norm, spatial_dims=spatial_dims, channels=channels), get_act_layer(act))
+    return nn.Sequential(get_norm_layer(norm, spatial_dims=spatial_dims, channels=channels), act_after_norm(act))

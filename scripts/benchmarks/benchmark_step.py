@@ -13,6 +13,8 @@ Comparisons (``--compare``):
 - ``compile``: ``eager`` mode against ``compiled`` (``torch.compile``, inductor; the first, compiling call is the
   worker's untimed warm-up): the network of each case, the UNet's training step included (bundle 0.19.0's
   ``compile`` switch of inference.json; training keeps eager mode);
+- ``tree``: the same cases in two checkouts of the project: ``baseline`` (``--baseline DIR``, e.g. a
+  ``git worktree`` of the last release) against ``this tree``, to time a change of the code itself; kept memory;
 - ``config``: the configs as they are (``inference.json``) against the ``--set`` overrides (any keys of
   inference.json that train.json takes over too), e.g. a narrower first level (``--set features=[16,64,128,256]``)
   or a second shift-and-mix block at the finest decoder level (``--set decoder_blocks=[2,1,1]``).
@@ -38,6 +40,8 @@ setting's call of the same case in the same run.
     python scripts/benchmarks/benchmark_step.py --compare bias --threads 1 2 --repeats 10
     python scripts/benchmarks/benchmark_step.py --compare mask_input --threads 1 --repeats 10
     python scripts/benchmarks/benchmark_step.py --compare compile --threads 1 2 --repeats 10
+    git worktree add /tmp/segone-base HEAD~1
+    python scripts/benchmarks/benchmark_step.py --compare tree --baseline /tmp/segone-base --threads 1 2
     python scripts/benchmarks/benchmark_step.py --compare config --set "features=[16,64,128,256]" --threads 1 2
     python scripts/benchmarks/benchmark_step.py --compare config --set "decoder_blocks=[2,1,1]" --threads 1 --repeats 8
 """
@@ -58,6 +62,7 @@ SETTINGS = {
     "mask_input": ("encoder", "decoder"),
     "config": ("inference.json", "--set"),
     "compile": ("eager", "compiled"),
+    "tree": ("baseline", "this tree"),
 }
 CASES = (
     "SegOne training",
@@ -173,9 +178,19 @@ def _add_skipped_biases(module) -> None:
             m.bias.requires_grad_(True)
 
 
-def _worker(network: str, compare: str, setting: str, threads: int, conn, overrides: dict | None = None) -> None:
-    """Builds the step, then runs and times one step per request; replies with seconds and peak RSS (MiB)."""
+def _worker(
+    network: str, compare: str, setting: str, threads: int, conn, overrides: dict | None = None, baseline: str = ""
+) -> None:
+    """Builds the step, then runs and times one step per request; replies with seconds and peak RSS (MiB). The
+    ``baseline`` setting of ``tree`` imports ``bundle`` (code and configs) from the checkout at ``baseline``."""
     import resource
+
+    if compare == "tree" and setting == "baseline":
+        sys.path.insert(0, os.path.abspath(baseline))
+        import bundle
+
+        if not os.path.abspath(bundle.__file__).startswith(os.path.abspath(baseline) + os.sep):
+            raise RuntimeError(f"the baseline worker imported bundle from {bundle.__file__}, not from {baseline}")
 
     os.environ["SEGONE_MALLOC"] = setting if compare == "malloc" else "kept"
     from bundle.utils.memory import keep_freed_memory
@@ -195,7 +210,12 @@ def _worker(network: str, compare: str, setting: str, threads: int, conn, overri
 
 
 def measure(
-    threads: int, repeats: int, networks: Sequence[str], compare: str = "malloc", overrides: dict | None = None
+    threads: int,
+    repeats: int,
+    networks: Sequence[str],
+    compare: str = "malloc",
+    overrides: dict | None = None,
+    baseline: str = "",
 ) -> list[dict]:
     """Interleaved steps of every (network, setting) worker; one row per pair."""
     settings = SETTINGS[compare]
@@ -204,7 +224,9 @@ def measure(
     for network in networks:
         for setting in settings:
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(network, compare, setting, threads, child, overrides), daemon=True)
+            proc = ctx.Process(
+                target=_worker, args=(network, compare, setting, threads, child, overrides, baseline), daemon=True
+            )
             proc.start()
             workers[(network, setting)] = (proc, parent)
     applied = {}
@@ -253,11 +275,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_override_option(
         ap, "--set", "with --compare config: the second setting's override, e.g. decoder_blocks=[2,1,1]"
     )
+    ap.add_argument("--baseline", default="", help="with --compare tree: the checkout to time against this one")
     args = ap.parse_args(argv)
     if not sys.platform.startswith("linux"):
         ap.error("the malloc settings are glibc's: Linux only")
     if (args.compare == "config") != bool(args.set):
         ap.error("--set goes with --compare config, which needs at least one --set")
+    if (args.compare == "tree") != bool(args.baseline):
+        ap.error("--baseline goes with --compare tree, which needs it")
+    if args.baseline and not os.path.isdir(os.path.join(args.baseline, "bundle")):
+        ap.error(f"--baseline {args.baseline}: no bundle/ package there")
     try:
         overrides = parse_overrides(args.set)
     except ValueError as err:
@@ -265,11 +292,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if overrides:
         print("overrides: " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
     cases = args.cases or [c for c in CASES if args.compare in ("malloc", "compile") or not c.startswith("UNet")]
+    if args.baseline:
+        print(f"baseline: {os.path.abspath(args.baseline)}")
     first = SETTINGS[args.compare][0]
     print(f"| threads | case | {args.compare} | call (median) | peak RSS | call / {first} |")
     print("|---:|---|---|---:|---:|---:|")
     for threads in args.threads:
-        for row in measure(threads, args.repeats, cases, args.compare, overrides):
+        for row in measure(threads, args.repeats, cases, args.compare, overrides, args.baseline):
             print(
                 f"| {row['threads']} | {row['network']} | {row['setting']} | {row['step_ms']:.0f} ms "
                 f"| {row['peak_rss_mib']:.0f} MiB | x{row['ratio']:.2f} |",

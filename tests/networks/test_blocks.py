@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from monai.networks.utils import pixelshuffle, pixelunshuffle
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from bundle.networks.blocks import (
     ChannelMixBlock,
@@ -15,6 +16,8 @@ from bundle.networks.blocks import (
     UnshuffleDown,
     _shuffle_for_export,
     _unshuffle_for_export,
+    act_after_norm,
+    channel_map,
     conv1x1,
     exporting,
     face_neighbours,
@@ -237,3 +240,63 @@ def test_bias_is_kept_before_a_norm_that_does_not_remove_it():
     no_bias = conv1x1(3, 4, 6, bias=False)
     skip_bias_before(no_bias, torch.nn.InstanceNorm3d(6))
     assert not no_bias.skip_bias
+
+
+class _RecordOps(TorchDispatchMode):
+    """The ATen ops run inside the context, with the shape of each one's first tensor argument."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[tuple[str, tuple]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        self.ops.append((str(func), tuple(first.shape) if first is not None else ()))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_channel_map_equals_matmul_without_copying_the_batch(bias):
+    torch.manual_seed(0)
+    weight = torch.randn(6, 5, requires_grad=True)
+    b = torch.randn(6, requires_grad=True) if bias else None
+    x = torch.randn(3, 5, 40, requires_grad=True)
+    expected = weight @ x + (b[:, None] if bias else 0)
+    with _RecordOps() as record:
+        y = channel_map(weight, x, b)
+        y.square().sum().backward()
+    torch.testing.assert_close(y, expected)
+    grads = [t.grad.clone() for t in (weight, x) + ((b,) if bias else ())]
+    for t in (weight, x) + ((b,) if bias else ()):
+        t.grad = None
+    expected.square().sum().backward()
+    for g, t in zip(grads, (weight, x) + ((b,) if bias else ())):
+        torch.testing.assert_close(g, t.grad)
+    # matmul of a matrix and a batch copies the batch transposed; the expanded batched product copies nothing that
+    # is as large as the input or the output
+    large = [op for op, shape in record.ops if ("copy" in op or "clone" in op) and torch.Size(shape).numel() >= 120]
+    assert not large, large
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_act_after_norm_is_out_of_place_and_leaves_no_copies_of_a_view_in_the_backward(spatial_dims):
+    """An in-place activation on ``instance_norm``'s output (a view) makes autograd copy the whole tensor in the
+    backward pass (``CopySlices``); :func:`act_after_norm` gives the same values and gradients without them."""
+    torch.manual_seed(0)
+    act = act_after_norm(("leakyrelu", {"negative_slope": 0.1, "inplace": True}))
+    assert isinstance(act, torch.nn.LeakyReLU) and not act.inplace and act.negative_slope == 0.1
+    in_place = torch.nn.LeakyReLU(0.1, inplace=True)
+    norm = torch.nn.InstanceNorm3d(4, affine=True) if spatial_dims == 3 else torch.nn.InstanceNorm2d(4, affine=True)
+    x = torch.randn(2, 4, *([6] * spatial_dims), requires_grad=True)
+    results = []
+    for layer in (act, in_place):
+        x.grad = None
+        with _RecordOps() as record:
+            y = layer(norm(x))
+            y.square().sum().backward()
+        copies = [op for op, shape in record.ops if "copy_" in op and torch.Size(shape).numel() >= x.numel()]
+        results.append((y.detach(), x.grad.clone(), copies))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+    assert not results[0][2], results[0][2]
+    assert results[1][2]  # the in-place form does copy: what the out-of-place one avoids
