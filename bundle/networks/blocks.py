@@ -25,7 +25,8 @@ from monai.networks.utils import pixelshuffle
 __all__ = [
     "DEFAULT_ACT",
     "DEFAULT_NORM",
-    "act_after_norm",
+    "norm_layer",
+    "InstanceNorm",
     "pixel_unshuffle",
     "pixel_shuffle",
     "space_to_depth",
@@ -53,24 +54,52 @@ DEFAULT_ACT = ("leakyrelu", {"negative_slope": 0.1, "inplace": True})
 DEFAULT_NORM = ("instance", {"affine": True})
 
 
-def act_after_norm(act: str | tuple) -> nn.Module:
-    """The activation ``act`` (MONAI ``get_act_layer`` format) for use right after a normalisation: never in place.
-
-    ``torch.instance_norm`` returns a view of a batch norm of the input reshaped to ``[1, B * C, *S]``. An in-place
-    activation on that view makes autograd rebase it (``CopySlices``), whose backward pass copies the whole tensor
-    four times; out of place, the backward is the activation's own. It keeps one more tensor of the norm's size
-    for the backward pass (docs/benchmarks.md).
+def norm_layer(norm: str | tuple, spatial_dims: int, channels: int) -> nn.Module:
+    """MONAI's ``get_norm_layer``, with an instance norm without running statistics built as :class:`InstanceNorm`.
 
     Args:
-        act: activation type and arguments, e.g. :data:`DEFAULT_ACT`.
+        norm: normalisation type and arguments (MONAI ``get_norm_layer`` format), e.g. :data:`DEFAULT_NORM`.
+        spatial_dims: number of spatial dimensions.
+        channels: channels to normalise.
 
     Returns:
-        The activation module, with ``inplace`` off where it has that option.
+        The normalisation module; for ``"instance"`` (without ``track_running_stats``) an :class:`InstanceNorm` with
+        the same ``eps``, ``affine`` and parameter names.
     """
-    layer = get_act_layer(act)
-    if getattr(layer, "inplace", False):
-        layer.inplace = False
+    layer = get_norm_layer(norm, spatial_dims=spatial_dims, channels=channels)
+    if isinstance(layer, nn.modules.instancenorm._InstanceNorm) and not layer.track_running_stats:
+        return InstanceNorm(channels, eps=layer.eps, affine=layer.affine)
     return layer
+
+
+class InstanceNorm(nn.GroupNorm):
+    """Instance normalisation (each channel of each sample over its positions), computed as a group norm with one
+    channel per group.
+
+    The same values and parameters (``weight``, ``bias``) as ``nn.InstanceNorm2d/3d`` without running statistics
+    (MONAI's ``"instance"`` norm), so checkpoints load either way. PyTorch's ``instance_norm`` reshapes the input to
+    ``[1, B * C, *S]`` and runs a batch norm: on this CPU that took three times as long as ``group_norm`` in the
+    forward pass on SegOne's tensors (30 % of an inference call), and it returns a view, on which an in-place
+    activation makes autograd copy the whole tensor four times in the backward pass (docs/benchmarks.md). While
+    exporting (ONNX, ``torch.export``) it runs ``instance_norm``, so exported graphs keep ``InstanceNormalization``.
+
+    Args:
+        channels: channels ``C``.
+        eps: added to the variance.
+        affine: whether to learn a per-channel scale and shift.
+
+    Shapes:
+        ``[B, C, *S] -> [B, C, *S]``.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__(channels, channels, eps=eps, affine=affine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            if exporting():
+                return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
 
 def pixel_unshuffle(x: torch.Tensor, spatial_dims: int, scale_factor: int) -> torch.Tensor:
@@ -342,14 +371,17 @@ def skip_bias_before(conv: nn.Module, norm: nn.Module) -> None:
     is zero. So the bias is frozen (``requires_grad`` off: the optimiser and DistributedDataParallel pass it by) and
     the eager forward skips adding it (``skip_bias``), which saves a full pass over the output in the forward and the
     sum over positions in the backward. The parameter stays, so checkpoints keep their keys, and scripted or exported
-    graphs still add it, with the same result. Any other ``norm`` (batch norm, group norm, none) leaves ``conv``
-    unchanged.
+    graphs still add it, with the same result. The same holds for a group norm with one channel per group
+    (:class:`InstanceNorm`). Any other ``norm`` (batch norm, group norm of several channels per group, none) leaves
+    ``conv`` unchanged.
 
     Args:
         conv: a :func:`conv1x1` layer.
         norm: the normalisation applied to ``conv``'s output.
     """
-    cancels = isinstance(norm, nn.modules.instancenorm._InstanceNorm) and not norm.track_running_stats
+    cancels = (isinstance(norm, nn.modules.instancenorm._InstanceNorm) and not norm.track_running_stats) or (
+        isinstance(norm, nn.GroupNorm) and norm.num_groups == norm.num_channels
+    )
     if cancels and isinstance(conv, _PointwiseForward) and getattr(conv, "bias", None) is not None:
         conv.skip_bias = True
         conv.bias.requires_grad_(False)
@@ -499,10 +531,10 @@ class ChannelMixBlock(nn.Module):
         hidden = max(1, int(round(channels * expansion)))
         self.shift = SpatialShift(spatial_dims, channels) if shift else nn.Identity()
         self.conv1 = conv1x1(spatial_dims, channels, hidden)
-        self.norm1 = get_norm_layer(norm, spatial_dims=spatial_dims, channels=hidden)
-        self.act1 = act_after_norm(act)
+        self.norm1 = norm_layer(norm, spatial_dims, hidden)
+        self.act1 = get_act_layer(act)
         self.conv2 = conv1x1(spatial_dims, hidden, channels)
-        self.norm2 = get_norm_layer(norm, spatial_dims=spatial_dims, channels=channels)
+        self.norm2 = norm_layer(norm, spatial_dims, channels)
         self.act2 = get_act_layer(act)
         skip_bias_before(self.conv1, self.norm1)
         skip_bias_before(self.conv2, self.norm2)
@@ -548,8 +580,8 @@ class UnshuffleDown(nn.Module):
         super().__init__()
         self.spatial_dims = spatial_dims
         self.proj = conv1x1(spatial_dims, in_channels * 2**spatial_dims, out_channels)
-        self.norm = get_norm_layer(norm, spatial_dims=spatial_dims, channels=out_channels)
-        self.act = act_after_norm(act)
+        self.norm = norm_layer(norm, spatial_dims, out_channels)
+        self.act = get_act_layer(act)
         skip_bias_before(self.proj, self.norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

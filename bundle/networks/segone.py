@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-from monai.networks.layers.utils import get_act_layer, get_norm_layer
+from monai.networks.layers.utils import get_act_layer
 from monai.utils import ensure_tuple_rep
 
 from bundle.networks.blocks import (
@@ -21,11 +21,11 @@ from bundle.networks.blocks import (
     GlobalContext,
     ShuffleUp,
     UnshuffleDown,
-    act_after_norm,
     channel_map,
     conv1x1,
     exporting,
     face_neighbours,
+    norm_layer,
     pixel_shuffle,
     pixel_unshuffle,
     repeat_items,
@@ -694,4 +694,4 @@ class SegOne(nn.Module):
 
 
 def _norm_act(spatial_dims: int, channels: int, norm: str | tuple, act: str | tuple) -> nn.Module:
-    return nn.Sequential(get_norm_layer(norm, spatial_dims=spatial_dims, channels=channels), act_after_norm(act))
+    return nn.Sequential(norm_layer(norm, spatial_dims, channels), get_act_layer(act))

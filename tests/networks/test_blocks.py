@@ -11,16 +11,17 @@ from bundle.networks.blocks import (
     ChannelMixBlock,
     FiLM,
     GlobalContext,
+    InstanceNorm,
     ShuffleUp,
     SpatialShift,
     UnshuffleDown,
     _shuffle_for_export,
     _unshuffle_for_export,
-    act_after_norm,
     channel_map,
     conv1x1,
     exporting,
     face_neighbours,
+    norm_layer,
     pixel_shuffle,
     pixel_unshuffle,
     skip_bias_before,
@@ -278,25 +279,64 @@ def test_channel_map_equals_matmul_without_copying_the_batch(bias):
     assert not large, large
 
 
-@pytest.mark.parametrize("spatial_dims", [2, 3])
-def test_act_after_norm_is_out_of_place_and_leaves_no_copies_of_a_view_in_the_backward(spatial_dims):
-    """An in-place activation on ``instance_norm``'s output (a view) makes autograd copy the whole tensor in the
-    backward pass (``CopySlices``); :func:`act_after_norm` gives the same values and gradients without them."""
+@pytest.mark.parametrize("spatial_dims,affine", [(2, True), (3, True), (3, False)])
+def test_instance_norm_equals_torchs_in_values_gradients_and_parameters(spatial_dims, affine):
     torch.manual_seed(0)
-    act = act_after_norm(("leakyrelu", {"negative_slope": 0.1, "inplace": True}))
-    assert isinstance(act, torch.nn.LeakyReLU) and not act.inplace and act.negative_slope == 0.1
-    in_place = torch.nn.LeakyReLU(0.1, inplace=True)
-    norm = torch.nn.InstanceNorm3d(4, affine=True) if spatial_dims == 3 else torch.nn.InstanceNorm2d(4, affine=True)
-    x = torch.randn(2, 4, *([6] * spatial_dims), requires_grad=True)
-    results = []
-    for layer in (act, in_place):
-        x.grad = None
-        with _RecordOps() as record:
-            y = layer(norm(x))
-            y.square().sum().backward()
-        copies = [op for op, shape in record.ops if "copy_" in op and torch.Size(shape).numel() >= x.numel()]
-        results.append((y.detach(), x.grad.clone(), copies))
-    torch.testing.assert_close(results[0][0], results[1][0])
-    torch.testing.assert_close(results[0][1], results[1][1])
-    assert not results[0][2], results[0][2]
-    assert results[1][2]  # the in-place form does copy: what the out-of-place one avoids
+    reference = (torch.nn.InstanceNorm2d if spatial_dims == 2 else torch.nn.InstanceNorm3d)(5, affine=affine)
+    norm = InstanceNorm(5, affine=affine)
+    if affine:
+        with torch.no_grad():
+            reference.weight.normal_()
+            reference.bias.normal_()
+    assert norm.load_state_dict(reference.state_dict()) is not None  # the same keys: checkpoints load either way
+    x = 3 * torch.randn(2, 5, *([6] * spatial_dims)) + 1
+    x.requires_grad_(True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    y, y_ref = norm(x), reference(x_ref)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+    (y * torch.arange(y.numel()).reshape(y.shape).sin()).sum().backward()
+    (y_ref * torch.arange(y.numel()).reshape(y.shape).sin()).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-4)
+    if affine:
+        torch.testing.assert_close(norm.weight.grad, reference.weight.grad, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(norm.bias.grad, reference.bias.grad, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.script(norm)(x), y_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_instance_norm_exports_as_instance_normalization(tmp_path):
+    norm = InstanceNorm(4).eval()
+    path = tmp_path / "norm.onnx"
+    torch.onnx.export(norm, (torch.randn(1, 4, 4, 6, 8),), str(path), dynamo=False)
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert "InstanceNormalization" in ops and "GroupNormalization" not in ops, ops
+
+
+def test_norm_layer_builds_instance_norms_as_group_norms_and_leaves_the_others():
+    for norm, spatial_dims in ((("instance", {"affine": True}), 3), ("instance", 2)):
+        layer = norm_layer(norm, spatial_dims, 6)
+        assert isinstance(layer, InstanceNorm) and layer.num_groups == 6
+        assert layer.affine == (norm != "instance")
+    assert isinstance(norm_layer(("instance", {"track_running_stats": True}), 3, 6), torch.nn.InstanceNorm3d)
+    assert isinstance(norm_layer("batch", 3, 6), torch.nn.BatchNorm3d)
+    conv = conv1x1(3, 4, 6)
+    skip_bias_before(conv, norm_layer(("instance", {"affine": True}), 3, 6))
+    assert conv.skip_bias
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_a_mix_block_trains_without_full_size_copies(spatial_dims):
+    """The block's norms and activations (in place) and its pointwise maps copy no tensor as large as the input in
+    a forward and backward pass: ``instance_norm``'s view under an in-place activation made autograd copy the whole
+    tensor four times in the backward pass (``CopySlices``)."""
+    torch.manual_seed(0)
+    block = ChannelMixBlock(spatial_dims, 14, shift=False).train()
+    assert block.act1.inplace
+    x = torch.randn(2, 14, *([6] * spatial_dims), requires_grad=True)
+    with _RecordOps() as record:
+        block(x).square().sum().backward()
+    copies = [(op, shape) for op, shape in record.ops if ("copy_" in op or "clone" in op) and shape]
+    copies = [c for c in copies if torch.Size(c[1]).numel() >= x.numel()]
+    assert not copies, copies

@@ -8,7 +8,7 @@ import torch.nn as nn
 from monai.bundle import ConfigParser
 
 from bundle.networks import SegOne
-from bundle.networks.blocks import FiLM
+from bundle.networks.blocks import FiLM, InstanceNorm
 from bundle.networks.receptive_field import activate_zero_init, input_support
 
 SMALL = {"features": (8, 16, 32), "encoder_blocks": 1, "decoder_blocks": 1}
@@ -23,7 +23,9 @@ def _learned_operators(net: nn.Module):
 def test_every_learned_operator_acts_on_channels_only(spatial_dims, conditioned):
     kwargs = {"with_timestep": True, "text_dim": 16} if conditioned else {}
     net = SegOne(spatial_dims, 2, 3, deep_supervision=2, **kwargs)  # the deep-supervision heads included
-    allowed = (nn.Conv2d, nn.Conv3d, nn.Linear, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.BatchNorm2d, nn.BatchNorm3d)
+    # InstanceNorm: bundle's, a group norm with one channel per group (a per-channel scale and shift)
+    allowed = (nn.Conv2d, nn.Conv3d, nn.Linear, InstanceNorm, nn.InstanceNorm2d, nn.InstanceNorm3d)
+    allowed += (nn.BatchNorm2d, nn.BatchNorm3d)
     convs = 0
     for name, module in _learned_operators(net):
         assert isinstance(module, allowed), f"{name}: {type(module).__name__} is not a channel-only operator"
