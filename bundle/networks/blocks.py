@@ -96,6 +96,14 @@ class InstanceNorm(nn.GroupNorm):
         super().__init__(channels, channels, eps=eps, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x: tensor of shape ``[B, C, *S]``.
+
+        Returns:
+            Tensor of shape ``[B, C, *S]``: each channel of each sample normalised over ``S``, then scaled and
+            shifted per channel.
+        """
         if not torch.jit.is_scripting():
             if exporting():
                 return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)

@@ -178,6 +178,27 @@ def _add_skipped_biases(module) -> None:
             m.bias.requires_grad_(True)
 
 
+def _import_bundle_from(tree: str) -> None:
+    """Import the ``bundle`` package (code and configs) of the checkout at ``tree`` in this process, in place of the
+    installed one: the package is loaded from its file (importlib's recipe for importing a source file directly),
+    and its submodules follow its ``__path__``. Call it before anything imports ``bundle``."""
+    import importlib.util
+
+    package = os.path.join(os.path.abspath(tree), "bundle")
+    if "bundle" in sys.modules:
+        raise RuntimeError("bundle is already imported in this worker: cannot load the baseline's")
+    spec = importlib.util.spec_from_file_location(
+        "bundle", os.path.join(package, "__init__.py"), submodule_search_locations=[package]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bundle"] = module
+    spec.loader.exec_module(module)
+    from bundle.utils import config
+
+    if not os.path.abspath(config.__file__).startswith(package + os.sep):
+        raise RuntimeError(f"the baseline worker imported bundle.utils from {config.__file__}, not from {tree}")
+
+
 def _worker(
     network: str, compare: str, setting: str, threads: int, conn, overrides: dict | None = None, baseline: str = ""
 ) -> None:
@@ -186,11 +207,7 @@ def _worker(
     import resource
 
     if compare == "tree" and setting == "baseline":
-        sys.path.insert(0, os.path.abspath(baseline))
-        import bundle
-
-        if not os.path.abspath(bundle.__file__).startswith(os.path.abspath(baseline) + os.sep):
-            raise RuntimeError(f"the baseline worker imported bundle from {bundle.__file__}, not from {baseline}")
+        _import_bundle_from(baseline)
 
     os.environ["SEGONE_MALLOC"] = setting if compare == "malloc" else "kept"
     from bundle.utils.memory import keep_freed_memory

@@ -119,3 +119,40 @@ def test_the_config_settings_apply_the_set_overrides_to_the_second_only():
     ):
         with pytest.raises(SystemExit):
             _script().main(argv)
+
+
+def test_the_tree_baseline_worker_imports_bundle_from_the_other_checkout(tmp_path):
+    """``--compare tree``'s baseline worker loads ``bundle`` (code and configs) from ``--baseline``, not from the
+    installed package; checked in a fresh process, where nothing has imported ``bundle`` yet."""
+    for package in ("bundle", "bundle/utils"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / "bundle" / "utils" / "config.py").write_text("MARK = 'baseline checkout'\n")
+    code = (
+        "import sys; sys.argv = ['x']\n"
+        f"import runpy; ns = runpy.run_path({str(SCRIPT)!r}, run_name='benchmark_step')\n"
+        f"ns['_import_bundle_from']({str(tmp_path)!r})\n"
+        "import bundle, bundle.utils.config as c\n"
+        "print(bundle.__file__); print(c.MARK)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines() == [str(tmp_path / "bundle" / "__init__.py"), "baseline checkout"]
+
+
+def test_the_tree_comparison_needs_a_checkout_as_baseline(tmp_path):
+    benchmark_step = _script()
+    for argv in (
+        ["--compare", "tree"],
+        ["--compare", "bias", "--baseline", str(tmp_path)],
+        ["--compare", "tree", "--baseline", str(tmp_path)],  # no bundle/ there
+    ):
+        with pytest.raises(SystemExit):
+            benchmark_step.main(argv)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings: Linux only")
+def test_tree_table_times_this_checkout_against_a_baseline_checkout():
+    rows = _rows("--compare", "tree", "--baseline", str(BUNDLE_ROOT), "--cases", SEGONE_CASES[2])
+    _check(rows, (SEGONE_CASES[2],), ("baseline", "this tree"))
