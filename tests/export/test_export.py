@@ -37,13 +37,15 @@ def test_torchscript_keeps_input_checks(tmp_path):
 
 
 def test_torchscript_trace_of_default_network(tmp_path):
+    torch.manual_seed(0)
     net = SegOne(3, 1, 3).eval()
     x = torch.rand(1, 1, 48, 64, 48)
     loaded = torch.jit.load(str(export_torchscript(net, tmp_path / "traced.ts", trace_inputs=(x,))))
     with torch.no_grad():
-        # the trace records plain convolutions, eager mode runs batched products: another summation order, which
-        # moved one of 442368 outputs by 1.1e-5
-        torch.testing.assert_close(loaded(x), net(x), rtol=1e-4, atol=1e-4)
+        # the trace records plain convolutions, eager mode runs batched products: another summation order. Over
+        # seeds 0-11 the largest difference beyond rtol 1e-5 was 1.55e-5 (1.04e-5 for seed 0), so the unseeded
+        # test with atol 1e-5 could fail by chance
+        torch.testing.assert_close(loaded(x), net(x), rtol=1e-5, atol=2e-5)
 
 
 @pytest.mark.parametrize("spatial_dims,sizes", [(2, [(32, 32), (64, 48), (4, 8)]), (3, [(16, 16, 16), (32, 16, 48)])])
