@@ -13,6 +13,10 @@ Comparisons (``--compare``):
 - ``compile``: ``eager`` mode against ``compiled`` (``torch.compile``, inductor; the first, compiling call is the
   worker's untimed warm-up): the network of each case, the UNet's training step included (bundle 0.19.0's
   ``compile`` switch of inference.json; training keeps eager mode);
+- ``metadata``: the training step's inputs as the data loader collates them, MONAI ``MetaTensor`` s (as up to
+  bundle 0.20.0), against ``plain`` tensors (``DiffusionPrepareBatch`` and ``train_baseline.py`` convert them since
+  0.21.0): a MetaTensor routes each operation of the forward pass through ``__torch_function__``; the training
+  cases only, the UNet's included;
 - ``tree``: the same cases in two checkouts of the project: ``baseline`` (``--baseline DIR``, e.g. a
   ``git worktree`` of the last release) against ``this tree``, to time a change of the code itself; kept memory;
 - ``config``: the configs as they are (``inference.json``) against the ``--set`` overrides (any keys of
@@ -40,6 +44,7 @@ setting's call of the same case in the same run.
     python scripts/benchmarks/benchmark_step.py --compare bias --threads 1 2 --repeats 10
     python scripts/benchmarks/benchmark_step.py --compare mask_input --threads 1 --repeats 10
     python scripts/benchmarks/benchmark_step.py --compare compile --threads 1 2 --repeats 10
+    python scripts/benchmarks/benchmark_step.py --compare metadata --threads 1 2 --repeats 10
     git worktree add /tmp/segone-base HEAD~1
     python scripts/benchmarks/benchmark_step.py --compare tree --baseline /tmp/segone-base --threads 1 2
     python scripts/benchmarks/benchmark_step.py --compare config --set "features=[16,64,128,256]" --threads 1 2
@@ -62,6 +67,7 @@ SETTINGS = {
     "mask_input": ("encoder", "decoder"),
     "config": ("inference.json", "--set"),
     "compile": ("eager", "compiled"),
+    "metadata": ("MetaTensor", "plain"),
     "tree": ("baseline", "this tree"),
 }
 CASES = (
@@ -106,6 +112,7 @@ def _step_function(network: str, compare: str = "", setting: str = "", overrides
 
     torch.manual_seed(0)
     add_skipped_biases = (compare, setting) == ("bias", "added")
+    as_collated = _as_collated if (compare, setting) == ("metadata", "MetaTensor") else (lambda tensor: tensor)
     network_overrides = _network_overrides(compare, setting, overrides)
     compiled = (compare, setting) == ("compile", "compiled")
     if network.startswith("SegOne inference"):
@@ -125,10 +132,10 @@ def _step_function(network: str, compare: str = "", setting: str = "", overrides
         if add_skipped_biases:
             _add_skipped_biases(model)
         b, k = 4, 2
-        image = torch.randn(b, 1, 48, 64, 48)
+        image = as_collated(torch.randn(b, 1, 48, 64, 48))
         classes = torch.randint(0, k + 1, (b, 1, 48, 64, 48))
-        target = torch.cat([(classes == c + 1).float() for c in range(k)], dim=1)
-        context = torch.randn(b, k, 512)
+        target = as_collated(torch.cat([(classes == c + 1).float() for c in range(k)], dim=1))
+        context = as_collated(torch.randn(b, k, 512))
 
         forward = torch.compile(model) if compiled else model
 
@@ -141,8 +148,8 @@ def _step_function(network: str, compare: str = "", setting: str = "", overrides
 
         model = UNet(3, 1, 3, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2)
         criterion = DiceCELoss(to_onehot_y=True, softmax=True)
-        image = torch.randn(4, 1, 48, 64, 48)
-        label = torch.randint(0, 3, (4, 1, 48, 64, 48))
+        image = as_collated(torch.randn(4, 1, 48, 64, 48))
+        label = as_collated(torch.randint(0, 3, (4, 1, 48, 64, 48)))
 
         forward = torch.compile(model) if compiled else model
 
@@ -158,6 +165,14 @@ def _step_function(network: str, compare: str = "", setting: str = "", overrides
         optimizer.step()
 
     return step
+
+
+def _as_collated(tensor):
+    """``tensor`` as a MONAI ``DataLoader`` collates a ``CacheDataset``'s items: a ``MetaTensor`` with an affine."""
+    import torch
+    from monai.data import MetaTensor
+
+    return MetaTensor(tensor, affine=torch.eye(4, dtype=torch.float64))
 
 
 def _network_overrides(compare: str, setting: str, overrides: dict | None = None) -> dict:
@@ -308,7 +323,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error(str(err))
     if overrides:
         print("overrides: " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
-    cases = args.cases or [c for c in CASES if args.compare in ("malloc", "compile") or not c.startswith("UNet")]
+    if args.compare == "metadata":
+        cases = args.cases or [c for c in CASES if c.endswith("training")]
+        if any(not c.endswith("training") for c in cases):
+            ap.error("--compare metadata times training steps: the inferer hands the network plain tensors")
+    else:
+        cases = args.cases or [c for c in CASES if args.compare in ("malloc", "compile") or not c.startswith("UNet")]
     if args.baseline:
         print(f"baseline: {os.path.abspath(args.baseline)}")
     first = SETTINGS[args.compare][0]

@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from monai.inferers import SlidingWindowInferer
     from monai.losses import DiceCELoss
     from monai.transforms import KeepLargestConnectedComponent
-    from monai.utils import set_determinism
+    from monai.utils import convert_to_tensor, set_determinism
 
     from bundle.data import dataset_split
     from bundle.evaluation import case_metrics, format_table, summarize
@@ -272,7 +272,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for g in opt.param_groups:
                 g["lr"] = lr * learning_rate_factor(elapsed, warmup, total)
             opt.zero_grad()
-            image, label = item["image"].to(device), item["label"].to(device).long()
+            # plain tensors, as DiffusionPrepareBatch hands SegOne: MONAI metadata costs time and the loss never reads it
+            image = convert_to_tensor(item["image"], track_meta=False).to(device)
+            label = convert_to_tensor(item["label"], track_meta=False).to(device).long()
             loss = deep_supervision_loss(loss_fn, net(image), label)
             loss.backward()
             opt.step()

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from bundle.utils.config import BUNDLE_ROOT
 
@@ -156,3 +157,25 @@ def test_the_tree_comparison_needs_a_checkout_as_baseline(tmp_path):
 def test_tree_table_times_this_checkout_against_a_baseline_checkout():
     rows = _rows("--compare", "tree", "--baseline", str(BUNDLE_ROOT), "--cases", SEGONE_CASES[2])
     _check(rows, (SEGONE_CASES[2],), ("baseline", "this tree"))
+
+
+def test_the_metadata_settings_hand_the_step_metatensors_or_plain_tensors(monkeypatch):
+    """The ``MetaTensor`` setting wraps the step's inputs as the data loader collates them; ``plain`` does not.
+    Checked on the UNet's step (cheap), through the inputs its loss sees."""
+    from monai.data import MetaTensor
+    from monai.losses import DiceCELoss
+
+    seen = []
+    original = DiceCELoss.forward
+    monkeypatch.setattr(DiceCELoss, "forward", lambda self, x, y: seen.append(type(y)) or original(self, x, y))
+    for setting in ("MetaTensor", "plain"):
+        _script()._step_function("UNet training", "metadata", setting)()
+    assert seen == [MetaTensor, torch.Tensor]
+    with pytest.raises(SystemExit):
+        _script().main(["--compare", "metadata", "--cases", "SegOne inference, 1 window x 12 prompts"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings: Linux only")
+def test_metadata_table_times_the_training_steps_with_and_without_metatensors():
+    _check(_rows("--compare", "metadata"), ("SegOne training", "UNet training"), ("MetaTensor", "plain"))

@@ -51,6 +51,17 @@ def test_prepare_batch_hands_the_teacher_entries_on_only_when_present():
         prepare({"image": torch.rand(1)}, torch.device("cpu"))
 
 
+def test_prepare_batch_hands_the_network_plain_tensors_of_a_metatensor_batch():
+    # a collated CacheDataset batch holds MetaTensors; the network gets their data without the metadata
+    from monai.data import MetaTensor
+
+    batch = {key: MetaTensor(value) for key, value in next(_batches(teacher=True)).items()}
+    image, target, (context,), extra = DiffusionPrepareBatch()(batch, torch.device("cpu"))
+    for tensor in (image, target, context, *extra.values()):
+        assert type(tensor) is torch.Tensor
+    assert torch.equal(image, batch["image"].as_tensor()) and torch.equal(target, batch["target"].as_tensor())
+
+
 def test_trainer_runs_the_loss_network_and_steps_the_optimizer():
     net = _ToyDiffusion()
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
