@@ -117,12 +117,13 @@ def test_training_recipe_switches_run_and_keep_the_averaged_weights(tmp_path, ti
     assert losses and all(o["competition"] > 0 and o["bce"] > 0 and o["label"].shape[0] == 2 for o in losses)
 
 
-def test_a_shared_decoder_trains_and_evaluates_through_the_configs(tmp_path, tiny_clip_config, msd_dir):
+@pytest.mark.parametrize("prompt_layers", [0, 2])
+def test_a_shared_decoder_trains_and_evaluates_through_the_configs(tmp_path, tiny_clip_config, msd_dir, prompt_layers):
     """``--shared_decoder True`` with ``--prompts_per_image 2``: one decoder pass per image in training (two prompts
-    of it in one step, competing) and in evaluation; the model file holds the per-prompt fusion, and a config
-    without the switch refuses it by name."""
+    of it in one step, competing) and in evaluation; the model file holds the per-prompt fusion (or, with
+    ``--prompt_layers``, the prompt-controlled layers), and a config without the switches refuses it by name."""
     out = tmp_path / "shared"
-    switches = {"shared_decoder": True, "center_prompts": True, "prompts_per_image": 2}
+    switches = {"shared_decoder": True, "center_prompts": True, "prompts_per_image": 2, "prompt_layers": prompt_layers}
     switches["diffusion#competition_weight"] = 1.0
     wf = workflow("train.json", "train", **train_overrides(tiny_clip_config, msd_dir, out, **switches))
     wf.initialize()
@@ -135,10 +136,11 @@ def test_a_shared_decoder_trains_and_evaluates_through_the_configs(tmp_path, tin
     wf.finalize()
     assert passes and passes[0] == 2  # a batch of two images, two prompts each: two decoder passes, not four
     assert terms and all(o["competition"] > 0 and o["label"].shape[0] == 2 for o in terms)
-    assert any(k.startswith("denoiser.prompt_fuse.") for k in torch.load(out / "model.pt", weights_only=True))
+    per_prompt = "denoiser.prompt_layers.1.conv.proj." if prompt_layers else "denoiser.prompt_fuse."
+    assert any(k.startswith(per_prompt) for k in torch.load(out / "model.pt", weights_only=True))
     evaluation = tmp_path / "eval"
     overrides = infer_overrides(out / "model.pt", msd_dir, evaluation, eval_split="test", test_fraction=0.34)
-    wf = workflow("evaluate.json", "infer", **overrides, shared_decoder=True)
+    wf = workflow("evaluate.json", "infer", **overrides, shared_decoder=True, prompt_layers=prompt_layers)
     wf.initialize()
     wf.run()
     assert set(json.loads((evaluation / "metrics.json").read_text())["classes"]) == {
@@ -150,7 +152,7 @@ def test_a_shared_decoder_trains_and_evaluates_through_the_configs(tmp_path, tin
     with pytest.raises(Exception) as raised:
         wf.parser.get_parsed_content("network")
     assert "model.pt: checkpoint does not fit PromptedSegmenter" in error_chain(raised.value)
-    assert "prompt_fuse" in error_chain(raised.value)
+    assert ("prompt_layers" if prompt_layers else "prompt_fuse") in error_chain(raised.value)
 
 
 def test_fine_tuning_starts_from_the_model_file_with_the_new_data_s_prompts(tmp_path, trained, tiny_clip_config):

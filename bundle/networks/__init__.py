@@ -2,6 +2,7 @@
 
 from bundle.networks.blocks import (
     ChannelMixBlock,
+    ConditionedPointwise,
     ConditionEmbedding,
     FiLM,
     GlobalContext,
@@ -18,6 +19,7 @@ from bundle.networks.segone import SegOne
 __all__ = [
     "SegOne",
     "ChannelMixBlock",
+    "ConditionedPointwise",
     "ConditionEmbedding",
     "FiLM",
     "GlobalContext",

@@ -15,6 +15,8 @@ linear maps of conditioning vectors (timestep and text embeddings), which have n
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -45,6 +47,7 @@ __all__ = [
     "ShuffleUp",
     "GlobalContext",
     "FiLM",
+    "ConditionedPointwise",
     "ConditionEmbedding",
 ]
 
@@ -713,6 +716,56 @@ class FiLM(nn.Module):
             params = params.unsqueeze(-1)
         gamma, beta = params.chunk(2, dim=1)
         return x * (1.0 + gamma) + beta
+
+
+class ConditionedPointwise(nn.Module):
+    """A kernel-size-1 convolution whose weight each item's conditioning vector sets: a prompt-controlled layer.
+
+    ``y[b] = (W + reshape(P c[b])) x[b]`` at every position, one ``[C_out, C_in]`` matrix per item. With one decoder
+    shared by every prompt, such layers let each prompt choose its own linear maps of the shared features, as the
+    text-controlled heads of the CLIP-Driven Universal Model (Liu et al., 2023) do for many structures, where FiLM
+    (:class:`FiLM`) only rescales each channel before a map shared by all. ``P`` starts at zero, so the layer starts
+    as the plain convolution ``W`` (initialised as ``nn.Conv``'s weight). No bias: it feeds an instance norm, which
+    would remove it.
+
+    Args:
+        spatial_dims: number of spatial dimensions of ``x``.
+        in_channels: channels of ``x``.
+        out_channels: channels of the output.
+        cond_channels: length of the conditioning vector ``c``.
+
+    Shapes:
+        ``x [B, in_channels, *S]``, ``c [B, cond_channels]`` ``-> [B, out_channels, *S]``.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, cond_channels: int) -> None:
+        super().__init__()
+        self.spatial_dims = spatial_dims
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self.proj = nn.Linear(cond_channels, out_channels * in_channels)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """
+        Args:
+            x: tensor of shape ``[B, in_channels, *S]`` with ``len(S) == spatial_dims``.
+            cond: conditioning vectors ``c`` of shape ``[B, cond_channels]``, one per item of ``x``.
+
+        Returns:
+            Tensor of shape ``[B, out_channels, *S]``.
+
+        Raises:
+            ValueError: when ``cond`` is None.
+        """
+        if cond is None:
+            raise ValueError("ConditionedPointwise needs a conditioning vector; got None.")
+        b = x.shape[0]
+        weight = self.weight.unsqueeze(0) + self.proj(cond).reshape(b, self.out_channels, self.in_channels)
+        y = torch.bmm(weight, x.reshape(b, self.in_channels, -1))
+        return y.reshape([b, self.out_channels] + list(x.shape[2:]))
 
 
 class ConditionEmbedding(nn.Module):

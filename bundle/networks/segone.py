@@ -16,6 +16,7 @@ from bundle.networks.blocks import (
     DEFAULT_ACT,
     DEFAULT_NORM,
     ChannelMixBlock,
+    ConditionedPointwise,
     ConditionEmbedding,
     FiLM,
     GlobalContext,
@@ -81,6 +82,19 @@ class _DecoderStage(nn.Module):
         if late is not None:
             parts.append(late)
         return self.blocks(self.fuse(torch.cat(parts, dim=1)))
+
+
+class _ConditionedLayer(nn.Module):
+    """A prompt-controlled kernel-size-1 convolution (:class:`~bundle.networks.blocks.ConditionedPointwise`), then a
+    norm and an activation: one layer of a shared decoder's per-prompt part."""
+
+    def __init__(self, conv: nn.Module, norm_act: nn.Module) -> None:
+        super().__init__()
+        self.conv = conv
+        self.norm_act = norm_act
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        return self.norm_act(self.conv(x, cond))
 
 
 class _Stem(nn.Module):
@@ -323,6 +337,10 @@ class SegOne(nn.Module):
             run them once per image and, per prompt, only that fusion and the head, as a multi-class U-Net's last
             layer serves every class. Needs conditioning (``with_timestep`` or ``text_dim``); no deep supervision
             (its heads would read unconditioned levels).
+        prompt_layers: with ``shared_decoder``, the per-prompt part is this many prompt-controlled kernel-size-1
+            convolutions (:class:`~bundle.networks.blocks.ConditionedPointwise`: a ``[C, C]`` matrix per prompt
+            instead of a per-channel scale and shift), each followed by a norm and an activation, the first also
+            fusing the ``decoder_inputs`` channels, instead of FiLM and one shared fusion (0).
         deep_supervision: number of extra 1x1 output heads, on the decoder's outputs at levels ``1..n`` (each
             ``stem_scale * 2**level`` times coarser than the input), for deep supervision in training
             (:meth:`forward_deep`); ``forward`` never runs them. At most ``len(features) - 2``.
@@ -342,8 +360,9 @@ class SegOne(nn.Module):
         ValueError: when ``spatial_dims`` is not 2 or 3, ``features`` has fewer than two levels, ``stem_scale < 1``,
             ``refine_inputs`` or ``decoder_inputs`` names a channel outside ``range(in_channels)``, ``decoder_inputs``
             leaves no channel for the encoder, ``refine_neighbours`` or ``refine_hidden_neighbours`` is set without the
-            refinement, ``deep_supervision`` is outside ``[0, len(features) - 2]``, or ``shared_decoder`` is set
-            without conditioning or with deep supervision.
+            refinement, ``deep_supervision`` is outside ``[0, len(features) - 2]``, ``shared_decoder`` is set
+            without conditioning or with deep supervision, or ``prompt_layers`` is negative or set without
+            ``shared_decoder``.
     """
 
     # TorchScript constants, so a network compiles without the branches it does not use (conditioning; inputs that
@@ -373,6 +392,7 @@ class SegOne(nn.Module):
         refine_hidden_neighbours: bool = False,
         decoder_inputs: Sequence[int] | None = None,
         shared_decoder: bool = False,
+        prompt_layers: int = 0,
         deep_supervision: int = 0,
     ) -> None:
         super().__init__()
@@ -407,6 +427,11 @@ class SegOne(nn.Module):
             raise ValueError(
                 "shared_decoder leaves the decoder's coarser levels unconditioned, so deep supervision heads there "
                 f"could not tell prompts apart; got deep_supervision={deep_supervision}."
+            )
+        if prompt_layers < 0 or (prompt_layers > 0 and not self.shared_decoder):
+            raise ValueError(
+                f"prompt_layers ({prompt_layers}) must be >= 0 and needs shared_decoder: it builds the per-prompt part "
+                "of a shared decoder."
             )
         self.decoder_inputs = sorted({int(c) for c in decoder_inputs or ()})
         self.has_decoder_inputs = len(self.decoder_inputs) > 0
@@ -458,12 +483,26 @@ class SegOne(nn.Module):
                 _DecoderStage(ShuffleUp(spatial_dims, features[level + 1], c), film(c), fuse, mix(c, dec_blocks[level]))
             )
         self.decoder = nn.ModuleList(decoder)
-        # the per-prompt part of a shared decoder: FiLM, then the late inputs fused in, as the finest stage does
+        # the per-prompt part of a shared decoder: FiLM, then the late inputs fused in, as the finest stage does; or
+        # prompt-controlled layers, the first of which fuses the late inputs
         self.prompt_film: nn.Module = (
-            FiLM(spatial_dims, features[0], cond_channels) if self.shared_decoder else Unconditioned()
+            FiLM(spatial_dims, features[0], cond_channels)
+            if self.shared_decoder and not prompt_layers
+            else Unconditioned()
+        )
+        self.prompt_layers = nn.ModuleList(
+            [
+                _ConditionedLayer(
+                    ConditionedPointwise(
+                        spatial_dims, features[0] + (late_channels if i == 0 else 0), features[0], cond_channels
+                    ),
+                    _norm_act(spatial_dims, features[0], norm, act),
+                )
+                for i in range(prompt_layers)
+            ]
         )
         self.prompt_fuse: nn.Module = nn.Identity()
-        if self.shared_decoder:
+        if self.shared_decoder and not prompt_layers:
             self.prompt_fuse = nn.Sequential(
                 conv1x1(spatial_dims, features[0] + late_channels, features[0]),
                 _norm_act(spatial_dims, features[0], norm, act),
@@ -689,7 +728,11 @@ class SegOne(nn.Module):
             decoded.append(x)
         if self.shared_decoder:
             x = self.prompt_film(repeat_items(x, prompts_per_image), cond)
-            decoded[-1] = self.prompt_fuse(torch.cat([x, late], dim=1) if late is not None else x)
+            if late is not None:
+                x = torch.cat([x, late], dim=1)
+            for layer in self.prompt_layers:
+                x = layer(x, cond)
+            decoded[-1] = self.prompt_fuse(x)
         return decoded
 
 

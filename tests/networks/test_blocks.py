@@ -9,6 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from bundle.networks.blocks import (
     ChannelMixBlock,
+    ConditionedPointwise,
     FiLM,
     GlobalContext,
     InstanceNorm,
@@ -167,6 +168,28 @@ def test_film_modulates_per_channel():
     torch.testing.assert_close(film(x, c), expected)
     with pytest.raises(ValueError, match="conditioning vector"):
         film(x, None)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_conditioned_pointwise_maps_each_item_by_its_own_matrix(spatial_dims):
+    torch.manual_seed(0)
+    layer = ConditionedPointwise(spatial_dims, 5, 3, 6)
+    x = torch.randn(2, 5, *([4] * spatial_dims))
+    c = torch.randn(2, 6)
+    conv = torch.nn.functional.conv2d if spatial_dims == 2 else torch.nn.functional.conv3d
+    kernel = [1] * spatial_dims
+    # zero-initialised projection: one plain kernel-size-1 convolution for every item
+    torch.testing.assert_close(layer(x, c), conv(x, layer.weight.reshape(3, 5, *kernel)))
+    torch.nn.init.normal_(layer.proj.weight)
+    weights = layer.weight + layer.proj(c).reshape(2, 3, 5)
+    expected = torch.cat([conv(x[i : i + 1], weights[i].reshape(3, 5, *kernel)) for i in range(2)])
+    y = layer(x, c)
+    torch.testing.assert_close(y, expected)
+    assert not torch.allclose(y[0], conv(x[:1], weights[1].reshape(3, 5, *kernel))[0])  # the items differ
+    y.sum().backward()
+    assert layer.proj.weight.grad.abs().sum() > 0 and layer.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="conditioning vector"):
+        layer(x, None)
 
 
 @pytest.mark.parametrize("spatial_dims,bias", [(2, True), (3, True), (3, False)])

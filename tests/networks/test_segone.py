@@ -8,7 +8,7 @@ import torch.nn as nn
 from monai.bundle import ConfigParser
 
 from bundle.networks import SegOne
-from bundle.networks.blocks import FiLM, InstanceNorm
+from bundle.networks.blocks import ConditionedPointwise, FiLM, InstanceNorm
 from bundle.networks.receptive_field import activate_zero_init, input_support
 
 SMALL = {"features": (8, 16, 32), "encoder_blocks": 1, "decoder_blocks": 1}
@@ -19,12 +19,18 @@ def _learned_operators(net: nn.Module):
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
-@pytest.mark.parametrize("conditioned", [False, True])
+@pytest.mark.parametrize("conditioned", [False, True, "prompt_layers"])
 def test_every_learned_operator_acts_on_channels_only(spatial_dims, conditioned):
-    kwargs = {"with_timestep": True, "text_dim": 16} if conditioned else {}
-    net = SegOne(spatial_dims, 2, 3, deep_supervision=2, **kwargs)  # the deep-supervision heads included
-    # InstanceNorm: bundle's, a group norm with one channel per group (a per-channel scale and shift)
+    kwargs = {"with_timestep": True, "text_dim": 16} if conditioned else {"deep_supervision": 2}
+    if conditioned == "prompt_layers":  # a shared decoder whose per-prompt part is prompt-controlled
+        kwargs.update(shared_decoder=True, prompt_layers=2, decoder_inputs=[0])
+    elif conditioned:
+        kwargs["deep_supervision"] = 2  # the deep-supervision heads included
+    net = SegOne(spatial_dims, 2, 3, **kwargs)
+    # InstanceNorm: bundle's, a group norm with one channel per group (a per-channel scale and shift);
+    # ConditionedPointwise: a kernel-size-1 convolution whose [C_out, C_in] matrix the prompt sets
     allowed = (nn.Conv2d, nn.Conv3d, nn.Linear, InstanceNorm, nn.InstanceNorm2d, nn.InstanceNorm3d)
+    allowed += (ConditionedPointwise,)
     allowed += (nn.BatchNorm2d, nn.BatchNorm3d)
     convs = 0
     for name, module in _learned_operators(net):
@@ -36,7 +42,12 @@ def test_every_learned_operator_acts_on_channels_only(spatial_dims, conditioned)
             assert module.groups == 1, name
         if isinstance(module, nn.Linear):
             # Linear layers may only map conditioning vectors (timestep/text), never image features.
-            assert name.startswith("cond_embed") or name.endswith(".proj") and "film" in name, name
+            assert (
+                name.startswith("cond_embed") or name.endswith(".proj") and ("film" in name or "prompt" in name)
+            ), name
+        if isinstance(module, ConditionedPointwise):
+            convs += 1
+            assert module.weight.dim() == 2, f"{name}: a [C_out, C_in] matrix, no spatial extent"
         for pname, p in module.named_parameters(recurse=False):
             assert all(s == 1 for s in p.shape[2:]), f"{name}.{pname} has spatial extent {tuple(p.shape)}"
     assert convs > 10
@@ -444,16 +455,17 @@ def test_without_deep_supervision_the_state_dict_is_unchanged():
         SegOne(3, 2, 1, features=(8, 16, 32), deep_supervision=2)
 
 
-@pytest.mark.parametrize("spatial_dims", [2, 3])
-def test_shared_decoder_runs_the_unet_once_per_image_and_only_the_head_per_prompt(spatial_dims):
+@pytest.mark.parametrize("spatial_dims,prompt_layers", [(2, 0), (3, 0), (3, 2)])
+def test_shared_decoder_runs_the_unet_once_per_image_and_only_the_head_per_prompt(spatial_dims, prompt_layers):
     """``shared_decoder``: the conditioning enters after the decoder, so rows of one image share the encoder and the
     decoder (``forward_prompts``, ``forward_shared_image``), equal to ``forward`` on every row, and the prompts and
-    the noisy mask still change the output."""
+    the noisy mask still change the output; with ``prompt_layers``, through prompt-controlled layers."""
     torch.manual_seed(0)
     net = activate_zero_init(
         SegOne(spatial_dims, 2, 1, with_timestep=True, text_dim=8, stem_scale=2, refine_channels=4,
-               refine_inputs=[1], decoder_inputs=[0], shared_decoder=True, **SMALL)
+               refine_inputs=[1], decoder_inputs=[0], shared_decoder=True, prompt_layers=prompt_layers, **SMALL)
     ).eval()  # fmt: skip
+    assert len(net.prompt_layers) == prompt_layers and isinstance(net.prompt_film, FiLM) == (prompt_layers == 0)
     for name, module in _learned_operators(net):
         for p in module.parameters(recurse=False):
             assert all(s == 1 for s in p.shape[2:]), f"{name} has spatial extent {tuple(p.shape)}"
@@ -466,7 +478,8 @@ def test_shared_decoder_runs_the_unet_once_per_image_and_only_the_head_per_promp
     passes = {"encoder": [], "decoder": [], "prompt": []}
     net.encoder[0].register_forward_hook(lambda m, i, o: passes["encoder"].append(o.shape[0]))
     net.decoder[-1].register_forward_hook(lambda m, i, o: passes["decoder"].append(o.shape[0]))
-    net.prompt_fuse.register_forward_hook(lambda m, i, o: passes["prompt"].append(o.shape[0]))
+    per_prompt = net.prompt_layers[-1] if prompt_layers else net.prompt_fuse
+    per_prompt.register_forward_hook(lambda m, i, o: passes["prompt"].append(o.shape[0]))
     with torch.no_grad():
         shared = net.forward_shared_image(x, t, e, 3)
         assert passes == {"encoder": [2], "decoder": [2], "prompt": [6]}
@@ -484,5 +497,8 @@ def test_shared_decoder_runs_the_unet_once_per_image_and_only_the_head_per_promp
 def test_shared_decoder_needs_conditioning_and_no_deep_supervision():
     with pytest.raises(ValueError, match="shared_decoder needs conditioning"):
         SegOne(3, 2, 1, shared_decoder=True, **SMALL)
+    for bad in ({"prompt_layers": 1}, {"prompt_layers": -1, "shared_decoder": True}):
+        with pytest.raises(ValueError, match="prompt_layers .* needs shared_decoder"):
+            SegOne(3, 2, 1, text_dim=8, **bad, **SMALL)
     with pytest.raises(ValueError, match="deep supervision heads there could not tell prompts apart"):
         SegOne(3, 2, 1, text_dim=8, shared_decoder=True, deep_supervision=1, **SMALL)
