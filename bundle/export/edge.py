@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from bundle.diffusion.segmenter import PromptedSegmenter
 from bundle.export.exporters import ONNX_TRANSLATIONS, compare_onnx
-from bundle.networks.blocks import FiLM
+from bundle.networks.blocks import ConditionedPointwise, FiLM
 from bundle.utils.io import PathLike, atomic_path, file_sha256, write_text_atomic
 
 __all__ = [
@@ -94,8 +94,9 @@ class FoldedCondition(nn.Module):
         return (step.unsqueeze(2) * context.unsqueeze(1)).flatten(1)  # [B, S * K]
 
 
-def _films(module: nn.Module) -> list[tuple[str, FiLM]]:
-    return [(name, m) for name, m in module.named_modules() if isinstance(m, FiLM)]
+def _films(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The modules whose ``proj`` maps the conditioning vector: FiLMs and prompt-controlled layers."""
+    return [(name, m) for name, m in module.named_modules() if isinstance(m, (FiLM, ConditionedPointwise))]
 
 
 @torch.no_grad()
@@ -103,7 +104,8 @@ def fold_prompts(segmenter: PromptedSegmenter) -> PromptedSegmenter:
     """A copy of ``segmenter`` whose text and timestep conditioning is precomputed for its prompts and DDIM steps.
 
     For the ``K`` class prompts (``segmenter.prompt_embeddings``, ``[K, E]``) and the ``S`` DDIM timesteps
-    (``segmenter.sampling_timesteps(segmenter.num_inference_steps)``) every FiLM's ``(gamma, beta)`` is computed for
+    (``segmenter.sampling_timesteps(segmenter.num_inference_steps)``) every FiLM's ``(gamma, beta)`` (and every
+    prompt-controlled layer's weight change, :class:`~bundle.networks.blocks.ConditionedPointwise`) is computed for
     each (timestep, prompt) pair. In the copy, ``denoiser.cond_embed`` is a :class:`FoldedCondition` and each
     FiLM's ``proj`` a bias-free ``Linear(S * K, 2 * C)`` holding that table (``FiLM.forward`` is unchanged); the
     ``prompt_embeddings`` buffer becomes ``eye(K)``, so ``forward(image)`` still gives every class and

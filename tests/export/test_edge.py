@@ -20,13 +20,18 @@ from bundle.export.edge import (
     export_edge,
     fold_prompts,
 )
-from bundle.networks import ConditionEmbedding, FiLM, SegOne
+from bundle.networks import ConditionedPointwise, ConditionEmbedding, FiLM, SegOne
 from bundle.networks.receptive_field import activate_zero_init
 from bundle.utils.io import file_sha256
 
 
 def _segmenter(
-    spatial_dims: int, steps: int, num_prompts: int = 3, embed_dim: int = 6, shared_decoder: bool = False
+    spatial_dims: int,
+    steps: int,
+    num_prompts: int = 3,
+    embed_dim: int = 6,
+    shared_decoder: bool = False,
+    prompt_layers: int = 0,
 ) -> PromptedSegmenter:
     torch.manual_seed(0)
     denoiser = SegOne(
@@ -42,6 +47,7 @@ def _segmenter(
         cond_channels=16,
         decoder_inputs=[0] if shared_decoder else None,
         shared_decoder=shared_decoder,
+        prompt_layers=prompt_layers,
     )
     # FiLM projections and the global-context output start at zero: give them weights, as after training
     activate_zero_init(denoiser, std=0.3)
@@ -49,11 +55,14 @@ def _segmenter(
     return PromptedSegmenter(denoiser, prompt_embeddings=embeddings, num_inference_steps=steps).eval()
 
 
-@pytest.mark.parametrize("spatial_dims,shared_decoder", [(2, False), (3, False), (3, True)])
+@pytest.mark.parametrize(
+    "spatial_dims,shared_decoder,prompt_layers", [(2, False, 0), (3, False, 0), (3, True, 0), (3, True, 2)]
+)
 @pytest.mark.parametrize("steps", [1, 2])
-def test_folded_prompts_give_the_unfolded_output(spatial_dims, steps, shared_decoder):
-    seg = _segmenter(spatial_dims, steps, shared_decoder=shared_decoder)
-    films = [m for m in seg.denoiser.modules() if isinstance(m, FiLM)]
+def test_folded_prompts_give_the_unfolded_output(spatial_dims, steps, shared_decoder, prompt_layers):
+    seg = _segmenter(spatial_dims, steps, shared_decoder=shared_decoder, prompt_layers=prompt_layers)
+    films = [m for m in seg.denoiser.modules() if isinstance(m, (FiLM, ConditionedPointwise))]
+    assert sum(isinstance(m, ConditionedPointwise) for m in films) == prompt_layers
     assert films and all(m.proj.weight.abs().sum() > 0 for m in films)
     folded = fold_prompts(seg)
     x = torch.rand(2, 1, *([16, 24, 32][:spatial_dims]))
@@ -65,7 +74,7 @@ def test_folded_prompts_give_the_unfolded_output(spatial_dims, steps, shared_dec
     # the conditioning is a table now: no text projection, no timestep MLP, one bias-free S*K -> 2C map per FiLM
     assert isinstance(folded.denoiser.cond_embed, FoldedCondition)
     assert torch.equal(folded.prompt_embeddings, torch.eye(3))
-    for film in (m for m in folded.denoiser.modules() if isinstance(m, FiLM)):
+    for film in (m for m in folded.denoiser.modules() if isinstance(m, (FiLM, ConditionedPointwise))):
         assert film.proj.in_features == steps * 3 and film.proj.bias is None
     removed = sum(p.numel() for p in seg.parameters()) - sum(p.numel() for p in folded.parameters())
     cond = sum(p.numel() for p in seg.denoiser.cond_embed.parameters()) + sum(
