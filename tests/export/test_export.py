@@ -81,3 +81,20 @@ def test_onnx_and_torchscript_of_the_neighbour_refinement(tmp_path, neighbours):
     x = torch.rand(1, 2, 16, 24, 16)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+def test_onnx_and_torchscript_of_a_shared_decoder_with_prompt_layers(tmp_path):
+    """Prompt-controlled layers (``prompt_layers``) export: a batched product with each item's own matrix."""
+    torch.manual_seed(0)
+    net = SegOne(
+        3, 2, 1, features=(8, 16, 32), stem_scale=2, refine_channels=4, refine_inputs=[1], decoder_inputs=[0],
+        with_timestep=True, text_dim=8, shared_decoder=True, prompt_layers=2,
+    )  # fmt: skip
+    net = activate_zero_init(net).eval()
+    example = (torch.rand(2, 2, 16, 16, 16), torch.tensor([7, 900]), torch.randn(2, 8))
+    path = export_onnx(net, tmp_path / "layers.onnx", example, input_names=("image", "timesteps", "context"))
+    inputs = (torch.rand(2, 2, 32, 16, 24), torch.tensor([500, 999]), torch.randn(2, 8))
+    assert compare_onnx(net, path, inputs) < 1e-4
+    loaded = torch.jit.load(str(export_torchscript(net, tmp_path / "layers.ts")))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(*inputs), net(*inputs), rtol=1e-5, atol=1e-5)
