@@ -94,7 +94,7 @@ class FoldedCondition(nn.Module):
         return (step.unsqueeze(2) * context.unsqueeze(1)).flatten(1)  # [B, S * K]
 
 
-def _films(module: nn.Module) -> list[tuple[str, nn.Module]]:
+def _conditioned_projections(module: nn.Module) -> list[tuple[str, nn.Module]]:
     """The modules whose ``proj`` maps the conditioning vector: FiLMs and prompt-controlled layers."""
     return [(name, m) for name, m in module.named_modules() if isinstance(m, (FiLM, ConditionedPointwise))]
 
@@ -125,8 +125,8 @@ def fold_prompts(segmenter: PromptedSegmenter) -> PromptedSegmenter:
     """
     denoiser = segmenter.denoiser
     cond_embed = getattr(denoiser, "cond_embed", None)
-    films = _films(denoiser)
-    if cond_embed is None or not films or isinstance(cond_embed, FoldedCondition):
+    projected = _conditioned_projections(denoiser)
+    if cond_embed is None or not projected or isinstance(cond_embed, FoldedCondition):
         raise ValueError(
             f"fold_prompts needs a conditioned, unfolded denoiser (cond_embed and FiLM blocks); got "
             f"{type(denoiser).__name__} with cond_embed {type(cond_embed).__name__}"
@@ -141,11 +141,11 @@ def fold_prompts(segmenter: PromptedSegmenter) -> PromptedSegmenter:
 
     folded = copy.deepcopy(segmenter).eval()
     folded.denoiser.cond_embed = FoldedCondition(steps, num_prompts).to(prompts.device)
-    for name, film in _films(folded.denoiser):
-        table = dict(films)[name].proj(cond)  # [S * K, 2 * C]
+    for name, module in _conditioned_projections(folded.denoiser):
+        table = dict(projected)[name].proj(cond)  # [S * K, 2 * C] for a FiLM, [S * K, C_out * C_in] for a layer
         proj = nn.Linear(num_steps * num_prompts, table.shape[1], bias=False).to(table)
         proj.weight.copy_(table.t())
-        film.proj = proj
+        module.proj = proj
     folded.prompt_embeddings = torch.eye(num_prompts, dtype=prompts.dtype, device=prompts.device)
     return folded
 

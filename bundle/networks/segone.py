@@ -593,7 +593,8 @@ class SegOne(nn.Module):
             raise ValueError(
                 f"a batch of {x.shape[0]} rows is not a whole number of images x {prompts_per_image} prompts"
             )
-        # index_select, not x[::K]: slicing a batch of MONAI MetaTensors (training's input) splits its metadata
+        # index_select, not x[::K]: slicing a batch of MONAI MetaTensors (a caller's input may still be one) splits its
+        # metadata
         first = x.index_select(0, torch.arange(0, x.shape[0], prompts_per_image, device=x.device))
         decoded = self._decode_prompts(self._encode(first), timesteps, context, self._late_inputs(x), prompts_per_image)
         if self.head_reads_decoder_inputs:
