@@ -479,6 +479,54 @@ def test_a_suite_of_folders_trains_one_model_and_each_folder_evaluates_with_its_
     assert absent["summary"]["rule"]["empty_fraction"] == np.mean(volumes <= threshold)
 
 
+def test_thick_slices_train_and_evaluate_in_windows_planned_from_their_spacing(tmp_path, tiny_clip_config):
+    """``thick_slice_ratio``: a thick-slice folder's crops and sliding windows are flat and wide (the same voxel
+    budget), a near-isotropic folder's stay ``roi_size``, and batches never mix the two."""
+    from bundle.data import WindowBatchSampler
+    from tests.helpers.bundle_runs import write_msd
+
+    write_msd(tmp_path / "iso", num_cases=5)
+    thick = write_msd(tmp_path / "thick", num_cases=5, spacing=(1.0, 1.2, 4.0))
+    suite_file = tmp_path / "suite.json"
+    suite_file.write_text(json.dumps({"datasets": ["iso", "thick"]}))
+    out = tmp_path / "train"
+    overrides = train_overrides(
+        tiny_clip_config,
+        suite_file,
+        out,
+        crop_sampling="classes",
+        dataset_balance=1.0,
+        thick_slice_ratio=3.0,
+        max_anisotropy=8.0,
+    )
+    wf = workflow("train.json", "train", **overrides)
+    wf.initialize()
+    # SMALL's 3 levels under a stem of 2: windows are multiples of 8; 16^3 = 4096 voxels -> 8 slices x 16 x 16
+    windows = {i["dataset"]: tuple(i["window"]) for i in wf.parser.get_parsed_content("train#datalist")}
+    assert windows == {"iso": (16, 16, 16), "thick": (16, 16, 8)}
+    loader = wf.parser.get_parsed_content("train#dataloader")
+    assert isinstance(loader.batch_sampler, WindowBatchSampler) and loader.batch_sampler.weights is not None
+    shapes = {tuple(batch["image"].shape[2:]) for _ in range(3) for batch in loader}
+    assert shapes <= set(windows.values()) and shapes
+    wf.run()
+    wf.finalize()
+    assert (out / "model.pt").is_file()
+
+    ev = tmp_path / "eval"
+    overrides = infer_overrides(
+        out / "model.pt", thick, ev, eval_split="all", thick_slice_ratio=3.0, max_anisotropy=8.0
+    )
+    wf = workflow("evaluate.json", "infer", **overrides)
+    wf.initialize()
+    inferer = wf.parser.get_parsed_content("inferer")
+    case = {"image": str(thick / "imagesTr" / "case_0.nii.gz"), "label": str(thick / "labelsTr" / "case_0.nii.gz")}
+    image = wf.parser.get_parsed_content("preprocessing")(case)["image"]
+    assert inferer.window_for(image[None]) == (16, 16, 8)
+    wf.run()
+    metrics = json.loads((ev / "metrics.json").read_text())
+    assert len(metrics["cases"]) == 5 and 0.0 <= metrics["mean"]["dice"] <= 1.0
+
+
 def test_cli_verify_net_in_out_and_torchscript_export(tmp_path, trained):
     overrides = bundle_override_args({k: v for k, v in SMALL.items() if k != "roi_size"})
     overrides += ["--text_dim", str(TINY_CLIP_DIM), "--num_inference_steps", "1"]
@@ -556,14 +604,23 @@ def _torchrun_training(overrides: dict, nproc: int, env: dict) -> subprocess.Com
     )
 
 
-@pytest.mark.parametrize("dataset_balance", [0.0, 1.0])
-def test_multi_gpu_config_trains_with_two_processes_on_cpu(tmp_path, tiny_clip_config, msd_dir, dataset_balance):
+@pytest.mark.parametrize("dataset_balance, thick_slice_ratio", [(0.0, 0.0), (1.0, 0.0), (1.0, 3.0)])
+def test_multi_gpu_config_trains_with_two_processes_on_cpu(
+    tmp_path, tiny_clip_config, msd_dir, dataset_balance, thick_slice_ratio
+):
     """multi_gpu_train.json merged over train.json under torchrun: DDP with the gloo backend, 2 processes; with
-    ``dataset_balance`` the distributed sampler is MONAI's weighted one."""
+    ``dataset_balance`` the distributed sampler is MONAI's weighted one; with ``thick_slice_ratio`` batches come
+    from :class:`bundle.data.WindowBatchSampler`, shared by the ranks."""
     out = tmp_path / "ddp"
     # 2 validation cases, so each process validates one; 3 training cases, padded to 4 by the sampler
     overrides = train_overrides(
-        tiny_clip_config, msd_dir, out, max_epochs=2, val_fraction=0.34, dataset_balance=dataset_balance
+        tiny_clip_config,
+        msd_dir,
+        out,
+        max_epochs=2,
+        val_fraction=0.34,
+        dataset_balance=dataset_balance,
+        thick_slice_ratio=thick_slice_ratio,
     )
     # on the CPU even where there is a GPU: two processes would need two GPUs (NCCL takes one device per process)
     result = _torchrun_training(overrides, 2, {"CUDA_VISIBLE_DEVICES": ""})

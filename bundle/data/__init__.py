@@ -1,5 +1,5 @@
 """Data: MSD-layout datalists and suites of them, a seeded split by patient, image discovery for inference, input
-checks, the demo phantom, and the conversion of the suite's HDF5 sources to MSD folders.
+checks, the demo phantom, windows shaped by voxel spacing, and the conversion of the suite's HDF5 sources to MSD folders.
 
 Errors name the file and the problem: a missing image, a label whose shape or geometry differs from its image,
 non-finite intensities, a volume of the wrong dimensionality.
@@ -23,6 +23,7 @@ from .suite import (
     suite_label_maps,
     suite_vocabulary,
 )
+from .windows import WindowBatchSampler, add_windows, image_spacing, plan_window, window_groups
 
 __all__ = [
     "CheckInputd",
@@ -48,5 +49,10 @@ __all__ = [
     "suite_absent_exclusions",
     "suite_label_maps",
     "suite_vocabulary",
+    "WindowBatchSampler",
+    "add_windows",
+    "image_spacing",
+    "plan_window",
+    "window_groups",
     "write_demo_dataset",
 ]

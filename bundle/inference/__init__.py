@@ -1,5 +1,6 @@
 """Inference: folder inference that goes on past bad files, the route of prompt embeddings to the network, the
-edge export (ONNX) behind the network's interface, mirroring test-time augmentation, and ``torch.compile``."""
+edge export (ONNX) behind the network's interface, mirroring test-time augmentation, ``torch.compile``, and
+sliding windows shaped by each volume's spacing."""
 
 from .compiled import CompiledNetwork, compile_network
 from .engines import (
@@ -13,6 +14,7 @@ from .engines import (
 )
 from .onnx import OnnxSegmenter, edge_prompt_table, read_edge_manifest
 from .tta import FlipEnsemble, with_flips
+from .windows import SpacingWindowInferer, volume_spacing
 
 __all__ = [
     "CompiledNetwork",
@@ -28,5 +30,7 @@ __all__ = [
     "prompted_inference",
     "read_edge_manifest",
     "SafeDataset",
+    "SpacingWindowInferer",
+    "volume_spacing",
     "with_flips",
 ]

@@ -1,13 +1,15 @@
 """MONAI dictionary transforms of the bundle: text prompts, label-map output, and the SAM2 teacher's targets.
 
-Training: :class:`RandPromptd` turns a multi-label map into one (prompt, binary target) pair per sample: usually a
-class present in the map, sometimes (``absent_prob``) a class that is absent, whose target is empty, so the model
-learns to answer "not here"; :class:`EmbedPromptd` turns prompts into embeddings; :class:`TeacherTargetsd` and
-:class:`SelectTeacherd` add SAM2's masks for the prompted class. Output: :class:`DropSmallAnswersd` (the "absent"
-rule, its thresholds per structure by :func:`answer_thresholds_ml`) and :class:`SaveLabelMapd`.
+Training: :class:`RandWindowCropd` crops each item to its own window (flat for thick slices); :class:`RandPromptd`
+turns a multi-label map into one (prompt, binary target) pair per sample: usually a class present in the map,
+sometimes (``absent_prob``) a class that is absent, whose target is empty, so the model learns to answer "not here";
+:class:`EmbedPromptd` turns prompts into embeddings; :class:`TeacherTargetsd` and :class:`SelectTeacherd` add SAM2's
+masks for the prompted class. Output: :class:`DropSmallAnswersd` (the "absent" rule, its thresholds per structure by
+:func:`answer_thresholds_ml`) and :class:`SaveLabelMapd`.
 """
 
 from .absent import DropSmallAnswersd, answer_thresholds_ml, voxel_volume_ml
+from .crop import RandWindowCropd
 from .io import SaveLabelMapd, output_path_for
 from .prompts import EmbedPromptd, RandPromptd
 from .teacher import SelectTeacherd, TeacherTargetsd
@@ -18,6 +20,7 @@ __all__ = [
     "EmbedPromptd",
     "output_path_for",
     "RandPromptd",
+    "RandWindowCropd",
     "SaveLabelMapd",
     "SelectTeacherd",
     "TeacherTargetsd",

@@ -176,13 +176,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error("one of --budget (seconds, > 0) or --max_epochs (> 0) is required unless --eval_only")
 
     from monai.data import CacheDataset, DataLoader
-    from monai.inferers import SlidingWindowInferer
     from monai.losses import DiceCELoss
     from monai.transforms import KeepLargestConnectedComponent
     from monai.utils import convert_to_tensor, set_determinism
 
-    from bundle.data import dataset_split
+    from bundle.data import WindowBatchSampler, add_windows, dataset_split, window_groups
     from bundle.evaluation import case_metrics, format_table, summarize
+    from bundle.inference import SpacingWindowInferer
     from bundle.training import WeightEMA
     from bundle.utils import keep_freed_memory
 
@@ -206,6 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for s in ("train", "val", "test")
     }
     roi = tuple(parser.get_parsed_content("roi_size"))  # a macro of inference.json's
+    # windows shaped by spacing (thick slices), as train.json and inference.json plan them for SegOne
+    thick_ratio = float(parser.get_parsed_content("thick_slice_ratio"))
+    multiple = int(parser.get_parsed_content("window_multiple"))
     batch, lr = int(parser["batch_size"]), float(parser["learning_rate"])
     ema_decay = float(parser.get_parsed_content("ema_decay"))
     # train.json's schedules, over the time budget (warm-up for the same fraction of the run as train.json's
@@ -218,13 +221,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = torch.device(args.device)
     classes = parser.get_parsed_content("class_names")
 
-    train_loader = DataLoader(
-        CacheDataset(split["train"], train_tf, progress=False),
-        batch_size=batch,
-        shuffle=True,
-        drop_last=True,
-        num_workers=args.num_workers,
-    )
+    train_items = add_windows(split["train"], roi, multiple, thick_ratio)
+    if thick_ratio > 0:  # crops of one window per batch
+        train_loader = DataLoader(
+            CacheDataset(train_items, train_tf, progress=False),
+            batch_sampler=WindowBatchSampler(window_groups(train_items), batch, seed=args.seed),
+            num_workers=args.num_workers,
+        )
+    else:
+        train_loader = DataLoader(
+            CacheDataset(train_items, train_tf, progress=False),
+            batch_size=batch,
+            shuffle=True,
+            drop_last=True,
+            num_workers=args.num_workers,
+        )
     val_data = CacheDataset(split["val"], eval_tf, progress=False)
     if not args.eval_only and len(train_loader) == 0:  # an epoch budget would never be used up
         raise SystemExit(
@@ -237,7 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ema = WeightEMA(net, decay=ema_decay) if ema_decay > 0 else None
     scored = ema.module if ema is not None else net  # the weights validated, kept and tested
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    inferer = SlidingWindowInferer(roi, sw_batch_size=1, overlap=0.25, mode="gaussian")
+    inferer = SpacingWindowInferer(
+        roi, multiple=multiple, thick_ratio=thick_ratio, sw_batch_size=1, overlap=0.25, mode="gaussian"
+    )
 
     largest = KeepLargestConnectedComponent(independent=True, connectivity=3) if args.keep_largest else None
 

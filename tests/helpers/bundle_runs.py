@@ -44,7 +44,11 @@ SHAPE = (32, 40, 32)
 
 
 def write_msd(
-    root: Path, num_cases: int = 6, labels: dict[str, str] | None = None, relabel: dict[int, int] | None = None
+    root: Path,
+    num_cases: int = 6,
+    labels: dict[str, str] | None = None,
+    relabel: dict[int, int] | None = None,
+    spacing: tuple[float, float, float] = (1.0, 1.2, 1.0),
 ) -> Path:
     """A synthetic MSD folder of phantom cases (``case_<i>``).
 
@@ -53,13 +57,14 @@ def write_msd(
         num_cases: how many cases.
         labels: ``dataset.json``'s labels (default: the demo's hippocampus names).
         relabel: phantom label value -> value written (e.g. ``{1: 2, 2: 1}``), to give a folder its own numbering.
+        spacing: the voxel spacing in mm (e.g. a thick third axis for thick slices).
     """
     from bundle.data.demo import DEMO_LABELS, make_phantom
 
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
     training = []
-    affine = np.diag([1.0, 1.2, 1.0, 1.0])
+    affine = np.diag([*spacing, 1.0])
     affine[:3, 3] = [5.0, -3.0, 2.0]
     for i in range(num_cases):
         image, label = make_phantom(100 + i, shape=SHAPE)
