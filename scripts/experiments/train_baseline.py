@@ -223,19 +223,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     train_items = add_windows(split["train"], roi, multiple, thick_ratio)
     if thick_ratio > 0:  # crops of one window per batch
-        train_loader = DataLoader(
-            CacheDataset(train_items, train_tf, progress=False),
-            batch_sampler=WindowBatchSampler(window_groups(train_items), batch, seed=args.seed),
-            num_workers=args.num_workers,
-        )
+        batching: dict[str, Any] = {
+            "batch_sampler": WindowBatchSampler(window_groups(train_items), batch, seed=args.seed)
+        }
     else:
-        train_loader = DataLoader(
-            CacheDataset(train_items, train_tf, progress=False),
-            batch_size=batch,
-            shuffle=True,
-            drop_last=True,
-            num_workers=args.num_workers,
-        )
+        batching = {"batch_size": batch, "shuffle": True, "drop_last": True}
+    train_loader = DataLoader(
+        CacheDataset(train_items, train_tf, progress=False), num_workers=args.num_workers, **batching
+    )
     val_data = CacheDataset(split["val"], eval_tf, progress=False)
     if not args.eval_only and len(train_loader) == 0:  # an epoch budget would never be used up
         raise SystemExit(
