@@ -47,6 +47,21 @@ class RandWindowCropd(Randomizable, MapTransform):
         self.roi_size = tuple(int(r) for r in roi_size)
         self.sampling, self.label_key, self.num_classes = sampling, label_key, num_classes
         self.window_key = window_key
+        self._ops: dict[tuple[int, ...], tuple[SpatialPadd, MapTransform]] = {}  # per window, built once
+
+    def set_random_state(self, seed: int | None = None, state: Any = None) -> RandWindowCropd:
+        """Sets the random state that every window's crop draws from.
+
+        Args:
+            seed: a seed for a new state.
+            state: a ``numpy.random.RandomState`` to use.
+
+        Returns:
+            This transform.
+        """
+        super().set_random_state(seed, state)
+        self._ops.clear()  # the crops built so far drew from the old state
+        return self
 
     def randomize(self, data: Any = None) -> None:
         """Draws nothing itself: the crops made in ``__call__`` draw from this transform's random state.
@@ -64,23 +79,28 @@ class RandWindowCropd(Randomizable, MapTransform):
             raise ValueError(f"window {size} has {len(size)} axes, roi_size {self.roi_size} has {len(self.roi_size)}")
         return size
 
+    def _crop_ops(self, size: tuple[int, ...]) -> tuple[SpatialPadd, MapTransform]:
+        if size not in self._ops:
+            keys, missing = list(self.keys), self.allow_missing_keys
+            pad = SpatialPadd(keys, spatial_size=size, allow_missing_keys=missing)
+            if self.sampling == "random":
+                crop = RandSpatialCropd(keys, roi_size=size, random_size=False, allow_missing_keys=missing)
+            else:
+                crop = RandCropByLabelClassesd(
+                    keys,
+                    label_key=self.label_key,
+                    spatial_size=size,
+                    num_classes=self.num_classes,
+                    num_samples=1,
+                    warn=False,
+                    allow_missing_keys=missing,
+                )
+            crop.set_random_state(state=self.R)
+            self._ops[size] = (pad, crop)
+        return self._ops[size]
+
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        size = self._window(d)
-        keys = list(self.keys)
-        d = SpatialPadd(keys, spatial_size=size, allow_missing_keys=self.allow_missing_keys)(d)
-        if self.sampling == "random":
-            crop = RandSpatialCropd(keys, roi_size=size, random_size=False, allow_missing_keys=self.allow_missing_keys)
-        else:
-            crop = RandCropByLabelClassesd(
-                keys,
-                label_key=self.label_key,
-                spatial_size=size,
-                num_classes=self.num_classes,
-                num_samples=1,
-                warn=False,
-                allow_missing_keys=self.allow_missing_keys,
-            )
-        crop.set_random_state(state=self.R)
-        out = crop(d)
+        pad, crop = self._crop_ops(self._window(d))
+        out = crop(pad(d))
         return out[0] if isinstance(out, list) else out
