@@ -2,8 +2,9 @@
 """Whole-volume inference time on the CPU (or a GPU, ``--device cuda``): SegOne (all class prompts, by DDIM steps)
 against U-Net baselines.
 
-Every network runs through the same MONAI SlidingWindowInferer as ``configs/inference.json`` (ROI 48x64x48,
-overlap 0.25, Gaussian blending) on a volume of the size of an MSD hippocampus crop, with the bundle workflows'
+Every network runs through the same sliding-window inferer as ``configs/inference.json`` (ROI 48x64x48,
+overlap 0.25, Gaussian blending; with ``--spacing`` and ``--thick_slice_ratio``, the window planned from the spacing)
+on a volume of the size of an MSD hippocampus crop, with the bundle workflows'
 ``malloc`` settings (:func:`bundle.utils.keep_freed_memory`; ``SEGONE_MALLOC=stock`` for glibc's own). The networks are timed in
 interleaved rounds (one run of each per round, the order rotating), so a change in the machine's load hits every
 row alike; the table gives the median and the ratio to the MONAI UNet baseline at the same thread count (with several
@@ -20,6 +21,9 @@ run untrained.
     # every network also through torch.compile (inference.json's compile), in the same rounds; the ratio is to the
     # UNet's fastest row, compiled or not, and the first (compiling) call of each is timed apart
     python scripts/benchmarks/benchmark_inference.py --compile --shape 256 256 34 --num_classes 4 --sw_batch_size 1 4
+    # a cine heart's volume in the window planned from its spacing (16x96x96), both networks alike
+    python scripts/benchmarks/benchmark_inference.py --shape 10 256 216 --spacing 10 1.5 1.5 --thick_slice_ratio 3 \
+        --num_classes 3 --sw_batch_size 1 4
     # on a GPU: each timed call waits for the device to finish (torch.cuda.synchronize)
     python scripts/benchmarks/benchmark_inference.py --device cuda --threads 4 --sw_batch_size 1 4 16
 """
@@ -146,17 +150,31 @@ def interleaved_seconds(runs: Mapping[str, Callable[[], Any]], repeats: int, war
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from monai.inferers import SlidingWindowInferer
+    from monai.data import MetaTensor
     from monai.networks.nets import BasicUNet
 
     from bundle.diffusion import PromptedSegmenter
-    from bundle.inference import CompiledNetwork
+    from bundle.inference import CompiledNetwork, SpacingWindowInferer
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 2], help="SegOne DDIM step counts to time")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts, one table each")
     ap.add_argument("--repeats", type=int, default=20, help="interleaved timed rounds (the median is reported)")
     ap.add_argument("--shape", type=int, nargs=3, default=[36, 50, 36], help="volume size (a hippocampus crop)")
+    ap.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        default=None,
+        help="the volume's voxel spacing in mm (with --thick_slice_ratio, the window is planned from it)",
+    )
+    ap.add_argument(
+        "--thick_slice_ratio",
+        type=float,
+        default=0.0,
+        help="inference.json's thick_slice_ratio: every network's window is planned from --spacing "
+        "(bundle.inference.SpacingWindowInferer; 0 keeps 48x64x48)",
+    )
     ap.add_argument(
         "--num_classes",
         type=int,
@@ -216,11 +234,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error(f"--device {args.device}: no CUDA device is available")
     torch.manual_seed(0)
+    if args.thick_slice_ratio > 0 and args.spacing is None:
+        ap.error("--thick_slice_ratio needs --spacing")
     volume = torch.randn(1, 1, *args.shape, device=device)
+    if args.spacing is not None:
+        volume = MetaTensor(volume, affine=torch.diag(torch.tensor([*args.spacing, 1.0], dtype=torch.float64)))
     inferers = {
-        b: SlidingWindowInferer((48, 64, 48), sw_batch_size=b, overlap=0.25, mode="gaussian")
+        b: SpacingWindowInferer(
+            (48, 64, 48), sw_batch_size=b, overlap=0.25, mode="gaussian", thick_ratio=args.thick_slice_ratio
+        )
         for b in args.sw_batch_size
     }
+    roi = "x".join(map(str, inferers[args.sw_batch_size[0]].window_for(volume)))
     label = ", ".join(f"{k}={v}" for k, v in overrides.items())
     k = args.num_classes
     nets = {
@@ -254,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch.cuda.synchronize(device)
         return result
 
-    def _run(net: torch.nn.Module, inferer: SlidingWindowInferer) -> Callable[[], Any]:
+    def _run(net: torch.nn.Module, inferer: SpacingWindowInferer) -> Callable[[], Any]:
         seg = net.network if isinstance(net, CompiledNetwork) else net
         seg = seg.segmenter if isinstance(seg, EncoderPerPrompt) else seg
         if not isinstance(seg, PromptedSegmenter):
@@ -269,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     windows = "/".join(map(str, args.sw_batch_size))
     print(
-        f"\nvolume {'x'.join(map(str, args.shape))}, ROI 48x64x48, {windows} window(s) per call, "
+        f"\nvolume {'x'.join(map(str, args.shape))}, ROI {roi}, {windows} window(s) per call, "
         f"{args.repeats} interleaved rounds, device {device}\n"
     )
     print("| network | parameters | threads | median time / volume | p10-p90 | ratio to UNet |")

@@ -132,3 +132,17 @@ def test_head_in_order_adds_a_row_per_segone(capsys):
     argv = ["--steps", "1", "--threads", "1", "--repeats", "1", "--shape", "16", "16", "16", "--head_in_order"]
     assert _module().main(argv + ["--num_classes", "3"]) == 0
     assert "| SegOne, 1 DDIM step(s), 3 prompts, head in order (bundle <= 0.17) |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_spacing_and_thick_slice_ratio_plan_every_networks_window(capsys):
+    argv = ["--steps", "1", "--threads", "1", "--repeats", "1", "--shape", "10", "40", "40", "--num_classes", "1"]
+    assert _module().main(argv + ["--spacing", "10", "1.5", "1.5", "--thick_slice_ratio", "3"]) == 0
+    assert "volume 10x40x40, ROI 16x96x96," in capsys.readouterr().out
+    assert _module().main(argv + ["--spacing", "10", "1.5", "1.5"]) == 0
+    assert "volume 10x40x40, ROI 48x64x48," in capsys.readouterr().out
+
+
+def test_thick_slice_ratio_without_spacing_is_refused():
+    with pytest.raises(SystemExit):
+        _module().main(["--thick_slice_ratio", "3"])
