@@ -158,7 +158,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--eval_only",
         action="store_true",
-        help="no training: score OUTPUT_DIR/model.pt on the test split again (keeps the recorded run)",
+        help="no training: score OUTPUT_DIR/model.pt on the test split (or --eval_split) again (keeps the recorded run)",
+    )
+    ap.add_argument(
+        "--eval_split",
+        choices=("test", "val"),
+        default="test",
+        help="the split scored after training or with --eval_only (default: %(default)s; val chooses post-processing "
+        "such as --keep_largest without reading the test split)",
     )
     ap.add_argument(
         "--keep_largest",
@@ -305,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     scored.load_state_dict(torch.load(out / "model.pt", weights_only=True, map_location=device))
     cases, times = [], []
-    for item in CacheDataset(split["test"], eval_tf, progress=False):
+    for item in CacheDataset(split[args.eval_split], eval_tf, progress=False):
         t0 = time.perf_counter()
         pred = predict(item["image"])
         times.append(time.perf_counter() - t0)
@@ -322,6 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         previous = json.loads((out / "metrics.json").read_text())["run"] if (out / "metrics.json").is_file() else {}
         summary["run"] = {**previous, "inference_s_per_volume": float(np.median(times))}
         summary["run"]["keep_largest"] = args.keep_largest
+        summary["run"]["eval_split"] = args.eval_split
         (out / args.metrics_name).write_text(json.dumps(summary, indent=2))
         print(format_table(summary))
         return 0
@@ -340,6 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "best_epoch": best_epoch,
         "inference_s_per_volume": float(np.median(times)),
         "keep_largest": args.keep_largest,
+        "eval_split": args.eval_split,
         "threads": torch.get_num_threads(),
         "history": history,
     }

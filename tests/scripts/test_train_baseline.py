@@ -48,6 +48,13 @@ def test_an_epoch_budget_trains_exactly_that_many_epochs(tmp_path):
     # validated at the last epoch although val_every is larger; 7 training cases, batches of 4, the last dropped
     assert run["epochs"] == 2 and run["max_epochs"] == 2 and run["steps"] == 2 and run["device"] == "cpu"
     assert [h["epoch"] for h in run["history"]] == [2]
+    # the validation split scored again with the largest components (choosing post-processing without the test split)
+    argv = [*args, "--device", "cpu", "--set", "roi_size=[32,32,32]", "--eval_only", "--eval_split", "val"]
+    assert baseline.main([*argv, "--keep_largest", "--metrics_name", "val_largest.json"]) == 0
+    scored = json.loads((out / "val_largest.json").read_text())
+    assert scored["run"]["eval_split"] == "val" and scored["run"]["keep_largest"] is True
+    assert len(scored["cases"]) == 1  # the validation case, not the two test cases
+    assert json.loads((out / "metrics.json").read_text())["run"]["eval_split"] == "test"
 
 
 def test_the_epoch_schedule_warms_up_then_anneals():
