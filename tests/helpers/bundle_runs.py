@@ -49,6 +49,7 @@ def write_msd(
     labels: dict[str, str] | None = None,
     relabel: dict[int, int] | None = None,
     spacing: tuple[float, float, float] = (1.0, 1.2, 1.0),
+    shape: tuple[int, int, int] = SHAPE,
 ) -> Path:
     """A synthetic MSD folder of phantom cases (``case_<i>``).
 
@@ -58,6 +59,7 @@ def write_msd(
         labels: ``dataset.json``'s labels (default: the demo's hippocampus names).
         relabel: phantom label value -> value written (e.g. ``{1: 2, 2: 1}``), to give a folder its own numbering.
         spacing: the voxel spacing in mm (e.g. a thick third axis for thick slices).
+        shape: each case's size in voxels (e.g. few slices on a thick axis, as a cine stack has).
     """
     from bundle.data.demo import DEMO_LABELS, make_phantom
 
@@ -67,7 +69,7 @@ def write_msd(
     affine = np.diag([*spacing, 1.0])
     affine[:3, 3] = [5.0, -3.0, 2.0]
     for i in range(num_cases):
-        image, label = make_phantom(100 + i, shape=SHAPE)
+        image, label = make_phantom(100 + i, shape=shape)
         if relabel:
             label = np.select([label == k for k in relabel], list(relabel.values()), label).astype(label.dtype)
         nib.save(nib.Nifti1Image(image, affine), str(root / "imagesTr" / f"case_{i}.nii.gz"))
