@@ -43,3 +43,18 @@ def test_the_served_network_runs_through_torch_compile_only_when_asked():
     compiled = SegOneInfer(BUNDLE_ROOT, [shipped], overrides={"compile": True})._get_network("cpu", None)
     assert isinstance(compiled, CompiledNetwork) and isinstance(compiled.network, PromptedSegmenter)
     assert not compiled.training and not compiled.network.training
+
+
+def test_the_thick_slice_ratio_setting_plans_the_served_windows_from_each_volumes_spacing():
+    import torch
+    from monai.data import MetaTensor
+
+    from bundle.apps.monailabel.main import infer_conf_overrides
+    from bundle.apps.monailabel.tasks import SegOneInfer
+
+    overrides = infer_conf_overrides({"thick_slice_ratio": "3", "keep_largest": "true", "skip_trainers": "true"})
+    assert overrides == {"thick_slice_ratio": 3.0, "keep_largest": True}
+    shipped = BUNDLE_ROOT / "models" / "model.pt"
+    cine = MetaTensor(torch.zeros(1, 1, 10, 256, 216), affine=torch.diag(torch.tensor([10.0, 1.5, 1.5, 1.0])))
+    assert SegOneInfer(BUNDLE_ROOT, [shipped], overrides=overrides)._inferer.window_for(cine) == (16, 96, 96)
+    assert SegOneInfer(BUNDLE_ROOT, [shipped])._inferer.window_for(cine) == (48, 64, 48)

@@ -12,6 +12,8 @@ Optional ``--conf KEY VALUE`` settings:
 - ``num_inference_steps``: DDIM steps (default: inference.json's);
 - ``max_anisotropy``, ``min_answer_ml``, ``answer_volume_fraction``: inference.json's input check and "absent" rule
   (the suite model is served with ``max_anisotropy 8`` for thick-slice stacks; docs/suite.md);
+- ``thick_slice_ratio``: inference.json's windows planned from each volume's spacing and size (a model trained with
+  ``--thick_slice_ratio 3`` is served with ``3``; docs/suite.md);
 - ``compile``: ``true`` to run the network through ``torch.compile`` (inference.json's ``compile``): the first
   request of each image size or thread count compiles (about half a minute), later ones take about x0.7 of the time;
 - ``skip_trainers``: ``true`` to serve inference only;
@@ -68,6 +70,30 @@ MODEL_NAME = "segone"
 
 def _truthy(value: Any) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+# the app's --conf settings that are inference.json keys, with the type each is read as
+INFER_CONF_KINDS = (
+    ("num_inference_steps", int),
+    ("max_anisotropy", float),
+    ("thick_slice_ratio", float),
+    ("min_answer_ml", float),
+    ("answer_volume_fraction", float),
+    ("keep_largest", _truthy),
+    ("compile", _truthy),
+)
+
+
+def infer_conf_overrides(conf: dict[str, Any]) -> dict[str, Any]:
+    """The inference.json overrides that the app's ``--conf`` settings ask for.
+
+    Args:
+        conf: MONAI Label's ``--conf KEY VALUE`` settings (strings).
+
+    Returns:
+        Each :data:`INFER_CONF_KINDS` key present in ``conf``, read as its type.
+    """
+    return {key: kind(conf[key]) for key, kind in INFER_CONF_KINDS if key in conf}
 
 
 def _hosts(argv: list[str]) -> list[str]:
@@ -219,18 +245,7 @@ class SegOneApp(MONAILabelApp):
         return super().train(request)
 
     def _infer_overrides(self) -> dict[str, Any]:
-        overrides: dict[str, Any] = {}
-        conf_kinds = (
-            ("num_inference_steps", int),
-            ("max_anisotropy", float),
-            ("min_answer_ml", float),
-            ("answer_volume_fraction", float),
-            ("keep_largest", _truthy),
-            ("compile", _truthy),
-        )
-        for key, kind in conf_kinds:
-            if key in self.conf:
-                overrides[key] = kind(self.conf[key])
+        overrides = infer_conf_overrides(self.conf)
         if self.conf.get("model"):
             overrides["ckpt_path"] = str(self.shipped_model)  # its prompt table names the served classes
         return overrides
