@@ -501,8 +501,7 @@ def test_thick_slices_train_and_evaluate_in_windows_planned_from_their_spacing(t
     )
     wf = workflow("train.json", "train", **overrides)
     wf.initialize()
-    # SMALL's 3 levels under a stem of 2: windows are multiples of 8; 16^3 = 4096 voxels -> the 10 slices in 8,
-    # 16 x 16 in-plane
+    # SMALL's 3 levels under a stem of 2: windows are multiples of 8; 16^3 = 4096 voxels -> 8 slices x 16 x 16
     windows = {i["dataset"]: tuple(i["window"]) for i in wf.parser.get_parsed_content("train#datalist")}
     assert windows == {"iso": (16, 16, 16), "thick": (16, 16, 8)}
     loader = wf.parser.get_parsed_content("train#dataloader")

@@ -23,7 +23,7 @@ from .suite import (
     suite_label_maps,
     suite_vocabulary,
 )
-from .windows import WindowBatchSampler, add_windows, image_geometry, plan_window, window_groups
+from .windows import WindowBatchSampler, add_windows, image_spacing, plan_window, window_groups
 
 __all__ = [
     "CheckInputd",
@@ -51,7 +51,7 @@ __all__ = [
     "suite_vocabulary",
     "WindowBatchSampler",
     "add_windows",
-    "image_geometry",
+    "image_spacing",
     "plan_window",
     "window_groups",
     "write_demo_dataset",

@@ -17,31 +17,24 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-__all__ = ["WindowBatchSampler", "add_windows", "image_geometry", "plan_window", "window_groups"]
+__all__ = ["WindowBatchSampler", "add_windows", "image_spacing", "plan_window", "window_groups"]
 
 
 def plan_window(
-    spacing: Sequence[float],
-    roi_size: Sequence[int],
-    multiple: int = 16,
-    thick_ratio: float = 3.0,
-    shape: Sequence[int] | None = None,
+    spacing: Sequence[float], roi_size: Sequence[int], multiple: int = 16, thick_ratio: float = 3.0
 ) -> tuple[int, ...]:
-    """The window for an image of this voxel spacing (and size).
+    """The window for an image of this voxel spacing.
 
     Args:
         spacing: the image's voxel spacing in mm, one value per spatial axis (in the network's axis order).
         roi_size: the window of near-isotropic images; its voxel count is the budget of every window.
         multiple: every window size is a multiple of this (the network's total downsampling).
         thick_ratio: an axis is thick when its spacing is at least this times the finest; ``0`` turns the rule off.
-        shape: the image's size in voxels, in the same axis order; a thick axis then holds its slices, to the
-            nearest multiple of ``multiple`` (at least one). Without it, each thick axis gets ``multiple``.
 
     Returns:
-        ``roi_size`` when no axis is thick; otherwise the thick axes' windows (``multiple`` each, or their slices
-        with ``shape``) and, on the others, the largest equal multiple of ``multiple`` whose window holds no more
-        voxels than ``roi_size``'s. ``(10, 1.5, 1.5)`` mm with ``(48, 64, 48)`` gives ``(16, 96, 96)``; an abdomen of
-        ``(1.2, 1.2, 7.7)`` mm and 256x256x34 voxels gives ``(64, 64, 32)`` with its shape.
+        ``roi_size`` when no axis is thick; otherwise ``multiple`` voxels on each thick axis and, on the others, the
+        largest equal multiple of ``multiple`` whose window holds no more voxels than ``roi_size``'s.
+        ``(10, 1.5, 1.5)`` mm with ``(48, 64, 48)`` gives ``(16, 96, 96)``.
 
     Raises:
         ValueError: when ``spacing`` and ``roi_size`` differ in length, a spacing is not positive and finite, or
@@ -55,29 +48,25 @@ def plan_window(
         raise ValueError(f"voxel spacing must be positive and finite, got {tuple(sp)}")
     if multiple < 1 or any(r % multiple for r in roi):
         raise ValueError(f"roi_size {roi} is not a multiple of {multiple}")
-    if shape is not None and len(shape) != len(roi):
-        raise ValueError(f"shape {tuple(shape)} has {len(shape)} axes, roi_size {roi} has {len(roi)}")
     if thick_ratio <= 0:
         return roi
     thick = [s >= thick_ratio * min(sp) for s in sp]
     if not any(thick) or all(thick):
         return roi
-    # a thick axis of many slices (an abdomen's 31-46) keeps them together: its context is across slices, not within
-    slices = [multiple * max(1, int(n / multiple + 0.5)) if shape is not None else multiple for n in (shape or roi)]
-    budget = math.prod(roi) // math.prod(n for n, t in zip(slices, thick) if t)
+    budget = math.prod(roi) // multiple ** sum(thick)
     n_thin = len(sp) - sum(thick)
     side = max(multiple, int(budget ** (1.0 / n_thin) + 1e-6) // multiple * multiple)
-    return tuple(n if t else side for n, t in zip(slices, thick))
+    return tuple(multiple if t else side for t in thick)
 
 
-def image_geometry(path: str) -> tuple[tuple[float, ...], tuple[int, ...]]:
-    """An image file's voxel spacing and size in the bundle's RAS axis order, from its header alone.
+def image_spacing(path: str) -> tuple[float, ...]:
+    """An image file's voxel spacing in the bundle's RAS axis order, from its header alone.
 
     Args:
         path: a NIfTI file (what training data sets hold).
 
     Returns:
-        ``(spacing, shape)``: one value each per spatial axis, as ``Orientationd(axcodes="RAS")`` orders them.
+        One spacing per spatial axis, as ``Orientationd(axcodes="RAS")`` orders them.
 
     Raises:
         ValueError: naming the file, when its header cannot be read.
@@ -88,15 +77,14 @@ def image_geometry(path: str) -> tuple[tuple[float, ...], tuple[int, ...]]:
         img = nib.load(str(path))
         affine = np.asarray(img.affine, dtype=float)
         zooms = img.header.get_zooms()
-        size = img.shape
     except Exception as e:  # any unreadable header: the error names the file
         raise ValueError(f"{path}: cannot read the image header for its voxel spacing ({e})") from e
     dims = min(len(zooms), 3)
     ornt = nib.io_orientation(affine[: dims + 1, : dims + 1] if dims < 3 else affine)
-    spacing, shape = [0.0] * dims, [0] * dims
+    out = [0.0] * dims
     for axis, (target, _) in enumerate(ornt[:dims]):
-        spacing[int(target)], shape[int(target)] = float(zooms[axis]), int(size[axis])
-    return tuple(spacing), tuple(shape)
+        out[int(target)] = float(zooms[axis])
+    return tuple(out)
 
 
 def add_windows(
@@ -107,7 +95,7 @@ def add_windows(
     image_key: str = "image",
     window_key: str = "window",
 ) -> list[dict[str, Any]]:
-    """The datalist with each item's planned window (:func:`plan_window` of its image's spacing and size).
+    """The datalist with each item's planned window (:func:`plan_window` of its image's spacing).
 
     Args:
         datalist: items with an image path.
@@ -122,11 +110,10 @@ def add_windows(
     """
     if thick_ratio <= 0:
         return [dict(item) for item in datalist]
-    out = []
-    for item in datalist:
-        spacing, shape = image_geometry(item[image_key])
-        out.append({**item, window_key: list(plan_window(spacing, roi_size, multiple, thick_ratio, shape))})
-    return out
+    return [
+        {**item, window_key: list(plan_window(image_spacing(item[image_key]), roi_size, multiple, thick_ratio))}
+        for item in datalist
+    ]
 
 
 def window_groups(datalist: Sequence[Mapping[str, Any]], window_key: str = "window") -> list[int]:

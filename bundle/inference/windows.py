@@ -43,8 +43,7 @@ def volume_spacing(image: torch.Tensor) -> tuple[float, ...] | None:
 
 class SpacingWindowInferer(SlidingWindowInferer):
     """MONAI's ``SlidingWindowInferer`` whose window follows each volume's spacing: ``roi_size`` for near-isotropic
-    volumes, a window of at most the same voxel count that holds a thick-slice volume's slices and widens in-plane
-    (:func:`bundle.data.plan_window` of the volume's spacing and size), so a
+    volumes, a flat, wide window of the same voxel count for thick slices (:func:`bundle.data.plan_window`), so a
     model trained with :func:`bundle.data.add_windows` sees at inference the windows it was trained on.
 
     Args:
@@ -74,7 +73,7 @@ class SpacingWindowInferer(SlidingWindowInferer):
         spacing = volume_spacing(inputs) if self.thick_ratio > 0 else None
         if spacing is None:
             return tuple(int(r) for r in self.roi_size)
-        return plan_window(spacing, self.roi_size, self.multiple, self.thick_ratio, tuple(inputs.shape[2:]))
+        return plan_window(spacing, self.roi_size, self.multiple, self.thick_ratio)
 
     def __call__(  # type: ignore[override]
         self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any

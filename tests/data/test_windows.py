@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bundle.data import WindowBatchSampler, add_windows, image_geometry, plan_window, window_groups
+from bundle.data import WindowBatchSampler, add_windows, image_spacing, plan_window, window_groups
 
 ROI = (48, 64, 48)
 
@@ -37,23 +37,6 @@ def test_plan_window_two_thick_axes_and_2d():
     assert plan_window((1.0, 2.9), (64, 64), 16, 3.0) == (64, 64)
 
 
-@pytest.mark.parametrize(
-    "spacing, shape, window",
-    [
-        ((10.0, 1.5, 1.5), (10, 256, 216), (16, 96, 96)),  # acdc: 6-17 slices round to one multiple
-        ((10.0, 1.5, 1.5), (17, 256, 216), (16, 96, 96)),
-        ((10.0, 1.5, 1.5), (6, 256, 216), (16, 96, 96)),  # fewer slices than the multiple: padded, never 0
-        ((1.25, 1.25, 7.7), (256, 256, 34), (64, 64, 32)),  # chaos_t2: the abdomen's slices stay together
-        ((1.25, 1.25, 7.7), (256, 256, 46), (48, 48, 48)),
-        ((1.0, 1.0, 1.0), (256, 256, 200), ROI),  # near-isotropic: the size changes nothing
-    ],
-)
-def test_plan_window_with_the_shape_holds_a_thick_axis_slices(spacing, shape, window):
-    planned = plan_window(spacing, ROI, multiple=16, thick_ratio=3.0, shape=shape)
-    assert planned == window
-    assert np.prod(planned) <= np.prod(ROI)
-
-
 def test_plan_window_off_and_refusals():
     assert plan_window((10.0, 1.5, 1.5), ROI, 16, 0.0) == ROI
     with pytest.raises(ValueError, match="axes"):
@@ -64,8 +47,6 @@ def test_plan_window_off_and_refusals():
         plan_window((1.0, float("nan"), 1.0), ROI)
     with pytest.raises(ValueError, match="not a multiple of 16"):
         plan_window((1.0, 1.0, 1.0), (40, 64, 48))
-    with pytest.raises(ValueError, match="shape"):
-        plan_window((10.0, 1.5, 1.5), ROI, shape=(10, 256))
 
 
 def _nifti(path, shape, affine):
@@ -73,22 +54,20 @@ def _nifti(path, shape, affine):
     return str(path)
 
 
-def test_image_geometry_is_in_ras_axis_order(tmp_path):
+def test_image_spacing_is_in_ras_axis_order(tmp_path):
     # stored P, S, R (mscmr's axes) with the slices (8 mm) on the last axis: in RAS order the slices come first
     affine = np.zeros((4, 4))
     affine[1, 0], affine[2, 1], affine[0, 2], affine[3, 3] = -1.25, 1.5, 8.0, 1.0
     path = _nifti(tmp_path / "psr.nii.gz", (20, 24, 6), affine)
-    spacing, shape = image_geometry(path)
-    assert spacing == pytest.approx((8.0, 1.25, 1.5)) and shape == (6, 20, 24)
-    ras = _nifti(tmp_path / "ras.nii.gz", (4, 5, 6), np.diag([1.0, 2.0, 3.0, 1.0]))
-    assert image_geometry(ras) == ((1.0, 2.0, 3.0), (4, 5, 6))
+    assert image_spacing(path) == pytest.approx((8.0, 1.25, 1.5))
+    assert image_spacing(_nifti(tmp_path / "ras.nii.gz", (4, 4, 4), np.diag([1.0, 2.0, 3.0, 1.0]))) == (1.0, 2.0, 3.0)
 
 
-def test_image_geometry_names_an_unreadable_file(tmp_path):
+def test_image_spacing_names_an_unreadable_file(tmp_path):
     bad = tmp_path / "truncated.nii.gz"
     bad.write_bytes(b"\x1f\x8b\x08\x00 not a nifti")
     with pytest.raises(ValueError, match="truncated.nii.gz"):
-        image_geometry(str(bad))
+        image_spacing(str(bad))
 
 
 def test_add_windows_plans_each_item_and_leaves_the_list_alone(tmp_path):

@@ -99,7 +99,7 @@ def test_thick_slices_train_and_infer_in_the_windows_segone_plans(tmp_path, monk
     args = ["--dataset_dir", str(data), "--output_dir", str(out), "--max_epochs", "1", "--val_every", "1"]
     sets = ["--set", "roi_size=[32,32,32]", "--set", "thick_slice_ratio=3.0", "--set", "max_anisotropy=8.0"]
     assert baseline.main([*args, *sets]) == 0
-    # at most 32^3 voxels: the 10 slices in 16 (the U-Net's multiple), then the largest multiple of 16 in-plane
+    # at most 32^3 voxels: 16 slices (the U-Net's multiple), then the largest multiple of 16 that fits in-plane
     assert seen == {(32, 32, 16)}
     run = json.loads((out / "metrics.json").read_text())["run"]
     assert run["steps"] == 1 and run["train_overrides"]["thick_slice_ratio"] == 3.0
