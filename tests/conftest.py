@@ -37,3 +37,20 @@ def tiny_clip(tiny_clip_config) -> str:
 def msd_dir(tmp_path_factory) -> Path:
     """A synthetic MSD-layout folder of six phantoms (``tests.helpers.bundle_runs.write_msd``)."""
     return write_msd(tmp_path_factory.mktemp("msd") / "Task")
+
+
+@pytest.fixture()
+def planned_windows(monkeypatch) -> set:
+    """Every window ``bundle.inference.SpacingWindowInferer`` plans during the test, recorded as it returns them."""
+    import bundle.inference
+
+    seen: set[tuple[int, ...]] = set()
+    window_for = bundle.inference.SpacingWindowInferer.window_for
+
+    def recording(self, inputs):
+        window = window_for(self, inputs)
+        seen.add(window)
+        return window
+
+    monkeypatch.setattr(bundle.inference.SpacingWindowInferer, "window_for", recording)
+    return seen

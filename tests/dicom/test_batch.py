@@ -403,24 +403,13 @@ def test_shipped_model_segments_the_real_hippocampus_crops_to_valid_segs(tmp_pat
         assert errors in (None, []), errors
 
 
-def test_thick_slice_series_are_segmented_in_windows_planned_from_their_spacing(tmp_path, model_file, monkeypatch):
+def test_thick_slice_series_are_segmented_in_windows_planned_from_their_spacing(tmp_path, model_file, planned_windows):
     """``thick_slice_ratio``: the DICOM batch takes inference.json's inferer, so a stack of thick slices is read with
     its spacing and segmented in the flat, wide window its spacing plans."""
-    import bundle.inference
-
     write_mr_series(tmp_path / "in" / "cine", _volume(6, shape=(32, 40, 10)), STUDY, STUDY + ".6", spacing=(1, 1, 4))
-    seen: set[tuple[int, ...]] = set()
-    window_for = bundle.inference.SpacingWindowInferer.window_for
-
-    def recording(self, inputs):
-        window = window_for(self, inputs)
-        seen.add(window)
-        return window
-
-    monkeypatch.setattr(bundle.inference.SpacingWindowInferer, "window_for", recording)
     extra = ["--set=thick_slice_ratio=3.0", "--set=max_anisotropy=8.0"]
     assert _run_script(*_script_args(model_file, tmp_path / "in", tmp_path / "out", *extra)) == 0
     # SMALL's windows are multiples of 8 within 16^3 voxels: the 10 slices in 8, 16 x 16 in-plane
-    assert seen == {(16, 16, 8)}
+    assert planned_windows == {(16, 16, 8)}
     (row,) = _latest_rows(tmp_path / "out").values()
     assert row["status"] == "done" and [Path(p).name for p in row["outputs"]] == ["seg.dcm"]
