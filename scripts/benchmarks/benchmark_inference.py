@@ -239,9 +239,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     volume = torch.randn(1, 1, *args.shape, device=device)
     if args.spacing is not None:
         volume = MetaTensor(volume, affine=torch.diag(torch.tensor([*args.spacing, 1.0], dtype=torch.float64)))
+    # the planned window is a multiple of --set's network's total downsampling (inference.json's window_multiple);
+    # every network, the UNet and any --variant included, runs in that one window
+    multiple = load_bundle_config("inference.json", overrides=overrides).get_parsed_content("window_multiple")
     inferers = {
         b: SpacingWindowInferer(
-            (48, 64, 48), sw_batch_size=b, overlap=0.25, mode="gaussian", thick_ratio=args.thick_slice_ratio
+            (48, 64, 48),
+            sw_batch_size=b,
+            overlap=0.25,
+            mode="gaussian",
+            multiple=multiple,
+            thick_ratio=args.thick_slice_ratio,
         )
         for b in args.sw_batch_size
     }

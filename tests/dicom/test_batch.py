@@ -409,7 +409,7 @@ def test_thick_slice_series_are_segmented_in_windows_planned_from_their_spacing(
     write_mr_series(tmp_path / "in" / "cine", _volume(6, shape=(32, 40, 10)), STUDY, STUDY + ".6", spacing=(1, 1, 4))
     extra = ["--set=thick_slice_ratio=3.0", "--set=max_anisotropy=8.0"]
     assert _run_script(*_script_args(model_file, tmp_path / "in", tmp_path / "out", *extra)) == 0
-    # SMALL's windows are multiples of 8 within 16^3 voxels: the 10 slices in 8, 16 x 16 in-plane
+    # SMALL's windows are multiples of 8 within 16^3 voxels: 8 slices x 16 x 16
     assert planned_windows == {(16, 16, 8)}
     (row,) = _latest_rows(tmp_path / "out").values()
     assert row["status"] == "done" and [Path(p).name for p in row["outputs"]] == ["seg.dcm"]
