@@ -9,6 +9,7 @@ from importlib.metadata import version
 
 import monai
 import numpy
+import pytest
 import torch
 
 from bundle.utils.config import BUNDLE_ROOT, load_bundle_config
@@ -122,11 +123,11 @@ def test_the_absent_rule_is_two_keys_in_inference_and_evaluation():
         assert rule.min_volume_ml == [5.0, 1.0], name
 
 
-def test_keep_largest_is_one_switch_in_inference_and_evaluation():
+def test_keep_largest_is_a_switch_or_a_choice_per_structure_in_inference_and_evaluation():
     from monai.transforms import KeepLargestConnectedComponentd
 
     for name in ("inference.json", "evaluate.json"):
-        for value in (False, True):
+        for value, labels in ((False, None), (True, (1, 2)), (["posterior hippocampus"], (2,))):
             parser = load_bundle_config(name)
             parser["keep_largest"] = value
             kept = [
@@ -134,9 +135,19 @@ def test_keep_largest_is_one_switch_in_inference_and_evaluation():
                 for t in parser.get_parsed_content("postprocessing").transforms
                 if isinstance(t, KeepLargestConnectedComponentd)
             ]
-            assert len(kept) == int(value), name
-            if value:  # each label on its own, 26-connected
-                assert kept[0].converter.independent and kept[0].converter.connectivity == 3
+            assert len(kept) == int(labels is not None), name
+            if labels:  # each chosen label on its own, 26-connected
+                converter = kept[0].converter
+                assert converter.independent and converter.connectivity == 3 and converter.applied_labels == labels
+        for key in ("run", "inference" if name == "inference.json" else "evaluating"):
+            # checked before anything is built or written
+            assert load_bundle_config(name)[key][:2] == ["$@check_flags", "$@largest_component_labels"], (name, key)
+        for value, problem in (("false", "True, False or a list"), (["livr"], "'livr', which this model does not")):
+            parser = load_bundle_config(name)
+            parser["keep_largest"] = value
+            with pytest.raises(RuntimeError) as raised:  # MONAI wraps what a config expression raises
+                parser.get_parsed_content("largest_component_labels")
+            assert problem in str(raised.value.__cause__), (name, value)
 
 
 def test_every_entry_point_refuses_switches_given_as_text_first():
@@ -144,13 +155,13 @@ def test_every_entry_point_refuses_switches_given_as_text_first():
 
     from bundle.utils import check_flags
 
-    check_flags(resume=True, keep_largest=False)
-    with pytest.raises(ValueError, match=r"--keep_largest 'false', --nifti 'True'.*write True or False"):
-        check_flags(keep_largest="false", nifti="True", progress=True)
+    check_flags(resume=True, compile=False)
+    with pytest.raises(ValueError, match=r"--compile 'false', --nifti 'True'.*write True or False"):
+        check_flags(compile="false", nifti="True", progress=True)
     entry_points = {
         ("train.json",): ("center_prompts", ["run", "training"]),
         ("train.json", "multi_gpu_train.json"): ("augment_spatial", ["run", "training"]),
-        ("inference.json",): ("keep_largest", ["run"]),
+        ("inference.json",): ("compile", ["run"]),
         ("evaluate.json",): ("save_predictions", ["run", "evaluating"]),
         ("inference.json", "dicom_batch.json"): ("nifti", ["run"]),
     }

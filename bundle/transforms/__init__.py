@@ -5,10 +5,12 @@ turns a multi-label map into one (prompt, binary target) pair per sample: usuall
 sometimes (``absent_prob``) a class that is absent, whose target is empty, so the model learns to answer "not here";
 :class:`EmbedPromptd` turns prompts into embeddings; :class:`TeacherTargetsd` and :class:`SelectTeacherd` add SAM2's
 masks for the prompted class. Output: :class:`DropSmallAnswersd` (the "absent" rule, its thresholds per structure by
-:func:`answer_thresholds_ml`) and :class:`SaveLabelMapd`.
+:func:`answer_thresholds_ml`), the structures whose largest component alone is kept
+(:func:`largest_component_labels`, for MONAI's ``KeepLargestConnectedComponentd``) and :class:`SaveLabelMapd`.
 """
 
 from .absent import DropSmallAnswersd, answer_thresholds_ml, voxel_volume_ml
+from .components import largest_component_labels
 from .crop import RandWindowCropd
 from .io import SaveLabelMapd, output_path_for
 from .prompts import EmbedPromptd, RandPromptd
@@ -18,6 +20,7 @@ __all__ = [
     "answer_thresholds_ml",
     "DropSmallAnswersd",
     "EmbedPromptd",
+    "largest_component_labels",
     "output_path_for",
     "RandPromptd",
     "RandWindowCropd",

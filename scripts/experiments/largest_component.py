@@ -1,12 +1,14 @@
 #!/usr/bin/env python
-"""Keep only the largest connected component of each structure? Chosen on validation predictions, as nnU-Net does.
+"""Keep only the largest connected component of a structure? Chosen per structure on validation, as nnU-Net does.
 
 A whole-volume answer can hold small false islands far from the structure: windows that never held it still answer
-a little. ``inference.json``'s ``keep_largest`` keeps the largest 26-connected component of each label (MONAI
-``KeepLargestConnectedComponentd``, after the absent rule). This script rescores evaluations already written by
-``configs/evaluate.json`` (``metrics.json`` and ``predictions/*_seg.nii.gz``) both ways, with the same transform
-and metrics code, and says per data set whether the rule raises its mean Dice. Choose on a validation split; then
-score the test split with ``--keep_largest True``.
+a little. ``inference.json``'s ``keep_largest`` keeps the largest 26-connected component of each label it names
+(MONAI ``KeepLargestConnectedComponentd``, after the absent rule): a compact organ gains, a structure in many pieces
+(cerebrospinal fluid) loses. This script rescores evaluations already written by ``configs/evaluate.json``
+(``metrics.json`` and ``predictions/*_seg.nii.gz``) both ways, with the same transform and metrics code, and
+chooses the rule for each structure whose Dice it raises; a structure of several data sets (the cardiac ones of acdc
+and mscmr) is chosen on all their cases together. Choose on a validation split; then score the test split with the
+printed ``--keep_largest`` list.
 
     python scripts/experiments/largest_component.py \\
         --evaluation runs/val/acdc ../shared/data/acdc --evaluation runs/val/mscmr ../shared/data/mscmr \\
@@ -89,16 +91,20 @@ def rescore(evaluation: Path, dataset_dir: Path) -> dict[str, Any]:
     return {"cases": len(cases), "classes": per_class, "mean": mean}
 
 
-def choose(results: Mapping[str, Mapping[str, Any]]) -> dict[str, bool]:
-    """Per data set, whether ``keep_largest`` raises its mean Dice.
+def choose(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The structures whose Dice ``keep_largest`` raises, over all the cases that hold them.
 
     Args:
         results: data set name -> :func:`rescore`'s output.
 
     Returns:
-        Data set name -> the choice.
+        The chosen structure names, in the order first met (``inference.json``'s ``keep_largest`` list).
     """
-    return {name: r["mean"][1] > r["mean"][0] for name, r in results.items()}
+    gain: dict[str, float] = {}
+    for r in results.values():
+        for structure, (plain, kept) in r["classes"].items():
+            gain[structure] = gain.get(structure, 0.0) + r["cases"] * (kept - plain)
+    return [structure for structure, g in gain.items() if g > 0]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -121,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = list(r["classes"].items()) + [("**mean**", r["mean"])]
         for structure, (plain, kept) in rows:
             print(f"| {name} | {structure} | {r['cases']} | {plain:.3f} | {kept:.3f} | {100 * (kept - plain):+.1f} |")
-    print("\nkeep_largest: " + ", ".join(f"{n} {'true' if c else 'false'}" for n, c in chosen.items()))
+    print(f'\nkeep_largest: {json.dumps(chosen)}  (on the command line: --keep_largest "{chosen!r}")')
     if args.output_file:
         Path(args.output_file).write_text(json.dumps({"results": results, "keep_largest": chosen}, indent=2))
     return 0

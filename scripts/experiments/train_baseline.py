@@ -169,8 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument(
         "--keep_largest",
-        action="store_true",
-        help="keep the largest connected component of each label before scoring (inference.json's keep_largest)",
+        nargs="*",
+        default=None,
+        metavar="STRUCTURE",
+        help="keep the largest connected component of each label before scoring (inference.json's keep_largest); "
+        "with structure names, of those alone (a choice per structure, scripts/experiments/largest_component.py)",
     )
     ap.add_argument(
         "--metrics_name", default="metrics.json", help="the metrics file in OUTPUT_DIR (default: %(default)s)"
@@ -191,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bundle.evaluation import case_metrics, format_table, summarize
     from bundle.inference import SpacingWindowInferer
     from bundle.training import WeightEMA
+    from bundle.transforms import largest_component_labels
     from bundle.utils import keep_freed_memory
 
     # the malloc settings of SegOne's workflows (train.json), so the baselines train under the same conditions
@@ -254,7 +258,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         roi, multiple=multiple, thick_ratio=thick_ratio, sw_batch_size=1, overlap=0.25, mode="gaussian"
     )
 
-    largest = KeepLargestConnectedComponent(independent=True, connectivity=3) if args.keep_largest else None
+    # no names after the switch: every structure (inference.json's keep_largest True)
+    keep_largest = False if args.keep_largest is None else (args.keep_largest or True)
+    positions = largest_component_labels(list(classes.values()), keep_largest)
+    largest = (
+        KeepLargestConnectedComponent([list(classes)[p - 1] for p in positions], independent=True, connectivity=3)
+        if positions
+        else None
+    )
 
     def predict(image: torch.Tensor) -> torch.Tensor:
         scored.eval()
@@ -328,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.eval_only:
         previous = json.loads((out / "metrics.json").read_text())["run"] if (out / "metrics.json").is_file() else {}
         summary["run"] = {**previous, "inference_s_per_volume": float(np.median(times))}
-        summary["run"]["keep_largest"] = args.keep_largest
+        summary["run"]["keep_largest"] = keep_largest
         summary["run"]["eval_split"] = args.eval_split
         (out / args.metrics_name).write_text(json.dumps(summary, indent=2))
         print(format_table(summary))
@@ -347,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "best_val_dice": best,
         "best_epoch": best_epoch,
         "inference_s_per_volume": float(np.median(times)),
-        "keep_largest": args.keep_largest,
+        "keep_largest": keep_largest,
         "eval_split": args.eval_split,
         "threads": torch.get_num_threads(),
         "history": history,

@@ -54,6 +54,9 @@ def test_the_thick_slice_ratio_setting_plans_the_served_windows_from_each_volume
 
     overrides = infer_conf_overrides({"thick_slice_ratio": "3", "keep_largest": "true", "skip_trainers": "true"})
     assert overrides == {"thick_slice_ratio": 3.0, "keep_largest": True}
+    # keep_largest: a switch, or the structures' names (a choice per structure)
+    for text, value in (("off", False), ("1", True), ("right ventricle, liver", ["right ventricle", "liver"])):
+        assert infer_conf_overrides({"keep_largest": text}) == {"keep_largest": value}
     shipped = BUNDLE_ROOT / "models" / "model.pt"
     cine = MetaTensor(torch.zeros(1, 1, 10, 256, 216), affine=torch.diag(torch.tensor([10.0, 1.5, 1.5, 1.0])))
     assert SegOneInfer(BUNDLE_ROOT, [shipped], overrides=overrides)._inferer.window_for(cine) == (16, 96, 96)

@@ -41,15 +41,23 @@ def test_islands_are_removed_and_the_rule_is_chosen_only_where_it_helps(tmp_path
     assert plain < 1.0 and kept == pytest.approx(1.0) and result["cases"] == 6
     assert result["classes"]["posterior hippocampus"] == [pytest.approx(1.0)] * 2
     assert (island / "predictions" / "case_0_seg.nii.gz").read_bytes() == before  # saved predictions untouched
-    assert module.choose({"island": result, "clean": module.rescore(clean, msd_dir)}) == {
-        "island": True,
-        "clean": False,
-    }
+    # per structure: the island's structure gains, the other is not changed and is not chosen
+    assert module.choose({"island": result}) == ["anterior hippocampus"]
+    assert module.choose({"clean": module.rescore(clean, msd_dir)}) == []
     report = tmp_path / "choice.json"
     argv = ["--evaluation", str(island), str(msd_dir), "--output_file", str(report)]
     assert module.main(argv) == 0
-    assert json.loads(report.read_text())["keep_largest"] == {msd_dir.name: True}
-    assert "| Task | **mean** | 6 |" in capsys.readouterr().out
+    assert json.loads(report.read_text())["keep_largest"] == ["anterior hippocampus"]
+    printed = capsys.readouterr().out
+    assert "| Task | **mean** | 6 |" in printed and '''--keep_largest "['anterior hippocampus']"''' in printed
+
+
+def test_a_structure_of_several_data_sets_is_chosen_on_all_their_cases():
+    module = load_script(SCRIPT)
+    acdc = {"cases": 10, "classes": {"left ventricle": [0.80, 0.82], "myocardium": [0.7, 0.7]}}
+    mscmr = {"cases": 5, "classes": {"left ventricle": [0.90, 0.85], "liver": [0.5, 0.6]}}
+    # left ventricle: 10 x +0.02 against 5 x -0.05, a loss over the 15 cases
+    assert module.choose({"acdc": acdc, "mscmr": mscmr}) == ["liver"]
 
 
 def test_a_missing_prediction_is_named(tmp_path, msd_dir):

@@ -55,6 +55,11 @@ def test_an_epoch_budget_trains_exactly_that_many_epochs(tmp_path):
     assert scored["run"]["eval_split"] == "val" and scored["run"]["keep_largest"] is True
     assert len(scored["cases"]) == 1  # the validation case, not the two test cases
     assert json.loads((out / "metrics.json").read_text())["run"]["eval_split"] == "test"
+    # or of one structure alone (a choice per structure); a structure the data set lacks is refused
+    assert baseline.main([*argv, "--keep_largest", "posterior hippocampus", "--metrics_name", "val_one.json"]) == 0
+    assert json.loads((out / "val_one.json").read_text())["run"]["keep_largest"] == ["posterior hippocampus"]
+    with pytest.raises(ValueError, match="'liver', which this model does not segment"):
+        baseline.main([*argv, "--keep_largest", "liver", "--metrics_name", "val_liver.json"])
 
 
 def test_the_epoch_schedule_warms_up_then_anneals():

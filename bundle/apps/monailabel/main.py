@@ -14,6 +14,9 @@ Optional ``--conf KEY VALUE`` settings:
   (the suite model is served with ``max_anisotropy 8`` for thick-slice stacks; docs/suite.md);
 - ``thick_slice_ratio``: inference.json's windows planned from each volume's spacing and size (a model trained with
   ``--thick_slice_ratio 3`` is served with ``3``; docs/suite.md);
+- ``keep_largest``: ``true`` to keep only the largest connected component of every structure, or the structures'
+  names, comma-separated (``right ventricle,left ventricle,liver``: those; as chosen per structure on validation by
+  ``scripts/experiments/largest_component.py``); default inference.json's (none);
 - ``compile``: ``true`` to run the network through ``torch.compile`` (inference.json's ``compile``): the first
   request of each image size or thread count compiles (about half a minute), later ones take about x0.7 of the time;
 - ``skip_trainers``: ``true`` to serve inference only;
@@ -72,6 +75,16 @@ def _truthy(value: Any) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
+def _largest_choice(value: Any) -> bool | list[str]:
+    # inference.json's keep_largest: a switch, or the structures' names, comma-separated
+    text = str(value).strip()
+    if text.lower() in ("", "0", "false", "no", "off"):
+        return False
+    if _truthy(text):
+        return True
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 # the app's --conf settings that are inference.json keys, with the type each is read as
 INFER_CONF_KINDS = (
     ("num_inference_steps", int),
@@ -79,7 +92,7 @@ INFER_CONF_KINDS = (
     ("thick_slice_ratio", float),
     ("min_answer_ml", float),
     ("answer_volume_fraction", float),
-    ("keep_largest", _truthy),
+    ("keep_largest", _largest_choice),
     ("compile", _truthy),
 )
 

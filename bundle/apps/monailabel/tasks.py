@@ -26,7 +26,7 @@ from monailabel.transform.post import Restored
 
 from bundle.inference import compile_network, prompted_inference
 from bundle.text import PromptEmbeddingTable, PromptSelection, UnknownPromptError
-from bundle.transforms import DropSmallAnswersd, answer_thresholds_ml
+from bundle.transforms import DropSmallAnswersd, answer_thresholds_ml, largest_component_labels
 from bundle.utils.checkpoint import load_prompt_table, load_weights, model_structure_volumes
 from bundle.utils.config import load_bundle_config
 from bundle.utils.threads import set_inference_threads
@@ -231,7 +231,12 @@ class SegOneInfer(BasicInferTask):
             The transforms that turn ``pred`` into a label map in the input's geometry.
         """
         selection: PromptSelection = (data or {}).get("prompt_selection") or PromptSelection(None, self.class_names)
-        largest = [KeepLargestConnectedComponentd(keys="pred", independent=True, connectivity=3)]
+        largest_labels = largest_component_labels(
+            selection.names, self.parser.get_parsed_content("keep_largest"), self.class_names.values()
+        )
+        largest = [
+            KeepLargestConnectedComponentd(keys="pred", applied_labels=largest_labels, independent=True, connectivity=3)
+        ]
         return [
             self.invert,
             AsDiscreted(keys="pred", argmax=True),
@@ -244,7 +249,7 @@ class SegOneInfer(BasicInferTask):
                     self._model_info()[1],  # the served file's: fine-tuned weights record theirs
                 ),
             ),
-            *(largest if self.parser.get_parsed_content("keep_largest") else []),
+            *(largest if largest_labels else []),
             MapLabelValued(
                 keys="pred",
                 orig_labels=list(range(len(selection.values) + 1)),
