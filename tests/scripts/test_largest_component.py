@@ -44,11 +44,18 @@ def test_islands_are_removed_and_the_rule_is_chosen_only_where_it_helps(tmp_path
     # per structure: the island's structure gains, the other is not changed and is not chosen
     assert module.choose({"island": result}) == ["anterior hippocampus"]
     assert module.choose({"clean": module.rescore(clean, msd_dir)}) == []
+    assert module.choose_data_sets({"island": result, "clean": module.rescore(clean, msd_dir)}) == {
+        "island": True,
+        "clean": False,
+    }
     report = tmp_path / "choice.json"
     argv = ["--evaluation", str(island), str(msd_dir), "--output_file", str(report)]
     assert module.main(argv) == 0
-    assert json.loads(report.read_text())["keep_largest"] == ["anterior hippocampus"]
+    written = json.loads(report.read_text())
+    assert written["keep_largest"] == ["anterior hippocampus"]
+    assert written["keep_largest_by_data_set"] == {msd_dir.name: True}
     printed = capsys.readouterr().out
+    assert f"keep_largest per data set: {msd_dir.name} True" in printed
     assert "| Task | **mean** | 6 |" in printed and '''--keep_largest "['anterior hippocampus']"''' in printed
 
 
