@@ -194,7 +194,8 @@ def test_a_chosen_model_is_served_with_its_own_classes_and_the_server_stops_clea
     metadata = {"structure_volumes_ml": {"liver": 1e6, "spleen": 0.001}}
     torch.save({"prompt_table": renamed.state_dict(), "metadata": metadata}, prompt_table_path(model))
     conf = ["--conf", "skip_trainers", "true", "--conf", "model", str(model), "--conf", "max_anisotropy", "8"]
-    conf += ["--conf", "keep_largest", "true", "--conf", "answer_volume_fraction", "0.5"]
+    # keep_largest by name: the spleen's largest component alone (the liver's answers are erased anyway)
+    conf += ["--conf", "keep_largest", "spleen", "--conf", "answer_volume_fraction", "0.5"]
     proc, url = start_server(str(server["studies"]), tmp_path / "models", tmp_path / "second.log", *conf)
     try:
         info = requests.get(f"{url}/info/", timeout=30).json()
