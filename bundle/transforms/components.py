@@ -5,8 +5,10 @@ little); keeping the largest 26-connected component removes them. For a compact 
 a gain; for a structure in many pieces (cerebrospinal fluid, a tumour's edema) it throws away true answer. nnU-Net
 chooses the rule per class on its validation predictions; ``keep_largest`` does the same: ``True`` (every
 structure), ``False`` (none), or the structures' names (those, e.g. as chosen by
-``scripts/experiments/largest_component.py``). The transform is MONAI's ``KeepLargestConnectedComponentd`` with
-``applied_labels`` from :func:`largest_component_labels`.
+``scripts/experiments/largest_component.py``). A choice per structure needs validation cases to choose on: on a
+suite model's 1-4 validation volumes per data set it did worse on test than one switch per data set
+(docs/suite.md, session 42). The transform is MONAI's ``KeepLargestConnectedComponentd`` with ``applied_labels``
+from :func:`largest_component_labels`.
 """
 
 from __future__ import annotations
