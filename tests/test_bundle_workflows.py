@@ -481,12 +481,14 @@ def test_a_suite_of_folders_trains_one_model_and_each_folder_evaluates_with_its_
 
 def test_thick_slices_train_and_evaluate_in_windows_planned_from_their_spacing(tmp_path, tiny_clip_config):
     """``thick_slice_ratio``: a thick-slice folder's crops and sliding windows are flat and wide (the same voxel
-    budget), a near-isotropic folder's stay ``roi_size``, and batches never mix the two."""
+    budget), a near-isotropic folder's stay ``roi_size``, and batches never mix the two. Trained as the README's
+    suite command trains: three prompts per crop, competing for each voxel."""
     from bundle.data import WindowBatchSampler
     from tests.helpers.bundle_runs import write_msd
 
     write_msd(tmp_path / "iso", num_cases=5)
-    thick = write_msd(tmp_path / "thick", num_cases=5, spacing=(1.0, 1.2, 4.0), shape=(32, 40, 10))
+    cardiac = {"0": "background", "1": "left ventricle", "2": "myocardium"}
+    thick = write_msd(tmp_path / "thick", num_cases=5, spacing=(1.0, 1.2, 4.0), shape=(32, 40, 10), labels=cardiac)
     suite_file = tmp_path / "suite.json"
     suite_file.write_text(json.dumps({"datasets": ["iso", "thick"]}))
     out = tmp_path / "train"
@@ -498,9 +500,13 @@ def test_thick_slices_train_and_evaluate_in_windows_planned_from_their_spacing(t
         dataset_balance=1.0,
         thick_slice_ratio=3.0,
         max_anisotropy=8.0,
+        prompts_per_image=3,
+        **{"diffusion#competition_weight": 1.0},
     )
     wf = workflow("train.json", "train", **overrides)
     wf.initialize()
+    terms = []
+    wf.trainer.add_event_handler("ITERATION_COMPLETED", lambda e: terms.append(dict(e.state.output[0])))
     # SMALL's 3 levels under a stem of 2: windows are multiples of 8; 16^3 = 4096 voxels -> 8 slices x 16 x 16
     windows = {i["dataset"]: tuple(i["window"]) for i in wf.parser.get_parsed_content("train#datalist")}
     assert windows == {"iso": (16, 16, 16), "thick": (16, 16, 8)}
@@ -511,6 +517,7 @@ def test_thick_slices_train_and_evaluate_in_windows_planned_from_their_spacing(t
     wf.run()
     wf.finalize()
     assert (out / "model.pt").is_file()
+    assert terms and all(o["competition"] > 0 and o["label"].shape[0] == 3 for o in terms)
 
     ev = tmp_path / "eval"
     overrides = infer_overrides(
