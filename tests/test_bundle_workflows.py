@@ -155,6 +155,32 @@ def test_a_shared_decoder_trains_and_evaluates_through_the_configs(tmp_path, tin
     assert ("prompt_layers" if prompt_layers else "prompt_fuse") in error_chain(raised.value)
 
 
+def test_coordinate_channels_train_and_evaluate_through_the_configs(tmp_path, tiny_clip_config, msd_dir):
+    """``--coordinate_channels True``: training crops, validation and evaluation all give the network the image and
+    its voxels' positions (four channels), and a config without the switch refuses the model file, naming it."""
+    out = tmp_path / "coords"
+    wf = workflow("train.json", "train", **train_overrides(tiny_clip_config, msd_dir, out, coordinate_channels=True))
+    wf.initialize()
+    seen = []
+    denoiser = wf.parser.get_parsed_content("network").denoiser
+    denoiser.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
+    wf.run()
+    wf.finalize()
+    assert seen and set(seen) == {5}  # noisy mask, image, three positions: in the training steps and validation
+    evaluation = tmp_path / "eval"
+    overrides = infer_overrides(out / "model.pt", msd_dir, evaluation, eval_split="test", test_fraction=0.34)
+    wf = workflow("evaluate.json", "infer", **overrides, coordinate_channels=True)
+    wf.initialize()
+    wf.run()
+    assert json.loads((evaluation / "metrics.json").read_text())["cases"]
+    wf = workflow("evaluate.json", "infer", **{**overrides, "output_dir": str(tmp_path / "mismatch")})
+    wf.initialize()
+    with pytest.raises(Exception) as raised:
+        wf.parser.get_parsed_content("network")
+    assert "model.pt: checkpoint does not fit PromptedSegmenter" in error_chain(raised.value)
+    assert "coordinate_channels" in error_chain(raised.value)
+
+
 def test_fine_tuning_starts_from_the_model_file_with_the_new_data_s_prompts(tmp_path, trained, tiny_clip_config):
     """``finetune`` loads ``finetune_model_path`` before the first step, all but the prompt embeddings, which come
     from the new folder's label names: with a zero learning rate the weights never move, so the saved (averaged)

@@ -189,3 +189,37 @@ def test_flip_axes_chooses_the_mirrored_axes_of_spatial_augmentation():
     assert _flip_axes_in_training({"augment_spatial": True, "flip_axes": []}) == []
     assert _flip_axes_in_training({"augment_spatial": False, "flip_axes": [0]}) == []
     assert _flip_axes_in_training({"augment_spatial": True, "spatial_dims": 2}) == [0, 1]
+
+
+def test_coordinate_channels_reach_every_pipeline_and_the_network_s_input():
+    """``coordinate_channels`` (inference.json, shared by train.json and evaluate.json) adds the voxels' positions
+    to the image in inference and evaluation, after normalisation; in training it keeps them apart through the
+    intensity augmentation and joins them before the prompt sampling and in validation; the network's input grows
+    by one channel per spatial axis."""
+    from monai.transforms import ConcatItemsd, NormalizeIntensityd
+
+    from bundle.transforms import AddCoordinatesd
+
+    def coordinate_steps(transforms) -> list:
+        transforms = transforms.transforms if hasattr(transforms, "transforms") else transforms
+        return [type(t).__name__ for t in transforms if isinstance(t, (AddCoordinatesd, NormalizeIntensityd))]
+
+    for name in ("inference.json", "evaluate.json", "train.json"):
+        for on in (False, True):
+            parser = load_bundle_config(name)
+            parser["coordinate_channels"] = on
+            assert parser.get_parsed_content("denoiser_def#in_channels") == (5 if on else 2), name
+            key = "load_transforms" if name == "train.json" else "preprocessing"
+            expected = ["NormalizeIntensityd"] + (["AddCoordinatesd"] if on else [])
+            assert coordinate_steps(parser.get_parsed_content(key)) == expected, name
+    parser = load_bundle_config("train.json")
+    parser["coordinate_channels"] = True
+    (add,) = [t for t in parser.get_parsed_content("load_transforms") if isinstance(t, AddCoordinatesd)]
+    assert add.coords_key == "coords"
+    # MONAI writes references' "#" as "::" once parsed
+    items = parser["train"]["random_transforms"]
+    names = [str(t.get("_target_")) if isinstance(t, dict) else t.replace("::", "#") for t in items]
+    assert names.index("@join_coordinates#0") == names.index("bundle.transforms.RandPromptd") - 2
+    assert names.index("@join_coordinates#0") > names.index("RandSimulateLowResolutiond")
+    validation = parser.get_parsed_content("validate#preprocessing").transforms
+    assert isinstance(validation[-2], ConcatItemsd) and validation[-2].name == "image"

@@ -122,7 +122,8 @@ def run_export(
         FileNotFoundError: naming an unknown config file or a missing data set.
         bundle.utils.checkpoint.CheckpointError: naming the checkpoint, when it is missing, unreadable or does not
             fit the configured network.
-        ValueError: when ``calibration_cases < 1``.
+        ValueError: when ``calibration_cases < 1``, or the network takes coordinate channels (``coordinate_channels``:
+            the edge runtimes' preprocessing, docs/edge.md, gives it the image alone).
     """
     import torch
 
@@ -136,6 +137,11 @@ def run_export(
         raise ValueError(f"calibration_cases must be >= 1, got {calibration_cases}")
     names = _config_names(configs)
     parser = load_bundle_config(*names, overrides=dict(overrides or {}))
+    if parser.get_parsed_content("coordinate_channels"):
+        raise ValueError(
+            "coordinate_channels: the edge export's preprocessing (model.json, the browser page) gives the network "
+            "the image alone, not the voxels' positions; export a model trained without coordinate channels"
+        )
     ckpt = Path(ckpt_path or parser.get_parsed_content("ckpt_path")).resolve()
     segmenter = load_weights(parser.get_parsed_content("network_def"), ckpt).eval()
     class_names = parser.get_parsed_content("class_names")

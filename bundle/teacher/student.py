@@ -122,13 +122,26 @@ class StudentMasks:
             The label map ``[*S]``, int64, on the CPU.
 
         Raises:
-            ValueError: when ``roi_size`` does not have one size per spatial dimension of ``image``.
+            ValueError: when ``roi_size`` does not have one size per spatial dimension of ``image``, or the student's
+                network takes another number of image channels.
         """
         from monai.inferers import sliding_window_inference
 
-        x = torch.as_tensor(image).float()[None]
-        if len(self.roi_size) != x.dim() - 2:
+        from bundle.transforms import AddCoordinatesd
+
+        x = torch.as_tensor(image).float()
+        if len(self.roi_size) != x.dim() - 1:
             raise ValueError(f"student roi_size {self.roi_size} does not fit an image of shape {tuple(image.shape)}")
+        denoiser = getattr(self.segmenter, "denoiser", None)
+        expected = int(getattr(denoiser, "in_channels", x.shape[0] + 1)) - 1  # the denoiser also takes the mask
+        if expected == x.shape[0] + x.dim() - 1:
+            # a model trained with coordinate_channels: the teacher sees the whole volume, whose positions these are
+            x = AddCoordinatesd("image")({"image": x})["image"]
+        elif expected != x.shape[0]:
+            raise ValueError(
+                f"the student {self.checkpoint} takes {expected} image channel(s), the image has {x.shape[0]}"
+            )
+        x = x[None]
         probs = sliding_window_inference(x, self.roi_size, 1, self.segmenter, overlap=self.overlap, mode="gaussian")
         return torch.as_tensor(probs)[0].argmax(0).cpu().numpy()
 

@@ -205,7 +205,8 @@ def load_state(
             problems.append(f"{len(unexpected)} unexpected key(s): {_few(unexpected)}")
         raise CheckpointError(
             f"{path}: checkpoint does not fit {type(network).__name__} as configured (another architecture or "
-            f"other network settings?): " + "; ".join(problems)
+            f"other network settings, e.g. features, shared_decoder or coordinate_channels, than it was trained "
+            f"with?): " + "; ".join(problems)
         )
     check_finite(state, path)
     network.load_state_dict(state, strict=True)

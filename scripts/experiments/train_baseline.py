@@ -41,27 +41,28 @@ from bundle.utils.cli import add_override_option, parse_overrides
 from bundle.utils.config import load_bundle_config
 
 
-def build_network(arch: str, out_channels: int = 3) -> torch.nn.Module:
+def build_network(arch: str, out_channels: int = 3, in_channels: int = 1) -> torch.nn.Module:
     """The baseline network.
 
     Args:
         arch: ``"unet"`` (MONAI UNet, channels 16-256, 2 residual units), ``"basicunet"`` or ``"dynunet"`` (MONAI
             DynUNet as nnU-Net's 3d_fullres plan for Task04, with deep supervision).
         out_channels: background + the data set's classes (3 for the hippocampus).
+        in_channels: the image's channels (train.json's ``image_channels``: 4 with ``coordinate_channels``).
 
     Returns:
-        The untrained network (1 input channel).
+        The untrained network.
     """
     from monai.networks.nets import BasicUNet, DynUNet, UNet
 
     if arch == "unet":
-        return UNet(3, 1, out_channels, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2)
+        return UNet(3, in_channels, out_channels, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2)
     if arch == "basicunet":
-        return BasicUNet(3, 1, out_channels)
+        return BasicUNet(3, in_channels, out_channels)
     if arch == "dynunet":
         return DynUNet(
             3,
-            1,
+            in_channels,
             out_channels,
             kernel_size=[3, 3, 3, 3],
             strides=[1, 2, 2, 2],
@@ -97,8 +98,9 @@ def deep_supervision_loss(loss_fn: Any, outputs: torch.Tensor, target: torch.Ten
 def transforms_from_train_config(overrides: dict[str, Any] | None = None) -> tuple[Any, Any, Any]:
     """SegOne's preprocessing, read from configs/train.json.
 
-    Evaluation: loading, checks, orientation, normalisation. Training adds padding, cropping and the augmentation:
-    the random transforms before the prompt sampling (those that the recipe's switches leave on).
+    Evaluation: loading, checks, orientation, normalisation (and, with ``coordinate_channels``, the voxels'
+    positions as channels). Training adds padding, cropping and the augmentation: the random transforms before the
+    prompt sampling (those that the recipe's switches leave on).
 
     Args:
         overrides: train.json overrides, e.g. ``{"augment_spatial": True}`` (the recipe's switches).
@@ -112,12 +114,13 @@ def transforms_from_train_config(overrides: dict[str, Any] | None = None) -> tup
     load = list(parser.get_parsed_content("load_transforms"))
     random = []
     for i, item in enumerate(parser["train"]["random_transforms"]):
-        if "RandPromptd" in str(item.get("_target_")):
+        if isinstance(item, dict) and "RandPromptd" in str(item.get("_target_")):
             break
         transform = parser.get_parsed_content(f"train#random_transforms#{i}")
         if transform is not None:  # switched off by the recipe (``_disabled_``)
             random.append(transform)
-    return Compose(load + random), Compose(load), parser
+    join = [t for t in parser.get_parsed_content("join_coordinates") if t is not None]
+    return Compose(load + random), Compose(load + join), parser
 
 
 def learning_rate_factor(elapsed: float, warmup: float, total: float) -> float:
@@ -248,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{args.dataset_dir}: {len(split['train'])} training cases make no whole batch of {batch} "
             "(batches are full, the last one dropped): use more cases or a smaller batch_size"
         )
-    net = build_network(args.arch, len(classes) + 1).to(device)
+    net = build_network(args.arch, len(classes) + 1, int(parser.get_parsed_content("image_channels"))).to(device)
     params = sum(p.numel() for p in net.parameters())
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-5)
     ema = WeightEMA(net, decay=ema_decay) if ema_decay > 0 else None

@@ -196,6 +196,17 @@ def test_cli_names_a_missing_checkpoint_and_an_unknown_config(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_cli_refuses_a_network_with_coordinate_channels(tmp_path, capsys):
+    """The edge runtimes' preprocessing gives the network the image alone: a model trained with the voxels'
+    positions as channels is refused by name before anything is written."""
+    from bundle.cli.export_edge import main
+
+    argv = ["--output_dir", str(tmp_path / "out"), "--set", "coordinate_channels=true"]
+    assert main([*argv, "--ckpt_path", str(tmp_path / "absent.pt")]) == 1
+    assert "coordinate_channels: the edge export's preprocessing" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_names_a_checkpoint_of_another_network(tmp_path, capsys):
     from bundle.cli.export_edge import main
     from bundle.utils.config import BUNDLE_ROOT

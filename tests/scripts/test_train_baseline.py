@@ -97,3 +97,27 @@ def test_thick_slices_train_and_infer_in_the_windows_segone_plans(tmp_path, plan
     assert planned_windows == {(32, 32, 16)}
     run = json.loads((out / "metrics.json").read_text())["run"]
     assert run["steps"] == 1 and run["train_overrides"]["thick_slice_ratio"] == 3.0
+
+
+def test_coordinate_channels_reach_the_baseline_s_crops_and_network_past_intensity_augmentation(tmp_path):
+    """``--set coordinate_channels=true``: the U-Net takes four channels (the image and its voxels' positions) in
+    training and evaluation, and intensity augmentation leaves the positions exact."""
+    baseline = load_script(ROOT / "scripts" / "experiments" / "train_baseline.py")
+    data = write_msd(tmp_path / "data", num_cases=6)
+    overrides = {"dataset_dir": str(data), "coordinate_channels": True, "augment_intensity": True}
+    train_tf, eval_tf, _ = baseline.transforms_from_train_config({**overrides, "roi_size": [32, 48, 32]})
+    item = {"image": str(data / "imagesTr" / "case_0.nii.gz"), "label": str(data / "labelsTr" / "case_0.nii.gz")}
+    ramps = [torch.linspace(-0.5, 0.5, n) for n in (32, 40, 32)]  # the case's own size
+    for _ in range(4):  # the random intensity transforms fire with probability 0.15-0.5
+        image = train_tf(dict(item))["image"]
+        assert image.shape == (4, 32, 48, 32)
+        for axis in range(3):
+            values = torch.unique(image[1 + axis])
+            # each value is the case's ramp or the padding's zero, never scaled, shifted or noised
+            gaps = (values[:, None] - torch.cat([ramps[axis], torch.zeros(1)])[None]).abs().min(dim=1).values
+            assert gaps.max() < 1e-6
+    assert eval_tf(dict(item))["image"].shape == (4, 32, 40, 32)
+    out = tmp_path / "out"
+    args = ["--dataset_dir", str(data), "--output_dir", str(out), "--max_epochs", "1", "--val_every", "1"]
+    assert baseline.main([*args, "--set", "roi_size=[32,32,32]", "--set", "coordinate_channels=true"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["run"]["train_overrides"]["coordinate_channels"] is True

@@ -83,3 +83,25 @@ def test_teacher_modes_refuse_what_they_cannot_do(tmp_path, teacher):
         unlabelled_datalist(str(data), str(data), teacher=teacher, prompt_source="student")
     other_data = write_msd(tmp_path / "other", num_cases=3)
     assert len(unlabelled_datalist(str(data), str(other_data), teacher=teacher, prompt_source="student")) == 2
+
+
+def test_a_student_trained_with_coordinate_channels_gets_the_volume_s_positions():
+    """A model of ``coordinate_channels`` takes the image and its voxels' positions: the student adds the positions of
+    the whole volume it is given (what inference does before its windows); any other channel count is refused."""
+    from monai.inferers import sliding_window_inference
+
+    from bundle.diffusion import PromptedSegmenter
+    from bundle.networks import SegOne
+    from bundle.teacher import StudentMasks
+    from bundle.transforms import AddCoordinatesd
+
+    torch.manual_seed(0)
+    denoiser = SegOne(3, 5, 1, features=(8, 16, 32), encoder_blocks=1, decoder_blocks=1, with_timestep=True, text_dim=4)
+    segmenter = PromptedSegmenter(denoiser, prompt_embeddings=torch.randn(2, 4), num_inference_steps=1).eval()
+    student = StudentMasks(segmenter, (16, 16, 16), checkpoint="coords.pt")
+    image = torch.randn(1, 20, 16, 24)
+    with_positions = AddCoordinatesd("image")({"image": image})["image"]
+    expected = sliding_window_inference(with_positions[None], (16, 16, 16), 1, segmenter, overlap=0.25, mode="gaussian")
+    np.testing.assert_array_equal(student(image), expected[0].argmax(0).numpy())
+    with pytest.raises(ValueError, match="coords.pt takes 4 image channel"):
+        student(torch.randn(2, 20, 16, 24))
