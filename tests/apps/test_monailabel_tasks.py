@@ -61,3 +61,20 @@ def test_the_thick_slice_ratio_setting_plans_the_served_windows_from_each_volume
     cine = MetaTensor(torch.zeros(1, 1, 10, 256, 216), affine=torch.diag(torch.tensor([10.0, 1.5, 1.5, 1.0])))
     assert SegOneInfer(BUNDLE_ROOT, [shipped], overrides=overrides)._inferer.window_for(cine) == (16, 96, 96)
     assert SegOneInfer(BUNDLE_ROOT, [shipped])._inferer.window_for(cine) == (48, 64, 48)
+
+
+def test_a_model_trained_with_coordinate_channels_is_served_and_fine_tuned_with_them(tmp_path):
+    """``--conf coordinate_channels true``: the served preprocessing appends the voxels' positions and fine-tuning
+    trains the same network inputs."""
+    from bundle.apps.monailabel.main import infer_conf_overrides
+    from bundle.apps.monailabel.tasks import SegOneInfer, SegOneTrain
+    from bundle.transforms import AddCoordinatesd
+
+    overrides = infer_conf_overrides({"coordinate_channels": "true"})
+    assert overrides == {"coordinate_channels": True}
+    shipped = BUNDLE_ROOT / "models" / "model.pt"
+    served = SegOneInfer(BUNDLE_ROOT, [shipped], overrides=overrides).pre_transforms()
+    assert sum(isinstance(t, AddCoordinatesd) for t in served) == 1
+    assert not any(isinstance(t, AddCoordinatesd) for t in SegOneInfer(BUNDLE_ROOT, [shipped]).pre_transforms())
+    task = SegOneTrain(BUNDLE_ROOT, start_weights=lambda: str(shipped), output_dir=tmp_path, overrides=overrides)
+    assert _overrides(task)["coordinate_channels"] is True

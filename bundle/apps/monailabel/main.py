@@ -14,6 +14,8 @@ Optional ``--conf KEY VALUE`` settings:
   (the suite model is served with ``max_anisotropy 8`` for thick-slice stacks; docs/suite.md);
 - ``thick_slice_ratio``: inference.json's windows planned from each volume's spacing and size (a model trained with
   ``--thick_slice_ratio 3`` is served with ``3``; docs/suite.md);
+- ``coordinate_channels``: ``true`` for a model trained with ``--coordinate_channels True`` (the voxels' positions as
+  input channels, docs/suite.md), in inference and fine-tuning;
 - ``keep_largest``: ``true`` to keep only the largest connected component of every structure, or the structures'
   names, comma-separated (``right ventricle,left ventricle,liver``: those; as chosen per structure on validation by
   ``scripts/experiments/largest_component.py``); default inference.json's (none);
@@ -90,6 +92,7 @@ INFER_CONF_KINDS = (
     ("num_inference_steps", int),
     ("max_anisotropy", float),
     ("thick_slice_ratio", float),
+    ("coordinate_channels", _truthy),
     ("min_answer_ml", float),
     ("answer_volume_fraction", float),
     ("keep_largest", _largest_choice),
@@ -290,7 +293,9 @@ class SegOneApp(MONAILabelApp):
         if _truthy(self.conf.get("skip_trainers", "false")):
             return {}
         os.makedirs(self.models_dir, exist_ok=True)
-        return {MODEL_NAME: SegOneTrain(self.bundle_root, self._current_weights, self.models_dir)}
+        # the network's inputs must be the served model's: its positions as channels or not
+        shape = {k: v for k, v in infer_conf_overrides(self.conf).items() if k == "coordinate_channels"}
+        return {MODEL_NAME: SegOneTrain(self.bundle_root, self._current_weights, self.models_dir, overrides=shape)}
 
     def init_strategies(self) -> dict[str, Strategy]:
         """MONAI Label's ``random`` and ``first`` active-learning strategies.
