@@ -31,6 +31,9 @@ class StudentMasks:
         roi_size: the sliding-window size.
         overlap: the sliding-window overlap.
         checkpoint: the file the weights came from (for messages).
+        coordinate_channels: the student was trained with ``coordinate_channels``: each image it is given gets its
+            voxels' positions appended (:class:`~bundle.transforms.AddCoordinatesd`), as inference does before its
+            windows.
     """
 
     def __init__(
@@ -39,11 +42,13 @@ class StudentMasks:
         roi_size: Sequence[int],
         overlap: float = 0.25,
         checkpoint: PathLike | None = None,
+        coordinate_channels: bool = False,
     ) -> None:
         self.segmenter = segmenter.eval()
         self.roi_size = tuple(int(r) for r in roi_size)
         self.overlap = overlap
         self.checkpoint = checkpoint
+        self.coordinate_channels = bool(coordinate_channels)
 
     @classmethod
     def from_inference_config(cls, checkpoint: PathLike, bundle_root: PathLike, **overrides: Any) -> StudentMasks:
@@ -66,7 +71,10 @@ class StudentMasks:
 
         parser = load_bundle_config("inference.json", bundle_root=bundle_root, overrides=overrides)
         segmenter = load_weights(parser.get_parsed_content("network_def"), checkpoint)
-        return cls(segmenter, parser["roi_size"], overlap=parser["overlap"], checkpoint=checkpoint)
+        coords = bool(parser.get_parsed_content("coordinate_channels"))
+        return cls(
+            segmenter, parser["roi_size"], overlap=parser["overlap"], checkpoint=checkpoint, coordinate_channels=coords
+        )
 
     @classmethod
     def from_checkpoint(
@@ -76,6 +84,7 @@ class StudentMasks:
         roi_size: Sequence[int],
         num_inference_steps: int = 1,
         overlap: float = 0.25,
+        coordinate_channels: bool = False,
     ) -> StudentMasks:
         """The student of ``prompt_source="student"``: ``diffusion``'s architecture with a fixed checkpoint's weights.
 
@@ -88,6 +97,7 @@ class StudentMasks:
             roi_size: the sliding-window size.
             num_inference_steps: DDIM steps of the student's sampler.
             overlap: the sliding-window overlap.
+            coordinate_channels: ``diffusion`` takes the voxels' positions as channels (train.json's switch).
 
         Returns:
             The student.
@@ -109,7 +119,7 @@ class StudentMasks:
         student = load_weights(copy.deepcopy(diffusion).cpu(), checkpoint)
         logger.info("SAM2 teacher prompts come from the student %s", checkpoint)
         segmenter = PromptedSegmenter.sharing(student, num_inference_steps=num_inference_steps)
-        return cls(segmenter, roi_size, overlap=overlap, checkpoint=checkpoint)
+        return cls(segmenter, roi_size, overlap=overlap, checkpoint=checkpoint, coordinate_channels=coordinate_channels)
 
     @torch.no_grad()
     def __call__(self, image: torch.Tensor) -> np.ndarray:
@@ -132,14 +142,15 @@ class StudentMasks:
         x = torch.as_tensor(image).float()
         if len(self.roi_size) != x.dim() - 1:
             raise ValueError(f"student roi_size {self.roi_size} does not fit an image of shape {tuple(image.shape)}")
-        denoiser = getattr(self.segmenter, "denoiser", None)
-        expected = int(getattr(denoiser, "in_channels", x.shape[0] + 1)) - 1  # the denoiser also takes the mask
-        if expected == x.shape[0] + x.dim() - 1:
-            # a model trained with coordinate_channels: the teacher sees the whole volume, whose positions these are
+        if self.coordinate_channels:
+            # the positions of the whole volume the teacher is given, as inference computes them before its windows
             x = AddCoordinatesd("image")({"image": x})["image"]
-        elif expected != x.shape[0]:
+        denoiser = getattr(self.segmenter, "denoiser", None)
+        expected = getattr(denoiser, "in_channels", None)
+        if expected is not None and int(expected) - 1 != x.shape[0]:  # the denoiser also takes the noisy mask
             raise ValueError(
-                f"the student {self.checkpoint} takes {expected} image channel(s), the image has {x.shape[0]}"
+                f"the student {self.checkpoint} takes {int(expected) - 1} image channel(s), the image has "
+                f"{x.shape[0]} (coordinate_channels {self.coordinate_channels})"
             )
         x = x[None]
         probs = sliding_window_inference(x, self.roi_size, 1, self.segmenter, overlap=self.overlap, mode="gaussian")

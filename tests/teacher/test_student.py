@@ -87,7 +87,8 @@ def test_teacher_modes_refuse_what_they_cannot_do(tmp_path, teacher):
 
 def test_a_student_trained_with_coordinate_channels_gets_the_volume_s_positions():
     """A model of ``coordinate_channels`` takes the image and its voxels' positions: the student adds the positions of
-    the whole volume it is given (what inference does before its windows); any other channel count is refused."""
+    the whole volume it is given (what inference does before its windows); an image the network does not take is
+    refused, naming the file."""
     from monai.inferers import sliding_window_inference
 
     from bundle.diffusion import PromptedSegmenter
@@ -98,10 +99,12 @@ def test_a_student_trained_with_coordinate_channels_gets_the_volume_s_positions(
     torch.manual_seed(0)
     denoiser = SegOne(3, 5, 1, features=(8, 16, 32), encoder_blocks=1, decoder_blocks=1, with_timestep=True, text_dim=4)
     segmenter = PromptedSegmenter(denoiser, prompt_embeddings=torch.randn(2, 4), num_inference_steps=1).eval()
-    student = StudentMasks(segmenter, (16, 16, 16), checkpoint="coords.pt")
+    student = StudentMasks(segmenter, (16, 16, 16), checkpoint="coords.pt", coordinate_channels=True)
     image = torch.randn(1, 20, 16, 24)
     with_positions = AddCoordinatesd("image")({"image": image})["image"]
     expected = sliding_window_inference(with_positions[None], (16, 16, 16), 1, segmenter, overlap=0.25, mode="gaussian")
     np.testing.assert_array_equal(student(image), expected[0].argmax(0).numpy())
     with pytest.raises(ValueError, match="coords.pt takes 4 image channel"):
         student(torch.randn(2, 20, 16, 24))
+    with pytest.raises(ValueError, match=r"coords.pt takes 4 image channel\(s\), the image has 1"):
+        StudentMasks(segmenter, (16, 16, 16), checkpoint="coords.pt")(image)
