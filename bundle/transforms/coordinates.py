@@ -1,8 +1,8 @@
 """Where each voxel sits in its volume, as input channels (``coordinate_channels``).
 
 A network that sees one window at a time cannot tell "left kidney" from "right kidney" unless the window happens to
-hold the anatomy that says which side it is: the two look alike, mirrored. Both SegOne's suite model and the per-data-
-set U-Net swapped chaos_t2's kidneys on test volumes (docs/suite.md). MONAI's ``AddCoordinateChannels`` gives each
+hold the anatomy that says which side it is: the two look alike, mirrored. On chaos_t2 the suite model and the
+per-data-set U-Net each scored one kidney far below the other (docs/suite.md). MONAI's ``AddCoordinateChannels`` gives each
 voxel its position along every axis of the whole (RAS-oriented) volume, from -0.5 to 0.5, so a window knows where in
 the volume it lies; the channels travel with the voxels through cropping, padding, rotation and mirroring.
 """
