@@ -24,6 +24,9 @@ run untrained.
     # a cine heart's volume in the window planned from its spacing (16x96x96), both networks alike
     python scripts/benchmarks/benchmark_inference.py --shape 10 256 216 --spacing 10 1.5 1.5 --thick_slice_ratio 3 \
         --num_classes 3 --sw_batch_size 1 4
+    # a network trained with the voxels' positions as channels (coordinate_channels), beside the one without
+    python scripts/benchmarks/benchmark_inference.py --shape 256 256 34 --spacing 1.25 1.25 7.7 --thick_slice_ratio 3 \
+        --num_classes 4 --variant "coordinate_channels=True"
     # on a GPU: each timed call waits for the device to finish (torch.cuda.synchronize)
     python scripts/benchmarks/benchmark_inference.py --device cuda --threads 4 --sw_batch_size 1 4 16
 """
@@ -155,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from bundle.diffusion import PromptedSegmenter
     from bundle.inference import CompiledNetwork, SpacingWindowInferer
+    from bundle.transforms import AddCoordinatesd
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 2], help="SegOne DDIM step counts to time")
@@ -287,6 +291,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch.cuda.synchronize(device)
         return result
 
+    # a network of coordinate_channels takes the volume with its voxels' positions, appended before the windows as
+    # inference.json's preprocessing does (untimed, as the rest of the preprocessing)
+    with_positions = AddCoordinatesd("image")({"image": volume[0]})["image"][None]
+
     def _run(net: torch.nn.Module, inferer: SpacingWindowInferer) -> Callable[[], Any]:
         seg = net.network if isinstance(net, CompiledNetwork) else net
         seg = seg.segmenter if isinstance(seg, EncoderPerPrompt) else seg
@@ -295,7 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # k prompts: the model's own, repeated when it has fewer (the cost does not depend on their values)
         own = seg.prompt_embeddings
         prompts = own[torch.arange(k) % own.shape[0]]
-        return lambda: _finished(inferer(volume, net, prompt_embeddings=prompts))
+        image = with_positions if seg.denoiser.in_channels - 1 == with_positions.shape[1] else volume
+        return lambda: _finished(inferer(image, net, prompt_embeddings=prompts))
 
     def _row(name: str, b: int) -> str:
         return name if len(inferers) == 1 else f"{name}, {b} window(s) per call"

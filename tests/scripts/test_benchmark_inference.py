@@ -146,3 +146,17 @@ def test_spacing_and_thick_slice_ratio_plan_every_networks_window(capsys):
 def test_thick_slice_ratio_without_spacing_is_refused():
     with pytest.raises(SystemExit):
         _module().main(["--thick_slice_ratio", "3"])
+
+
+@pytest.mark.slow
+def test_a_coordinate_channels_variant_runs_on_the_volume_with_its_positions(capsys):
+    """``--variant coordinate_channels=True``: that network takes the volume with its voxels' positions (four
+    channels), in the spacing-planned window as the others, and gets its own row."""
+    argv = ["--steps", "1", "--threads", "1", "--repeats", "1", "--shape", "10", "40", "40", "--num_classes", "2"]
+    spacing = ["--spacing", "10", "1.5", "1.5", "--thick_slice_ratio", "3"]
+    assert _module().main(argv + spacing + ["--variant", "coordinate_channels=True"]) == 0
+    rows = [line.split(" | ")[0] for line in capsys.readouterr().out.splitlines() if line.startswith("| SegOne")]
+    assert rows == [
+        "| SegOne, 1 DDIM step(s), 2 prompts",
+        "| SegOne, 1 DDIM step(s), 2 prompts (coordinate_channels=True)",
+    ]
