@@ -223,3 +223,8 @@ def test_coordinate_channels_reach_every_pipeline_and_the_network_s_input():
     assert names.index("@join_coordinates#0") > names.index("RandSimulateLowResolutiond")
     validation = parser.get_parsed_content("validate#preprocessing").transforms
     assert isinstance(validation[-2], ConcatItemsd) and validation[-2].name == "image"
+    # off (the shipped recipe): the training and validation pipelines hold no join at all, nothing copied per step
+    parser = load_bundle_config("train.json")
+    for key in ("train#preprocessing", "validate#preprocessing"):
+        transforms = parser.get_parsed_content(key).transforms
+        assert transforms and not any(t is None or isinstance(t, ConcatItemsd) for t in transforms), key

@@ -265,25 +265,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         + (f" ({label})" if label else ""): segone(steps, Path(args.ckpt_path), overrides)
         for steps in args.steps
     }
+    # the SegOne rows whose network takes the voxels' positions (coordinate_channels)
+    positions = {name for name in nets if overrides.get("coordinate_channels")}
     for variant in variants:
         extra = ", ".join(f"{key}={value}" for key, value in {**overrides, **variant}.items())
         for steps in args.steps:
-            nets[f"SegOne, {steps} DDIM step(s), {k} prompts ({extra})"] = segone(
-                steps, Path(args.ckpt_path), {**overrides, **variant}
-            )
+            name = f"SegOne, {steps} DDIM step(s), {k} prompts ({extra})"
+            nets[name] = segone(steps, Path(args.ckpt_path), {**overrides, **variant})
+            if {**overrides, **variant}.get("coordinate_channels"):
+                positions.add(name)
+
+    def _derive(name: str, derived: str, net: torch.nn.Module) -> None:
+        nets[derived] = net
+        if name in positions:  # a row derived from a network of positions runs on them too
+            positions.add(derived)
+
     if args.head_in_order:
         for name in list(nets):
-            nets[f"{name}, head in order (bundle <= 0.17)"] = with_head_in_order(nets[name])
+            _derive(name, f"{name}, head in order (bundle <= 0.17)", with_head_in_order(nets[name]))
     if args.encoder_per_prompt:
         for name in list(nets):
-            nets[f"{name}, encoder per prompt (bundle <= 0.9)"] = EncoderPerPrompt(nets[name])
+            _derive(name, f"{name}, encoder per prompt (bundle <= 0.9)", EncoderPerPrompt(nets[name]))
     nets[BASELINE] = baseline_unet(k)
     if args.basic_unet:
         nets["MONAI BasicUNet"] = BasicUNet(3, 1, k + 1).eval()
     nets = {name: net.to(device) for name, net in nets.items()}
     if args.compile:
         for name in list(nets):
-            nets[f"{name}, compiled"] = CompiledNetwork(nets[name])
+            _derive(name, f"{name}, compiled", CompiledNetwork(nets[name]))
 
     def _finished(result: Any) -> Any:
         # CUDA calls return before the kernels finish: a timed call ends when the device does
@@ -295,15 +304,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # inference.json's preprocessing does (untimed, as the rest of the preprocessing)
     with_positions = AddCoordinatesd("image")({"image": volume[0]})["image"][None]
 
-    def _run(net: torch.nn.Module, inferer: SpacingWindowInferer) -> Callable[[], Any]:
+    def _run(net: torch.nn.Module, inferer: SpacingWindowInferer, image: torch.Tensor) -> Callable[[], Any]:
         seg = net.network if isinstance(net, CompiledNetwork) else net
         seg = seg.segmenter if isinstance(seg, EncoderPerPrompt) else seg
         if not isinstance(seg, PromptedSegmenter):
-            return lambda: _finished(inferer(volume, net))
+            return lambda: _finished(inferer(image, net))
         # k prompts: the model's own, repeated when it has fewer (the cost does not depend on their values)
         own = seg.prompt_embeddings
         prompts = own[torch.arange(k) % own.shape[0]]
-        image = with_positions if seg.denoiser.in_channels - 1 == with_positions.shape[1] else volume
         return lambda: _finished(inferer(image, net, prompt_embeddings=prompts))
 
     def _row(name: str, b: int) -> str:
@@ -319,7 +327,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     first_calls: list[str] = []
     for threads in args.threads:
         torch.set_num_threads(threads)
-        runs = {_row(name, b): _run(net, inferer) for name, net in nets.items() for b, inferer in inferers.items()}
+        runs = {
+            _row(name, b): _run(net, inferer, with_positions if name in positions else volume)
+            for name, net in nets.items()
+            for b, inferer in inferers.items()
+        }
         with torch.no_grad():
             for name, run in runs.items():
                 if name.endswith(", compiled") or ", compiled, " in name:

@@ -154,9 +154,11 @@ def test_a_coordinate_channels_variant_runs_on_the_volume_with_its_positions(cap
     channels), in the spacing-planned window as the others, and gets its own row."""
     argv = ["--steps", "1", "--threads", "1", "--repeats", "1", "--shape", "10", "40", "40", "--num_classes", "2"]
     spacing = ["--spacing", "10", "1.5", "1.5", "--thick_slice_ratio", "3"]
-    assert _module().main(argv + spacing + ["--variant", "coordinate_channels=True"]) == 0
+    assert _module().main(argv + spacing + ["--variant", "coordinate_channels=True", "--encoder_per_prompt"]) == 0
     rows = [line.split(" | ")[0] for line in capsys.readouterr().out.splitlines() if line.startswith("| SegOne")]
     assert rows == [
         "| SegOne, 1 DDIM step(s), 2 prompts",
         "| SegOne, 1 DDIM step(s), 2 prompts (coordinate_channels=True)",
-    ]
+        "| SegOne, 1 DDIM step(s), 2 prompts, encoder per prompt (bundle <= 0.9)",
+        "| SegOne, 1 DDIM step(s), 2 prompts (coordinate_channels=True), encoder per prompt (bundle <= 0.9)",
+    ]  # a row derived from the network of positions runs on them too (it would fail on the image alone)
