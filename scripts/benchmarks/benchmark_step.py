@@ -91,7 +91,9 @@ def _inference_function(
     denoiser = parser.get_parsed_content("denoiser_def").eval()
     if add_skipped_biases:
         _add_skipped_biases(denoiser)
-    image = torch.randn(windows, parser["denoiser_def"]["in_channels"], *parser["roi_size"])
+    # in_channels is an expression of the config (the image's channels, with positions when switched on)
+    in_channels = parser.get_parsed_content("denoiser_def#in_channels")
+    image = torch.randn(windows, in_channels, *parser.get_parsed_content("roi_size"))
     timesteps = torch.full((windows * prompts,), parser["num_train_timesteps"] - 1)
     context = torch.randn(windows * prompts, parser["text_dim"])
 
