@@ -89,6 +89,13 @@ def test_the_mask_input_settings_put_the_noisy_mask_at_the_encoder_or_the_decode
     assert _script()._network_overrides("bias", "added") == {}
 
 
+@pytest.mark.parametrize("overrides", [None, {"coordinate_channels": True}])
+def test_the_inference_case_builds_its_input_from_the_parsed_config(overrides):
+    # in_channels is an expression of inference.json (the positions add channels); the case must parse it
+    call = _script()._inference_function(1, 2, overrides=overrides)
+    call()
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings: Linux only")
 def test_config_table_compares_the_configs_with_their_set_overrides():
