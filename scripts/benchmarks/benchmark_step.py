@@ -91,11 +91,11 @@ def _inference_function(
     denoiser = parser.get_parsed_content("denoiser_def").eval()
     if add_skipped_biases:
         _add_skipped_biases(denoiser)
-    # in_channels is an expression of the config (the image's channels, with positions when switched on)
-    in_channels = parser.get_parsed_content("denoiser_def#in_channels")
-    image = torch.randn(windows, in_channels, *parser.get_parsed_content("roi_size"))
-    timesteps = torch.full((windows * prompts,), parser["num_train_timesteps"] - 1)
-    context = torch.randn(windows * prompts, parser["text_dim"])
+    # parsed, not raw: a value may be an expression (in_channels counts the positions when they are switched on)
+    value = parser.get_parsed_content
+    image = torch.randn(windows, value("denoiser_def#in_channels"), *value("roi_size"))
+    timesteps = torch.full((windows * prompts,), value("num_train_timesteps") - 1)
+    context = torch.randn(windows * prompts, value("text_dim"))
 
     forward_prompts = torch.compile(denoiser.forward_prompts) if compiled else denoiser.forward_prompts
 
