@@ -24,11 +24,16 @@ echo "[setup] creating the environment in $venv (python: $("$python_bin" --versi
 uv="$venv/bin/uv"
 export VIRTUAL_ENV="$venv"
 # uv does not read pip's configuration, so the PyPI builds of torch/torchvision (which load together) are taken.
-"$uv" pip sync --python "$venv/bin/python" requirements.lock
+# --compile-bytecode: where PYTHONDONTWRITEBYTECODE is set (as on this project's machines) Python never caches what it
+# compiles, and every process (each bundle command, each test's subprocess) would compile torch, MONAI and the rest
+# again: about 25 s before the first line of work instead of 8.
+"$uv" pip sync --compile-bytecode --python "$venv/bin/python" requirements.lock
 # sam2 is an sdist whose build must see the installed torch (with isolation it would pull the newest torch);
 # SAM2_BUILD_CUDA=0 skips its optional CUDA extension, which CPU inference does not need.
-SAM2_BUILD_CUDA=0 "$uv" pip install --python "$venv/bin/python" --no-build-isolation --no-deps "sam2==$sam2_version"
-"$uv" pip install --python "$venv/bin/python" --no-build-isolation --no-deps -e .
+SAM2_BUILD_CUDA=0 "$uv" pip install --compile-bytecode --python "$venv/bin/python" --no-build-isolation --no-deps "sam2==$sam2_version"
+"$uv" pip install --compile-bytecode --python "$venv/bin/python" --no-build-isolation --no-deps -e .
+# the editable package's own sources are outside site-packages; a changed file is compiled again, as without a cache
+"$venv/bin/python" -m compileall -q bundle >/dev/null
 # The monailabel wheel ships its `monailabel` launcher (a one-line `python -m monailabel.main`) in a .data folder
 # named after a different version string, which uv does not install; write the same launcher into the venv.
 if [ ! -x "$venv/bin/monailabel" ]; then
