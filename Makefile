@@ -23,12 +23,17 @@ setup-web:
 		sha256sum package-lock.json | cut -d' ' -f1 > node_modules/.segone-lock; \
 	fi
 
+# The test files run in TEST_WORKERS processes (pytest-xdist), each file whole in one of them so that its module
+# fixtures (a trained model, an export) are built once; TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: setup setup-system setup-web
-	$(PY) -m pytest -q tests
+	$(PYTEST) tests
 
 # the unit tests (no end-to-end runs marked slow): a few minutes
 test-fast: setup setup-system setup-web
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 # the main job on the embedded demo data: generate it, train briefly, segment it, score the held-out cases
 demo: setup
