@@ -30,7 +30,8 @@ export VIRTUAL_ENV="$venv"
 "$uv" pip sync --compile-bytecode --python "$venv/bin/python" requirements.lock
 # sam2 is an sdist whose build must see the installed torch (with isolation it would pull the newest torch);
 # SAM2_BUILD_CUDA=0 skips its optional CUDA extension, which CPU inference does not need.
-SAM2_BUILD_CUDA=0 "$uv" pip install --compile-bytecode --python "$venv/bin/python" --no-build-isolation --no-deps "sam2==$sam2_version"
+SAM2_BUILD_CUDA=0 "$uv" pip install --compile-bytecode --python "$venv/bin/python" --no-build-isolation --no-deps \
+    "sam2==$sam2_version"
 "$uv" pip install --compile-bytecode --python "$venv/bin/python" --no-build-isolation --no-deps -e .
 # the editable package's own sources are outside site-packages; a changed file is compiled again, as without a cache
 "$venv/bin/python" -m compileall -q bundle >/dev/null
