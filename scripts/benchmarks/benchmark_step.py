@@ -297,6 +297,27 @@ def measure(
     return rows
 
 
+def chosen_cases(compare: str, cases: Sequence[str] | None = None) -> list[str]:
+    """The cases that ``--compare compare`` times: ``cases`` if given, else every case the comparison applies to.
+
+    Args:
+        compare: a key of ``SETTINGS``.
+        cases: the ``--cases`` given, or None.
+
+    Returns:
+        The cases, in ``CASES`` order when defaulted.
+
+    Raises:
+        ValueError: a case the comparison does not apply to.
+    """
+    if compare == "metadata":
+        chosen = list(cases or [c for c in CASES if c.endswith("training")])
+        if any(not c.endswith("training") for c in chosen):
+            raise ValueError("--compare metadata times training steps: the inferer hands the network plain tensors")
+        return chosen
+    return list(cases or [c for c in CASES if compare in ("malloc", "compile") or not c.startswith("UNet")])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # imported here, not at the top: the spawned workers import this module and must set up malloc before torch loads
     from bundle.utils.cli import add_override_option, parse_overrides
@@ -325,12 +346,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error(str(err))
     if overrides:
         print("overrides: " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
-    if args.compare == "metadata":
-        cases = args.cases or [c for c in CASES if c.endswith("training")]
-        if any(not c.endswith("training") for c in cases):
-            ap.error("--compare metadata times training steps: the inferer hands the network plain tensors")
-    else:
-        cases = args.cases or [c for c in CASES if args.compare in ("malloc", "compile") or not c.startswith("UNet")]
+    try:
+        cases = chosen_cases(args.compare, args.cases)
+    except ValueError as err:
+        ap.error(str(err))
     if args.baseline:
         print(f"baseline: {os.path.abspath(args.baseline)}")
     first = SETTINGS[args.compare][0]

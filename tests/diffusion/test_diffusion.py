@@ -397,13 +397,17 @@ def test_seeded_normal_survives_trace_and_onnx(tmp_path):
     assert compare_onnx(_NoiseOf(), path, (other[:1],)) < 1e-5  # the ONNX batch size is the example's
 
 
-def _segmenter(num_prompts: int = 2, decoder_inputs=(), shared_decoder: bool = False) -> PromptedSegmenter:
+def _segmenter(
+    num_prompts: int = 2, decoder_inputs=(), shared_decoder: bool = False, num_inference_steps: int = 3
+) -> PromptedSegmenter:
     torch.manual_seed(0)
     denoiser = activate_zero_init(
         SegOne(3, 2, 1, features=(8, 16, 32), encoder_blocks=1, decoder_blocks=1, with_timestep=True, text_dim=4,
                decoder_inputs=decoder_inputs, shared_decoder=shared_decoder)
     )  # fmt: skip
-    return PromptedSegmenter(denoiser, prompt_embeddings=torch.randn(num_prompts, 4), num_inference_steps=3).eval()
+    return PromptedSegmenter(
+        denoiser, prompt_embeddings=torch.randn(num_prompts, 4), num_inference_steps=num_inference_steps
+    ).eval()
 
 
 def test_prompted_segmenter_gives_class_probabilities():
@@ -502,7 +506,9 @@ def test_prompted_segmenter_traces_and_slides(tmp_path, decoder_inputs, shared_d
 def test_prompted_segmenter_exports_to_onnx(tmp_path, decoder_inputs, shared_decoder):
     from bundle.export import compare_onnx, export_onnx
 
-    seg = _segmenter(2, decoder_inputs, shared_decoder)
+    # two sampling steps still record the loop's step-to-step update; each step adds a copy of the network that the
+    # exporter's symbolic shape tracing pays for
+    seg = _segmenter(2, decoder_inputs, shared_decoder, num_inference_steps=2)
     path = export_onnx(seg, tmp_path / "segmenter.onnx", (torch.rand(1, 1, 16, 16, 16),), size_divisor=4)
     # the whole sampler (noise, DDIM loop, class probabilities) at another spatial size than the example's
     assert compare_onnx(seg, path, (torch.rand(1, 1, 32, 16, 24),)) < 1e-4
