@@ -29,8 +29,8 @@ Cases (``--cases``):
   objective (``all_prompts``: a batch of 4 images with 2 prompts each, the competition term; 48x64x48 windows),
   backward and an AdamW update;
 - ``UNet training``: the MONAI UNet baseline's step (``scripts/experiments/train_baseline.py``: Dice +
-  cross-entropy, 3 classes, batch 4); only ``--compare malloc`` and ``compile`` run it (it has no SegOne bias or
-  mask input);
+  cross-entropy, 3 classes, batch 4); only ``--compare malloc``, ``compile`` and ``metadata`` run it (it has no
+  SegOne bias, mask input or config; the others refuse it);
 - ``SegOne inference, 4 windows x 3 prompts`` and ``SegOne inference, 1 window x 12 prompts``: the denoiser's first
   sampling step (``SegOne.forward_prompts``, every prompt of a window after one encoder pass) as a sliding window
   with ``sw_batch_size`` 4 on a 3-structure volume, or a 12-structure vocabulary on one window, runs it.
@@ -308,14 +308,19 @@ def chosen_cases(compare: str, cases: Sequence[str] | None = None) -> list[str]:
         The cases, in ``CASES`` order when defaulted.
 
     Raises:
-        ValueError: a case the comparison does not apply to.
+        ValueError: a case the comparison does not apply to: an inference case for ``metadata`` (the inferer hands
+            the network plain tensors), the UNet's step for a comparison of SegOne's network or code.
     """
     if compare == "metadata":
         chosen = list(cases or [c for c in CASES if c.endswith("training")])
         if any(not c.endswith("training") for c in chosen):
             raise ValueError("--compare metadata times training steps: the inferer hands the network plain tensors")
         return chosen
-    return list(cases or [c for c in CASES if compare in ("malloc", "compile") or not c.startswith("UNet")])
+    applies = [c for c in CASES if compare in ("malloc", "compile") or not c.startswith("UNet")]
+    chosen = list(cases or applies)
+    if any(c not in applies for c in chosen):
+        raise ValueError(f"--compare {compare} changes SegOne's network or code, not the UNet baseline's step")
+    return chosen
 
 
 def main(argv: Sequence[str] | None = None) -> int:

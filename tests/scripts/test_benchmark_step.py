@@ -64,9 +64,14 @@ def test_every_case_that_a_comparison_applies_to_is_timed_by_default():
     for compare in ("bias", "mask_input", "config", "tree"):
         assert chosen_cases(compare) == list(SEGONE_CASES)
     assert chosen_cases("metadata") == ["SegOne training", "UNet training"]
-    assert chosen_cases("bias", ["UNet training"]) == ["UNet training"]  # as given
+    assert chosen_cases("bias", [SEGONE_CASES[2]]) == [SEGONE_CASES[2]]  # as given
     with pytest.raises(ValueError, match="training steps"):
         chosen_cases("metadata", [SEGONE_CASES[1]])
+    for compare in ("bias", "mask_input", "config", "tree"):  # nothing of the UNet's step changes between settings
+        with pytest.raises(ValueError, match="not the UNet"):
+            chosen_cases(compare, ["UNet training", SEGONE_CASES[0]])
+    with pytest.raises(SystemExit):
+        _script().main(["--compare", "bias", "--cases", "UNet training"])
 
 
 @pytest.mark.slow
