@@ -290,7 +290,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     start, epoch, steps = time.perf_counter(), 0, 0
     best, best_epoch, history = -1.0, 0, []
-    while not args.eval_only and progress() < total:
+
+    def validate(losses: list[float]) -> None:
+        nonlocal best, best_epoch
+        d = val_dice()
+        history.append({"epoch": epoch, "loss": float(np.mean(losses)) if losses else None, "val_dice": d})
+        loss_text = f"{np.mean(losses):.4f}" if losses else "-"
+        print(
+            f"epoch {epoch} steps {steps} loss {loss_text} val dice {d:.4f} ({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
+        if d > best:
+            best, best_epoch = d, epoch
+            torch.save(scored.state_dict(), out / "model.pt")
+
+    previous: list[float] = []  # the last epoch's step losses
+    while not args.eval_only:
         epoch += 1
         net.train()
         losses = []
@@ -311,17 +326,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ema.update_parameters(net)
             losses.append(float(loss.detach()))
             steps += 1
-        if epoch % args.val_every == 0 or progress() >= total:
-            d = val_dice()
-            history.append({"epoch": epoch, "loss": float(np.mean(losses)) if losses else None, "val_dice": d})
-            print(
-                f"epoch {epoch} steps {steps} loss {np.mean(losses):.4f} val dice {d:.4f} "
-                f"({time.perf_counter() - start:.0f} s)",
-                flush=True,
-            )
-            if d > best:
-                best, best_epoch = d, epoch
-                torch.save(scored.state_dict(), out / "model.pt")
+        if not losses and epoch > 1:
+            # the budget ran out before this epoch's first step: it is not an epoch, the last trained one is final
+            epoch -= 1
+            if not history or history[-1]["epoch"] != epoch:
+                validate(previous)
+            break
+        # read once: a second reading could find the budget spent after this one did not, and end the run unvalidated
+        done = progress() >= total
+        if epoch % args.val_every == 0 or done:
+            validate(losses)
+        if done:
+            break
+        previous = losses
     train_seconds = time.perf_counter() - start
 
     scored.load_state_dict(torch.load(out / "model.pt", weights_only=True, map_location=device))

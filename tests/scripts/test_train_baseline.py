@@ -121,3 +121,25 @@ def test_coordinate_channels_reach_the_baseline_s_crops_and_network_past_intensi
     args = ["--dataset_dir", str(data), "--output_dir", str(out), "--max_epochs", "1", "--val_every", "1"]
     assert baseline.main([*args, "--set", "roi_size=[32,32,32]", "--set", "coordinate_channels=true"]) == 0
     assert json.loads((out / "metrics.json").read_text())["run"]["train_overrides"]["coordinate_channels"] is True
+
+
+def test_an_epoch_the_time_budget_ends_before_its_first_step_is_not_counted(tmp_path, monkeypatch):
+    """The budget can run out while an epoch's first batch loads: that epoch trained nothing, so the run ends at the
+    one before, validated, with its loss (not a NaN loss and one epoch too many). Nor may it run out unseen between
+    an epoch's end and the next (the last epoch unvalidated, no model.pt). The script's clock advances a second per
+    reading; budgets a second apart over the readings of an epoch make the runs end in each of those gaps."""
+    import types
+
+    baseline = load_script(ROOT / "scripts" / "experiments" / "train_baseline.py")
+    data = write_msd(tmp_path / "data", num_cases=10)
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(baseline, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    for budget in ("3.5", "4.5", "5.5"):
+        out = tmp_path / f"out_{budget}"
+        args = ["--dataset_dir", str(data), "--output_dir", str(out), "--budget", budget, "--val_every", "50"]
+        assert baseline.main([*args, "--device", "cpu", "--set", "roi_size=[32,32,32]"]) == 0
+        run = json.loads((out / "metrics.json").read_text())["run"]
+        # 7 training cases, batches of 4, the last dropped: one step an epoch
+        assert run["epochs"] == run["steps"] >= 1, (budget, run["epochs"], run["steps"])
+        assert run["history"][-1]["epoch"] == run["epochs"] and run["best_epoch"] == run["epochs"]
+        assert all(h["loss"] is not None for h in run["history"]), run["history"]
